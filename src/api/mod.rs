@@ -1,0 +1,159 @@
+//! The `/v1` JSON API (axum) and its extractors.
+//!
+//! Routes:
+//! - `POST /v1/partners` (admin): create a partner; answers its token once
+//! - `GET|PATCH /v1/partners/{id}` (admin, that partner)
+//! - `POST|GET /v1/partners/{id}/campaigns` (admin, that partner): Campaign Builder
+//! - `GET /v1/partners/{id}/report` (admin, that partner): UTM report
+
+mod campaigns;
+mod error;
+mod partners;
+mod report;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::auth::{bearer, token_hash, Caller, RoleTokens};
+use crate::cache::RouteCache;
+use crate::config::Config;
+use crate::ids::PartnerId;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub routes: Arc<RouteCache>,
+    pub roles: RoleTokens,
+    pub config: Arc<Config>,
+}
+
+impl ApiState {
+    /// Makes a catalog change visible to this instance's redirects at once
+    /// (other instances pick it up within `cache.refresh`).
+    async fn refresh_routes(&self) {
+        if let Err(e) = self.routes.refresh(self.store.as_ref()).await {
+            tracing::warn!(error = %e, "route cache refresh after a change failed");
+        }
+    }
+}
+
+/// The `/v1` router; the public listener sends it every non-redirect path.
+pub fn router(state: ApiState) -> Router {
+    let body_limit = state.config.api.max_body_bytes;
+    Router::new()
+        .route("/v1/partners", post(partners::create))
+        .route(
+            "/v1/partners/{id}",
+            get(partners::show).patch(partners::update),
+        )
+        .route(
+            "/v1/partners/{id}/campaigns",
+            post(campaigns::create).get(campaigns::list),
+        )
+        .route("/v1/partners/{id}/report", get(report::partner_report))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or(ApiError::Unauthorized)?;
+        if let Some(role) = state.roles.role_of(token) {
+            return Ok(role);
+        }
+        match state.store.partner_by_token_hash(&token_hash(token)).await? {
+            Some(partner) => Ok(Caller::Partner(partner)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// The `{id}` of a partner route, already checked against the caller:
+/// admins reach every partner, a partner only itself.
+pub struct PartnerScope {
+    pub id: PartnerId,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<ApiState> for PartnerScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("partner"))?;
+        match &caller {
+            Caller::Admin => {}
+            Caller::Partner(own) if own.as_str() == raw => {}
+            Caller::Partner(_) | Caller::Merchant => return Err(ApiError::Forbidden),
+        }
+        let id = PartnerId::parse(&raw).map_err(|_| ApiError::NotFound("partner"))?;
+        Ok(PartnerScope { id, caller })
+    }
+}
+
+/// A JSON body whose every failure is an [`ApiError`]: 413 over
+/// `api.max_body_bytes`, 400 for malformed JSON, unknown fields or wrong
+/// types. The content type is not checked: the body is.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let limit = state.config.api.max_body_bytes;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::bad_request("unreadable_body", "the request body could not be read")
+            }
+        })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::bad_request("invalid_body", e.to_string()),
+                _ => ApiError::bad_request("malformed_json", format!("malformed JSON: {e}")),
+            }
+        })
+    }
+}
+
+/// Text fields people type (names): trimmed, 1..=`max` characters, no
+/// control characters.
+fn clean_text(
+    value: &str,
+    max: usize,
+    code: &'static str,
+    field: &str,
+) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            code,
+            format!("`{field}` must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}

@@ -1,0 +1,150 @@
+//! `/v1/partners`: create, read and update partners.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{clean_text, ApiError, ApiState, JsonBody, PartnerScope};
+use crate::auth::{new_partner_token, token_hash, Caller};
+use crate::ids::PartnerId;
+use crate::link::affiliate_link;
+use crate::store::{Partner, StoreError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPartner {
+    id: String,
+    name: String,
+    #[serde(default)]
+    paypal_email: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerPatch {
+    /// Absent: unchanged; `null`: removed.
+    #[serde(default, deserialize_with = "present")]
+    paypal_email: Option<Option<String>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// Tells a field that is `null` (`Some(None)`) from one that is absent.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(de).map(Some)
+}
+
+/// A partner as the API shows it (never its token hash).
+#[derive(Serialize)]
+pub struct PartnerView {
+    id: PartnerId,
+    name: String,
+    paypal_email: Option<String>,
+    disabled: bool,
+    created_at: chrono::DateTime<Utc>,
+    /// The partner's default affiliate link.
+    link: String,
+    /// Only in the answer that creates the partner: it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl PartnerView {
+    fn new(partner: Partner, state: &ApiState) -> Self {
+        PartnerView {
+            link: affiliate_link(&state.config.link.base_url, &partner.id, None, None),
+            id: partner.id,
+            name: partner.name,
+            paypal_email: partner.paypal_email,
+            disabled: partner.disabled,
+            created_at: partner.created_at,
+            token: None,
+        }
+    }
+}
+
+fn paypal_email(raw: &str) -> Result<String, ApiError> {
+    let email = raw.trim();
+    let shaped = email.len() <= 254
+        && email.split_once('@').is_some_and(|(user, domain)| {
+            !user.is_empty() && domain.contains('.') && !domain.contains('@')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !shaped {
+        return Err(ApiError::bad_request(
+            "invalid_paypal_email",
+            "`paypal_email` must be an email address",
+        ));
+    }
+    Ok(email.to_owned())
+}
+
+pub async fn create(
+    caller: Caller,
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<NewPartner>,
+) -> Result<(StatusCode, Json<PartnerView>), ApiError> {
+    if caller != Caller::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let id = PartnerId::parse(&body.id).map_err(|m| ApiError::bad_request("invalid_id", m))?;
+    let name = clean_text(&body.name, 200, "invalid_name", "name")?;
+    let paypal_email = body.paypal_email.as_deref().map(paypal_email).transpose()?;
+    let token = new_partner_token();
+    let partner = Partner {
+        id,
+        name,
+        paypal_email,
+        disabled: false,
+        token_hash: token_hash(&token),
+        created_at: Utc::now(),
+    };
+    match state.store.insert_partner(&partner).await {
+        Err(StoreError::Conflict) => {
+            return Err(ApiError::Conflict(format!("partner `{}` already exists", partner.id)))
+        }
+        other => other?,
+    }
+    state.refresh_routes().await;
+    let mut view = PartnerView::new(partner, &state);
+    view.token = Some(token);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn show(
+    scope: PartnerScope,
+    State(state): State<ApiState>,
+) -> Result<Json<PartnerView>, ApiError> {
+    let partner = state
+        .store
+        .partner(&scope.id)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    Ok(Json(PartnerView::new(partner, &state)))
+}
+
+pub async fn update(
+    scope: PartnerScope,
+    State(state): State<ApiState>,
+    JsonBody(patch): JsonBody<PartnerPatch>,
+) -> Result<Json<PartnerView>, ApiError> {
+    if patch.disabled.is_some() && scope.caller != Caller::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let mut partner = state
+        .store
+        .partner(&scope.id)
+        .await?
+        .ok_or(ApiError::NotFound("partner"))?;
+    if let Some(email) = patch.paypal_email {
+        partner.paypal_email = email.as_deref().map(paypal_email).transpose()?;
+    }
+    if let Some(disabled) = patch.disabled {
+        partner.disabled = disabled;
+    }
+    state.store.update_partner(&partner).await?;
+    state.refresh_routes().await;
+    Ok(Json(PartnerView::new(partner, &state)))
+}

@@ -1,0 +1,120 @@
+//! The click pipeline: a bounded in-memory queue filled by redirects and a
+//! flusher that writes it to the store in batches, off the request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::store::{Click, Store};
+
+/// How long a stopping flusher keeps retrying an unreachable store before
+/// it counts what is left as dropped.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The redirect's end of the queue. Pushing never waits.
+#[derive(Clone)]
+pub struct ClickQueue {
+    tx: mpsc::Sender<Click>,
+    metrics: Arc<Metrics>,
+}
+
+/// The flusher's end of the queue.
+pub struct ClickReceiver {
+    rx: mpsc::Receiver<Click>,
+}
+
+/// A queue holding at most `capacity` clicks.
+pub fn queue(capacity: usize, metrics: Arc<Metrics>) -> (ClickQueue, ClickReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (ClickQueue { tx, metrics }, ClickReceiver { rx })
+}
+
+impl ClickQueue {
+    /// Queues `click`; when the buffer is full it is dropped and counted.
+    pub fn push(&self, click: Click) {
+        if self.tx.try_send(click).is_err() {
+            self.metrics.clicks_dropped.inc();
+        }
+    }
+
+    /// Clicks waiting to be written.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// Settings of the flusher, from `clicks.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushSettings {
+    pub batch_size: usize,
+    pub interval: Duration,
+}
+
+/// Writes queued clicks every `interval` in batches of at most `batch_size`
+/// until `shutdown` fires, then drains the queue and returns.
+pub async fn run_flusher(
+    mut queue: ClickReceiver,
+    store: Arc<dyn Store>,
+    settings: FlushSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(settings.batch_size);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        if stopping {
+            queue.rx.close();
+        }
+        loop {
+            batch.clear();
+            while batch.len() < settings.batch_size {
+                match queue.rx.try_recv() {
+                    Ok(click) => batch.push(click),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            write_batch(store.as_ref(), &batch, &metrics, stopping).await;
+        }
+        metrics.click_queue_depth.set(queue.rx.len() as i64);
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Writes one batch, retrying with backoff while the store is down. The
+/// queue behind it fills meanwhile, and overflow is counted by the queue.
+async fn write_batch(store: &dyn Store, batch: &[Click], metrics: &Metrics, stopping: bool) {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match store.record_clicks(batch).await {
+            Ok(()) => {
+                metrics.clicks_written.inc_by(batch.len() as u64);
+                return;
+            }
+            Err(e) => {
+                metrics.count_store_error("record_clicks");
+                if stopping && started.elapsed() > SHUTDOWN_RETRY {
+                    metrics.clicks_dropped.inc_by(batch.len() as u64);
+                    tracing::error!(error = %e, clicks = batch.len(), "store unreachable at shutdown: clicks dropped");
+                    return;
+                }
+                tracing::warn!(error = %e, clicks = batch.len(), "click batch not written; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Configuration: typed settings from `config/default.toml`, a user file and
+//! `LASTCLICK_<SECTION>__<KEY>` environment overrides, validated at startup.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer};
+
+use crate::landing::{LandingPolicy, LandingUrl};
+
+/// The defaults, compiled in so that the binary runs with no file at all and
+/// the documented file is the one source of every default.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys whose environment override is a comma separated list.
+const LIST_KEYS: [&str; 3] = [
+    "cookie.secrets",
+    "landing.allowed_hosts",
+    "campaign.discounts",
+];
+
+/// Configuration that failed to load or validate; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("`{key}`: {why}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    pub redis: Redis,
+    pub cookie: Cookie,
+    pub attribution: Attribution,
+    pub landing: Landing,
+    pub link: Link,
+    pub campaign: Campaign,
+    pub clicks: Clicks,
+    pub cache: Cache,
+    pub auth: Auth,
+    pub tiers: Vec<Tier>,
+    pub commission: Commission,
+    pub payout: Payout,
+    pub api: Api,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Public listener address. Default 127.0.0.1:8080.
+    pub http: SocketAddr,
+    /// Admin listener address. Default 127.0.0.1:9090.
+    pub admin: SocketAddr,
+    /// Largest request head in bytes, at least 8192. Default 16384.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// Redis URL; empty selects the embedded store. Default empty.
+    pub url: String,
+    /// Whether `url` is a Redis Cluster seed. Default false.
+    pub cluster: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cookie {
+    /// Cookie name. Default `lc_attr`.
+    pub name: String,
+    /// Domain attribute; empty for host-only. Default empty.
+    pub domain: String,
+    /// Whether to send `Secure`. Default true.
+    pub secure: bool,
+    /// Signing secrets: the first signs, all verify. Default none.
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attribution {
+    /// Attribution window. Default 120 days.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// Clock skew tolerated between vendor and service. Default 5 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub clock_skew: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Landing {
+    /// Landing URL used when no campaign landing applies.
+    pub default: String,
+    /// Host names a redirect may point at.
+    pub allowed_hosts: Vec<String>,
+    /// Whether http:// landings are allowed. Default false.
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Public base URL of the service for shareable links.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Longest trial in days. Default 60.
+    pub max_trial_days: u32,
+    /// Allowed discounts in whole percent.
+    pub discounts: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clicks {
+    /// Repeat-click window. Default 30 s.
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// Bounded click buffer size. Default 100000.
+    pub buffer_capacity: usize,
+    /// Flush period. Default 50 ms.
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    /// Clicks per pipelined batch. Default 500.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    /// Partner and campaign cache refresh period. Default 1 s.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Admin bearer token; empty makes one (embedded mode only).
+    pub admin_token: String,
+    /// Merchant bearer token; empty makes one (embedded mode only).
+    pub merchant_token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    /// ARR from which the tier applies.
+    pub min_arr: Decimal,
+    /// Commission share, a fraction such as 0.20.
+    pub rate: Decimal,
+    /// Whether the tier also needs a new customer in the last 12 months.
+    pub needs_recent_customer: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Commission {
+    /// Days a commission is held before it is available. Default 0.
+    pub hold_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payout {
+    /// Smallest payout per ISO 4217 currency.
+    pub minimum: BTreeMap<String, Decimal>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// Largest /v1 body in bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Longest report range in days. Default 366.
+    pub max_report_days: u32,
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses "120d", "5m", "30s", "50ms" (and combinations humantime accepts).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration such as 120d, 5m, 30s or 50ms ({e})"))
+}
+
+impl Config {
+    /// Loads defaults, then `path` if given, then environment overrides, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("LASTCLICK_"))
+            .collect();
+        let mut environment = config::Environment::with_prefix("LASTCLICK")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(Some(env));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let merged = builder
+            .add_source(environment)
+            .build()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Whether the service runs on the embedded store.
+    pub fn embedded(&self) -> bool {
+        self.redis.url.trim().is_empty()
+    }
+
+    /// The landing policy built from `landing.*`.
+    pub fn landing_policy(&self) -> LandingPolicy {
+        LandingPolicy::new(&self.landing.allowed_hosts, self.landing.allow_http)
+    }
+
+    /// The validated default landing URL.
+    pub fn default_landing(&self) -> LandingUrl {
+        self.landing_policy()
+            .parse(&self.landing.default)
+            .expect("landing.default is checked by Config::validate")
+    }
+
+    /// Checks every rule a key must follow; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.max_header_bytes < 8192 {
+            return Err(invalid("listen.max_header_bytes", "must be at least 8192"));
+        }
+        if self.redis.cluster && self.embedded() {
+            return Err(invalid("redis.cluster", "needs `redis.url`"));
+        }
+        self.validate_cookie()?;
+        if self.attribution.window.is_zero() {
+            return Err(invalid("attribution.window", "must be longer than zero"));
+        }
+        self.validate_landing()?;
+        self.validate_campaign()?;
+        self.validate_clicks()?;
+        if self.cache.refresh.is_zero() {
+            return Err(invalid("cache.refresh", "must be longer than zero"));
+        }
+        if !self.embedded() {
+            if self.auth.admin_token.is_empty() {
+                return Err(invalid("auth.admin_token", "is required with Redis"));
+            }
+            if self.auth.merchant_token.is_empty() {
+                return Err(invalid("auth.merchant_token", "is required with Redis"));
+            }
+        }
+        self.validate_tiers()?;
+        for (currency, minimum) in &self.payout.minimum {
+            if !crate::ids::is_currency_code(currency) {
+                return Err(invalid("payout.minimum", format!("`{currency}` is not an ISO 4217 code")));
+            }
+            if *minimum <= Decimal::ZERO {
+                return Err(invalid("payout.minimum", format!("{currency} must be positive")));
+            }
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be positive"));
+        }
+        if self.api.max_report_days == 0 {
+            return Err(invalid("api.max_report_days", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_cookie(&self) -> Result<(), ConfigError> {
+        let name = &self.cookie.name;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(invalid("cookie.name", "must be letters, digits, `_` or `-`"));
+        }
+        let domain = &self.cookie.domain;
+        if !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+            return Err(invalid("cookie.domain", "must be a host name"));
+        }
+        if self.cookie.secrets.is_empty() && !self.embedded() {
+            return Err(invalid("cookie.secrets", "at least one secret is required with Redis"));
+        }
+        if self.cookie.secrets.iter().any(|s| s.len() < 16) {
+            return Err(invalid("cookie.secrets", "every secret needs at least 16 characters"));
+        }
+        Ok(())
+    }
+
+    fn validate_landing(&self) -> Result<(), ConfigError> {
+        if self.landing.allowed_hosts.is_empty() {
+            return Err(invalid("landing.allowed_hosts", "needs at least one host"));
+        }
+        for host in &self.landing.allowed_hosts {
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+                return Err(invalid("landing.allowed_hosts", format!("`{host}` is not a lower-case host name")));
+            }
+        }
+        self.landing_policy()
+            .parse(&self.landing.default)
+            .map_err(|e| invalid("landing.default", e))?;
+        url::Url::parse(&self.link.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| invalid("link.base_url", "must be an http(s) URL"))?;
+        Ok(())
+    }
+
+    fn validate_campaign(&self) -> Result<(), ConfigError> {
+        if self.campaign.max_trial_days == 0 {
+            return Err(invalid("campaign.max_trial_days", "must be at least 1"));
+        }
+        if let Some(d) = self.campaign.discounts.iter().find(|d| !(1..=100).contains(*d)) {
+            return Err(invalid("campaign.discounts", format!("{d} is not a percentage from 1 to 100")));
+        }
+        Ok(())
+    }
+
+    fn validate_clicks(&self) -> Result<(), ConfigError> {
+        if self.clicks.buffer_capacity == 0 {
+            return Err(invalid("clicks.buffer_capacity", "must be positive"));
+        }
+        if self.clicks.batch_size == 0 {
+            return Err(invalid("clicks.batch_size", "must be positive"));
+        }
+        if self.clicks.flush_interval.is_zero() {
+            return Err(invalid("clicks.flush_interval", "must be longer than zero"));
+        }
+        Ok(())
+    }
+
+    fn validate_tiers(&self) -> Result<(), ConfigError> {
+        let first = self.tiers.first().ok_or_else(|| invalid("tiers", "needs at least one tier"))?;
+        if !first.min_arr.is_zero() {
+            return Err(invalid("tiers", "the first tier must start at min_arr 0"));
+        }
+        for pair in self.tiers.windows(2) {
+            if pair[1].min_arr <= pair[0].min_arr {
+                return Err(invalid("tiers", "min_arr must rise from tier to tier"));
+            }
+        }
+        if let Some(t) = self.tiers.iter().find(|t| t.rate <= Decimal::ZERO || t.rate >= Decimal::ONE) {
+            return Err(invalid("tiers", format!("rate of `{}` must be between 0 and 1", t.name)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! lastclick: an affiliate click-tracking edge service.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from `config/default.toml`, a file and the environment
+//! - [`ids`]: partner ids, campaign slugs and names, currency codes
+//! - [`landing`]: the landing URL allowlist
+//! - [`cookie`]: the signed attribution cookie, click and visitor ids
+//! - [`cache`]: the in-process route cache the redirect reads
+//! - [`redirect`]: the hot path, `/r/{partner}[/{campaign}]`
+//! - [`clicks`]: the bounded click queue and its batch flusher
+//! - [`store`]: the `Store` trait and the embedded store
+//! - [`auth`]: bearer tokens and roles
+//! - [`api`]: the `/v1` JSON API
+//! - [`report`]: the UTM performance report
+//! - [`link`]: affiliate links
+//! - [`metrics`]: Prometheus metrics
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`
+//! - [`serve`]: wiring, listeners and graceful shutdown
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod clicks;
+pub mod config;
+pub mod cookie;
+pub mod ids;
+pub mod landing;
+pub mod link;
+pub mod metrics;
+pub mod redirect;
+pub mod report;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,137 @@
+//! The `lastclick` binary: parses the subcommand and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lastclick::config::Config;
+use lastclick::ids::{CampaignSlug, PartnerId};
+
+#[derive(Parser)]
+#[command(name = "lastclick", version, about = "Affiliate click-tracking edge service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve redirects, the /v1 API and the admin listener (embedded store
+    /// unless redis.url is set).
+    Serve {
+        /// TOML configuration file; environment variables LASTCLICK_<SECTION>__<KEY> override it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print an affiliate link built from the configuration.
+    Link {
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+        /// Campaign slug; omitted for the partner's default link.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// The partner's own utm_term.
+        #[arg(long)]
+        term: Option<String>,
+        /// Public base URL of the service (default: link.base_url).
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, check } => serve(config, check),
+        Command::Link {
+            partner,
+            campaign,
+            term,
+            base_url,
+            config,
+        } => link(partner, campaign, term, base_url, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lastclick: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
+    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    if check {
+        println!("configuration ok");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let public = tokio::net::TcpListener::bind(config.listen.http)
+            .await
+            .map_err(|e| format!("`listen.http` {}: {e}", config.listen.http))?;
+        let admin = tokio::net::TcpListener::bind(config.listen.admin)
+            .await
+            .map_err(|e| format!("`listen.admin` {}: {e}", config.listen.admin))?;
+        let public_addr = public.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        // One machine-readable line on stdout: scripts and tests read the
+        // ports from it when they ask for port 0.
+        println!("lastclick listening public=http://{public_addr} admin=http://{admin_addr}");
+        lastclick::serve::run(config, public, admin, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler only fails outside a runtime");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn link(
+    partner: String,
+    campaign: Option<String>,
+    term: Option<String>,
+    base_url: Option<String>,
+    path: Option<PathBuf>,
+) -> Result<(), String> {
+    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let partner = PartnerId::parse(&partner).map_err(|e| format!("--partner: {e}"))?;
+    let campaign = campaign
+        .map(|c| CampaignSlug::parse(&c).map_err(|e| format!("--campaign: {e}")))
+        .transpose()?;
+    let base = base_url.unwrap_or(config.link.base_url);
+    println!(
+        "{}",
+        lastclick::link::affiliate_link(&base, &partner, campaign.as_ref(), term.as_deref())
+    );
+    Ok(())
+}

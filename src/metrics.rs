@@ -1,0 +1,124 @@
+//! Prometheus metrics: one registry per process, labels bounded (no partner
+//! or visitor ids), counters for the hot path resolved once at startup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::redirect::Outcome;
+
+/// Sub-millisecond buckets: a redirect is expected to take tens of µs.
+const REDIRECT_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+    0.25,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Indexed by `Outcome as usize`, so counting a redirect hashes nothing.
+    redirects: Vec<IntCounter>,
+    pub redirect_seconds: Histogram,
+    pub click_queue_depth: IntGauge,
+    pub clicks_dropped: IntCounter,
+    pub clicks_written: IntCounter,
+    store_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("lastclick".into()), None)
+            .expect("a constant prefix is valid");
+        let redirects_vec = IntCounterVec::new(
+            Opts::new("redirects_total", "Redirects answered, by outcome."),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let redirects = Outcome::ALL
+            .iter()
+            .map(|o| redirects_vec.with_label_values(&[o.label()]))
+            .collect();
+        let redirect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "redirect_duration_seconds",
+                "Time to answer a redirect, from request head to response.",
+            )
+            .buckets(REDIRECT_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        let click_queue_depth = IntGauge::new(
+            "click_buffer_depth",
+            "Clicks waiting in memory to be written to the store.",
+        )
+        .expect("static metric definition");
+        let clicks_dropped = IntCounter::new(
+            "clicks_dropped_total",
+            "Counted clicks dropped because the click buffer was full.",
+        )
+        .expect("static metric definition");
+        let clicks_written = IntCounter::new(
+            "clicks_written_total",
+            "Counted clicks written to the store.",
+        )
+        .expect("static metric definition");
+        let store_errors = IntCounterVec::new(
+            Opts::new("store_errors_total", "Failed store operations, by operation."),
+            &["operation"],
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; labels carry the build."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for collector in [
+            Box::new(redirects_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(redirect_seconds.clone()),
+            Box::new(click_queue_depth.clone()),
+            Box::new(clicks_dropped.clone()),
+            Box::new(clicks_written.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        Metrics {
+            registry,
+            redirects,
+            redirect_seconds,
+            click_queue_depth,
+            clicks_dropped,
+            clicks_written,
+            store_errors,
+        }
+    }
+
+    pub fn count_redirect(&self, outcome: Outcome) {
+        self.redirects[outcome as usize].inc();
+    }
+
+    pub fn count_store_error(&self, operation: &'static str) {
+        self.store_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

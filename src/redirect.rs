@@ -1,0 +1,403 @@
+//! The redirect, the product's hot path: `/r/{partner}[/{campaign}]` to a
+//! `302` on the allowlist, with the signed attribution cookie and the click
+//! queued. No store access, no locks held, no allocation beyond the two
+//! header strings it answers with.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aho_corasick::AhoCorasick;
+
+use crate::cache::{CampaignRoute, PartnerRoute, RouteCache};
+use crate::clicks::ClickQueue;
+use crate::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId};
+use crate::ids::is_path_id;
+use crate::store::Click;
+
+/// User agents of crawlers and link previews: redirected, never counted.
+const BOT_MARKERS: [&str; 24] = [
+    "bot/",
+    "bot;",
+    "crawler",
+    "spider",
+    "slackbot",
+    "slack-imgproxy",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "twitterbot",
+    "googlebot",
+    "bingbot",
+    "linkedinbot",
+    "discordbot",
+    "telegrambot",
+    "whatsapp",
+    "skypeuripreview",
+    "applebot",
+    "embedly",
+    "pinterest",
+    "redditbot",
+    "yandex",
+    "baiduspider",
+    "duckduckbot",
+    "headlesschrome",
+];
+
+/// Longest accepted utm_* value, in characters; longer values are ignored.
+pub const MAX_UTM_CHARS: usize = 128;
+
+/// What happened to a redirect; each is a `lastclick_redirects_total` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Counted = 0,
+    Duplicate,
+    Bot,
+    Head,
+    UnknownPartner,
+    DisabledPartner,
+    /// A path that is no affiliate link (bad characters, extra segments).
+    Invalid,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Counted,
+        Outcome::Duplicate,
+        Outcome::Bot,
+        Outcome::Head,
+        Outcome::UnknownPartner,
+        Outcome::DisabledPartner,
+        Outcome::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Counted => "counted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Bot => "bot",
+            Outcome::Head => "head",
+            Outcome::UnknownPartner => "unknown_partner",
+            Outcome::DisabledPartner => "disabled_partner",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The parts of a request the redirect reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RedirectRequest<'a> {
+    pub head: bool,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Every `Cookie` header value, in order.
+    pub cookies: &'a [&'a [u8]],
+    pub user_agent: Option<&'a [u8]>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// What to answer: always a 302 to `location`.
+#[derive(Debug)]
+pub struct RedirectResponse {
+    pub location: Cow<'static, str>,
+    pub set_cookie: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// Settings of the redirect, from configuration.
+pub struct RedirectSettings {
+    pub cookie_name: String,
+    pub cookie_domain: String,
+    pub cookie_secure: bool,
+    pub window_secs: u64,
+    pub dedup_secs: i64,
+    /// Location for links that credit nobody: `landing.default` as is.
+    pub default_location: String,
+}
+
+pub struct Redirector {
+    routes: Arc<RouteCache>,
+    signer: CookieSigner,
+    bots: AhoCorasick,
+    clicks: ClickQueue,
+    cookie_name: Box<str>,
+    /// `; Max-Age=…; Path=/; HttpOnly; SameSite=Lax[; Secure][; Domain=…]`
+    cookie_attributes: Box<str>,
+    dedup_secs: i64,
+    default_location: &'static str,
+}
+
+/// The utm_* values a visitor's URL may bring.
+#[derive(Default)]
+struct UtmParams<'q> {
+    source: Option<Cow<'q, str>>,
+    medium: Option<Cow<'q, str>>,
+    term: Option<Cow<'q, str>>,
+    content: Option<Cow<'q, str>>,
+}
+
+impl<'q> UtmParams<'q> {
+    /// Keeps the first acceptable value of each; ignores everything else.
+    fn parse(query: Option<&'q str>) -> Self {
+        let mut utm = UtmParams::default();
+        let Some(query) = query else { return utm };
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                "utm_source" => &mut utm.source,
+                "utm_medium" => &mut utm.medium,
+                "utm_term" => &mut utm.term,
+                "utm_content" => &mut utm.content,
+                _ => continue,
+            };
+            if slot.is_none() && acceptable_utm(&value) {
+                *slot = Some(value);
+            }
+        }
+        utm
+    }
+}
+
+/// Non-empty, at most 128 characters, no control characters.
+fn acceptable_utm(value: &str) -> bool {
+    !value.is_empty()
+        && (value.len() <= MAX_UTM_CHARS || value.chars().count() <= MAX_UTM_CHARS)
+        && !value.chars().any(char::is_control)
+}
+
+/// Splits `/r/{partner}[/{campaign}]`; `None` for anything else.
+pub fn parse_path(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/r/")?;
+    let (partner, campaign) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((p, "")) => (p, None),
+        Some((p, c)) => (p, Some(c.strip_suffix('/').unwrap_or(c))),
+    };
+    let campaign_ok = campaign.is_none_or(is_path_id);
+    (is_path_id(partner) && campaign_ok).then_some((partner, campaign))
+}
+
+impl Redirector {
+    pub fn new(
+        routes: Arc<RouteCache>,
+        signer: CookieSigner,
+        clicks: ClickQueue,
+        settings: RedirectSettings,
+    ) -> Self {
+        let mut attributes = format!(
+            "; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+            settings.window_secs
+        );
+        if settings.cookie_secure {
+            attributes.push_str("; Secure");
+        }
+        if !settings.cookie_domain.is_empty() {
+            attributes.push_str("; Domain=");
+            attributes.push_str(&settings.cookie_domain);
+        }
+        let bots = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(BOT_MARKERS)
+            .expect("the bot markers are valid patterns");
+        Redirector {
+            routes,
+            signer,
+            bots,
+            clicks,
+            cookie_name: settings.cookie_name.into(),
+            cookie_attributes: attributes.into(),
+            dedup_secs: settings.dedup_secs,
+            // Lives as long as the process; leaked once so every uncounted
+            // answer borrows it instead of copying.
+            default_location: Box::leak(settings.default_location.into_boxed_str()),
+        }
+    }
+
+    /// `landing.default` as configured: where links that credit nobody go.
+    pub fn default_location(&self) -> &'static str {
+        self.default_location
+    }
+
+    /// Answers one redirect and queues its click when it counts.
+    pub fn handle(&self, req: &RedirectRequest<'_>) -> RedirectResponse {
+        let Some((partner_id, slug)) = parse_path(req.path) else {
+            return self.to_default(Outcome::Invalid);
+        };
+        let Some(partner) = self.routes.get(partner_id) else {
+            return self.to_default(Outcome::UnknownPartner);
+        };
+        if !partner.enabled {
+            return self.to_default(Outcome::DisabledPartner);
+        }
+        let campaign = partner.campaign(slug);
+        let utm = UtmParams::parse(req.query);
+        let term = utm.term.as_deref().or(campaign.term.as_deref());
+        if req.head || self.is_bot(req.user_agent) {
+            let outcome = if req.head { Outcome::Head } else { Outcome::Bot };
+            let location = build_location(&partner, campaign, &utm, term, None);
+            return RedirectResponse {
+                location: Cow::Owned(location),
+                set_cookie: None,
+                outcome,
+            };
+        }
+        let earlier = self.earlier_cookie(req.cookies);
+        let earlier = earlier.as_ref().and_then(VerifiedCookie::attribution);
+        if let Some(repeat) = earlier.filter(|e| self.is_repeat(e, &partner, campaign, term, req.now)) {
+            return self.answer(&partner, campaign, &utm, &repeat, Outcome::Duplicate);
+        }
+        let attribution = Attribution {
+            click_id: ClickId::random(),
+            visitor_id: earlier.map_or_else(VisitorId::random, |e| e.visitor_id),
+            partner: &partner.id,
+            campaign: &campaign.name,
+            term,
+            trial_days: campaign.trial_days,
+            discount: campaign.discount,
+            clicked_at: req.now,
+        };
+        self.clicks.push(Click {
+            click_id: attribution.click_id,
+            visitor_id: attribution.visitor_id,
+            partner: Arc::clone(&partner.id),
+            campaign: Arc::clone(&campaign.name),
+            term: term.map(Into::into),
+            at: req.now,
+        });
+        self.answer(&partner, campaign, &utm, &attribution, Outcome::Counted)
+    }
+
+    fn to_default(&self, outcome: Outcome) -> RedirectResponse {
+        RedirectResponse {
+            location: Cow::Borrowed(self.default_location),
+            set_cookie: None,
+            outcome,
+        }
+    }
+
+    fn answer(
+        &self,
+        partner: &PartnerRoute,
+        campaign: &CampaignRoute,
+        utm: &UtmParams<'_>,
+        attribution: &Attribution<'_>,
+        outcome: Outcome,
+    ) -> RedirectResponse {
+        let location = build_location(
+            partner,
+            campaign,
+            utm,
+            attribution.term,
+            Some(attribution.click_id),
+        );
+        RedirectResponse {
+            location: Cow::Owned(location),
+            set_cookie: Some(self.set_cookie(attribution)),
+            outcome,
+        }
+    }
+
+    fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
+        user_agent.is_some_and(|ua| self.bots.is_match(ua))
+    }
+
+    fn earlier_cookie(&self, headers: &[&[u8]]) -> Option<VerifiedCookie> {
+        headers
+            .iter()
+            .find_map(|h| find_cookie(h, &self.cookie_name))
+            .and_then(|value| self.signer.verify(value))
+    }
+
+    /// The same visitor on the same link (partner, campaign, term) within
+    /// the dedup window.
+    fn is_repeat(
+        &self,
+        earlier: &Attribution<'_>,
+        partner: &PartnerRoute,
+        campaign: &CampaignRoute,
+        term: Option<&str>,
+        now: i64,
+    ) -> bool {
+        let age = now - earlier.clicked_at;
+        earlier.partner == &*partner.id
+            && earlier.campaign == &*campaign.name
+            && earlier.term == term
+            && (0..self.dedup_secs).contains(&age)
+    }
+
+    fn set_cookie(&self, attribution: &Attribution<'_>) -> String {
+        let mut out = String::with_capacity(self.cookie_name.len() + 320 + self.cookie_attributes.len());
+        out.push_str(&self.cookie_name);
+        out.push('=');
+        self.signer.sign_into(attribution, &mut out);
+        out.push_str(&self.cookie_attributes);
+        out
+    }
+}
+
+/// The campaign's landing with the redirect's parameters appended; every
+/// value from the request is percent-encoded, so nothing can break out of
+/// its parameter, the URL or the header.
+fn build_location(
+    partner: &PartnerRoute,
+    campaign: &CampaignRoute,
+    utm: &UtmParams<'_>,
+    term: Option<&str>,
+    click: Option<ClickId>,
+) -> String {
+    let mut out = String::with_capacity(campaign.landing_prefix.len() + 192);
+    out.push_str(&campaign.landing_prefix);
+    out.push_str("utm_source=");
+    out.extend(form_urlencoded::byte_serialize(
+        utm.source.as_deref().unwrap_or(&partner.id).as_bytes(),
+    ));
+    out.push_str("&utm_medium=");
+    out.extend(form_urlencoded::byte_serialize(
+        utm.medium.as_deref().unwrap_or("affiliate").as_bytes(),
+    ));
+    out.push_str("&utm_campaign=");
+    out.push_str(&campaign.name);
+    if let Some(term) = term {
+        out.push_str("&utm_term=");
+        out.extend(form_urlencoded::byte_serialize(term.as_bytes()));
+    }
+    if let Some(content) = &utm.content {
+        out.push_str("&utm_content=");
+        out.extend(form_urlencoded::byte_serialize(content.as_bytes()));
+    }
+    if let Some(click) = click {
+        out.push_str("&lc_click=");
+        click.write_to(&mut out);
+    }
+    out.push_str(&campaign.deal_params);
+    out.push_str(&campaign.fragment);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_partner_and_campaign() {
+        assert_eq!(parse_path("/r/acme"), Some(("acme", None)));
+        assert_eq!(parse_path("/r/acme/"), Some(("acme", None)));
+        assert_eq!(parse_path("/r/acme/spring"), Some(("acme", Some("spring"))));
+        assert_eq!(parse_path("/r/acme/spring/"), Some(("acme", Some("spring"))));
+        assert_eq!(parse_path("/r/acme/spring/x"), None);
+        assert_eq!(parse_path("/r/"), None);
+        assert_eq!(parse_path("/r/a%2Fb"), None);
+        assert_eq!(parse_path("/r/..%2F"), None);
+        assert_eq!(parse_path("/x/acme"), None);
+    }
+
+    #[test]
+    fn utm_values_over_128_characters_or_with_controls_are_ignored() {
+        let long = "a".repeat(129);
+        let query = format!("utm_term={long}&utm_source=ok&utm_medium=a%0D%0Ab");
+        let utm = UtmParams::parse(Some(&query));
+        assert!(utm.term.is_none());
+        assert_eq!(utm.source.as_deref(), Some("ok"));
+        assert!(utm.medium.is_none());
+        let exact = "é".repeat(128);
+        assert!(acceptable_utm(&exact));
+    }
+}
