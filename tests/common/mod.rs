@@ -1,0 +1,276 @@
+//! Test harness: starts the real `lastclick` binary on loopback port 0 and
+//! talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ADMIN: &str = "test-admin-token";
+pub const MERCHANT: &str = "test-merchant-token";
+pub const SECRET: &str = "test-secret-0123456789";
+
+/// A running `lastclick serve`, killed when dropped.
+pub struct TestApp {
+    child: Child,
+    pub public: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+}
+
+/// The settings every test app starts from; `extra` overrides or adds.
+pub fn base_env() -> Vec<(String, String)> {
+    [
+        ("LASTCLICK_LISTEN__HTTP", "127.0.0.1:0"),
+        ("LASTCLICK_LISTEN__ADMIN", "127.0.0.1:0"),
+        ("LASTCLICK_AUTH__ADMIN_TOKEN", ADMIN),
+        ("LASTCLICK_AUTH__MERCHANT_TOKEN", MERCHANT),
+        ("LASTCLICK_COOKIE__SECRETS", SECRET),
+        ("LASTCLICK_LANDING__DEFAULT", "https://www.example.com/start"),
+        ("LASTCLICK_LANDING__ALLOWED_HOSTS", "www.example.com,promo.example.com"),
+        ("LASTCLICK_CLICKS__FLUSH_INTERVAL", "10ms"),
+        ("LASTCLICK_CACHE__REFRESH", "100ms"),
+        ("RUST_LOG", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lastclick")
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> TestApp {
+        let mut env = base_env();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the lastclick binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await
+        .expect("reader thread")
+        .expect("reads the listening line");
+        let public = field(&line, "public=").unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        let admin = field(&line, "admin=").expect("admin address");
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        TestApp {
+            child,
+            public,
+            admin,
+            client,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "lastclick did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.expect("request")).await
+    }
+
+    pub async fn send_json(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.send_raw_body(method, path, token, body.to_string()).await
+    }
+
+    pub async fn send_raw_body(&self, method: &str, path: &str, token: Option<&str>, body: String) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.expect("request")).await
+    }
+
+    /// Creates a partner as admin and returns its token.
+    pub async fn create_partner(&self, id: &str) -> String {
+        let (status, body) = self
+            .send_json("POST", "/v1/partners", Some(ADMIN), json!({"id": id, "name": format!("Partner {id}"), "paypal_email": format!("{id}@example.org")}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn create_campaign(&self, partner: &str, body: Value) -> Value {
+        let (status, answer) = self
+            .send_json("POST", &format!("/v1/partners/{partner}/campaigns"), Some(ADMIN), body)
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        answer
+    }
+
+    /// GETs a redirect path with optional cookie and user agent.
+    pub async fn click(&self, path: &str, cookie: Option<&str>, user_agent: Option<&str>) -> Redirect {
+        let mut req = self.client.get(self.url(path));
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", format!("lc_attr={cookie}"));
+        }
+        if let Some(ua) = user_agent {
+            req = req.header("user-agent", ua);
+        }
+        Redirect::from(req.send().await.expect("redirect request"))
+    }
+
+    /// Waits until the report's total clicks reach `clicks` (clicks are
+    /// written in the background) and returns the report.
+    pub async fn report_when(&self, partner: &str, query: &str, clicks: u64) -> Value {
+        let path = format!("/v1/partners/{partner}/report?{query}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, report) = self.get(&path, Some(ADMIN)).await;
+            assert_eq!(status, 200, "{report}");
+            if report["totals"]["clicks"].as_u64() == Some(clicks) || Instant::now() > deadline {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of one metric line, e.g. `lastclick_redirects_total{outcome="bot"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no series {series} in metrics"))
+    }
+
+    /// Writes raw bytes to the public listener and returns the raw answer
+    /// (empty when the server closed the connection).
+    pub fn raw(&self, request: &[u8]) -> Vec<u8> {
+        raw_exchange(self.public.trim_start_matches("http://"), request)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(key))
+        .map(str::to_owned)
+}
+
+async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+pub fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let _ = stream.write_all(request);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+/// A redirect as the visitor's browser sees it.
+#[derive(Debug)]
+pub struct Redirect {
+    pub status: u16,
+    pub location: String,
+    pub cache_control: String,
+    /// The whole Set-Cookie header, if any.
+    pub set_cookie: Option<String>,
+}
+
+impl Redirect {
+    /// The cookie's value (between `lc_attr=` and the first `;`).
+    pub fn cookie_value(&self) -> Option<String> {
+        let header = self.set_cookie.as_ref()?;
+        let value = header.strip_prefix("lc_attr=")?.split(';').next()?;
+        Some(value.to_owned())
+    }
+
+    /// A query parameter of the Location.
+    pub fn param(&self, name: &str) -> Option<String> {
+        let url = url::Url::parse(&self.location).expect("Location is an absolute URL");
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+impl From<reqwest::Response> for Redirect {
+    fn from(response: reqwest::Response) -> Self {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().expect("ASCII header").to_owned())
+        };
+        Redirect {
+            status: response.status().as_u16(),
+            location: header("location").unwrap_or_default(),
+            cache_control: header("cache-control").unwrap_or_default(),
+            set_cookie: header("set-cookie"),
+        }
+    }
+}
