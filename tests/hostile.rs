@@ -1,0 +1,137 @@
+//! End-to-end: open-redirect and header-injection attempts. Every answer is
+//! a 302 onto the allowlist or a 4xx, never a 5xx, never an injected header.
+
+mod common;
+
+use common::TestApp;
+
+const ALLOWED: [&str; 2] = ["https://www.example.com/", "https://promo.example.com/"];
+
+/// Parses a raw HTTP/1.1 answer into status and header lines.
+fn parse_answer(raw: &[u8]) -> (u16, Vec<(String, String)>) {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+fn assert_safe(name: &str, raw: &[u8]) {
+    let (status, headers) = parse_answer(raw);
+    if raw.is_empty() {
+        return; // the server closed the connection: nothing was served
+    }
+    assert!((300..500).contains(&status), "{name}: status {status}");
+    let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+    for injected in ["x-injected", "refresh", "content-security-policy"] {
+        assert!(!names.contains(&injected), "{name}: injected header {injected}");
+    }
+    let cookies = headers.iter().filter(|(k, _)| k == "set-cookie").count();
+    assert!(cookies <= 1, "{name}: {cookies} cookies");
+    if let Some((_, cookie)) = headers.iter().find(|(k, _)| k == "set-cookie") {
+        assert!(cookie.starts_with("lc_attr="), "{name}: foreign cookie {cookie}");
+    }
+    if status == 302 {
+        let location = headers
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name}: 302 without Location"));
+        assert!(
+            ALLOWED.iter().any(|a| location.starts_with(a)),
+            "{name}: Location {location} leaves the allowlist"
+        );
+        let url = url::Url::parse(location).expect("absolute Location");
+        assert!(matches!(url.host_str(), Some("www.example.com" | "promo.example.com")), "{name}: {location}");
+    }
+}
+
+fn get(path: &[u8], extra_headers: &[u8]) -> Vec<u8> {
+    let mut req = b"GET ".to_vec();
+    req.extend_from_slice(path);
+    req.extend_from_slice(b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    req.extend_from_slice(extra_headers);
+    req.extend_from_slice(b"\r\n");
+    req
+}
+
+#[tokio::test]
+async fn hostile_redirect_requests_never_leave_the_allowlist_or_inject_headers() {
+    let app = TestApp::spawn().await;
+    app.create_partner("acme").await;
+    app.create_campaign("acme", serde_json::json!({"slug": "promo", "name": "promo", "landing": "https://promo.example.com/x"}))
+        .await;
+    let long = "A".repeat(5000);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("encoded slash in partner", get(b"/r/acme%2F..%2F..%2Fevil.com", b"")),
+        ("encoded slash in campaign", get(b"/r/acme/promo%2F%2Fevil.com", b"")),
+        ("double slash", get(b"/r//evil.com", b"")),
+        ("backslash", get(b"/r/acme\\evil.com", b"")),
+        ("encoded backslash", get(b"/r/acme/%5C%5Cevil.com", b"")),
+        ("CRLF in utm_term", get(b"/r/acme?utm_term=x%0D%0AX-Injected:%201", b"")),
+        ("CRLF in utm_source", get(b"/r/acme?utm_source=%0D%0ASet-Cookie:%20evil=1", b"")),
+        ("bare LF in utm_medium", get(b"/r/acme?utm_medium=a%0ARefresh:%200;url=https://evil.com", b"")),
+        ("absolute URL in unknown params", get(b"/r/acme?url=https://evil.com&next=//evil.com&redirect=https:%2F%2Fevil.com", b"")),
+        ("landing in the query", get(b"/r/acme/promo?landing=https://evil.com&lc_click=forged", b"")),
+        ("5000-character term", get(format!("/r/acme?utm_term={long}").as_bytes(), b"")),
+        ("5000-character partner", get(format!("/r/{long}").as_bytes(), b"")),
+        ("5000-character campaign", get(format!("/r/acme/{long}").as_bytes(), b"")),
+        ("invalid UTF-8 in term", get(b"/r/acme?utm_term=%FF%FE%C3%28", b"")),
+        ("raw invalid UTF-8 in path", get(b"/r/acme\xff\xfe", b"")),
+        ("raw invalid UTF-8 in query", get(b"/r/acme?utm_term=\xc3\x28", b"")),
+        ("absolute-form request target", get(b"https://evil.com/r/acme", b"")),
+        ("scheme-relative path", get(b"//evil.com/r/acme", b"")),
+        ("dot segments", get(b"/r/../../evil.com", b"")),
+        ("hostile Host header", get(b"/r/acme", b"X-Forwarded-Host: evil.com\r\nHost: evil.com\r\n")),
+        ("junk cookie", get(b"/r/acme", b"Cookie: lc_attr=%0D%0Ax.y; lc_attr=....\r\n")),
+        ("5000-character cookie", get(b"/r/acme", format!("Cookie: lc_attr={long}\r\n").as_bytes())),
+        ("javascript in utm_content", get(b"/r/acme?utm_content=javascript:alert(1)%22%3E%3Cscript%3E", b"")),
+        ("NUL bytes", get(b"/r/acme?utm_term=%00%00", b"")),
+        ("header-injection in user agent", get(b"/r/acme", b"User-Agent: x\r\n X-Injected: folded\r\n")),
+    ];
+    assert!(cases.len() >= 15);
+    let mut redirected = 0;
+    for (name, request) in cases {
+        let answer = app.raw(&request);
+        assert_safe(name, &answer);
+        eprintln!("{name}: {}", String::from_utf8_lossy(&answer).lines().next().unwrap_or("(closed)"));
+        redirected += usize::from(parse_answer(&answer).0 == 302);
+    }
+    assert!(redirected >= 15, "only {redirected} hostile requests were redirected");
+    // A click with a hostile term still lands, and its term is encoded.
+    let r = app.click("/r/acme?utm_term=%22%3E%3Cscript%3E", None, None).await;
+    assert_eq!(r.status, 302);
+    assert!(r.location.contains("utm_term=%22%3E%3Cscript%3E"), "{}", r.location);
+    assert!(!app.metrics().await.contains("outcome=\"error\""));
+}
+
+#[tokio::test]
+async fn request_heads_over_the_limit_are_refused_on_both_listeners() {
+    let app = TestApp::spawn().await;
+    let big = format!("X-Big: {}\r\n", "a".repeat(20_000));
+    let (status, _) = parse_answer(&app.raw(&get(b"/r/acme", big.as_bytes())));
+    assert!(status == 431 || status == 0, "public answered {status}");
+    let admin = app.admin.trim_start_matches("http://").to_owned();
+    let answer = common::raw_exchange(&admin, &get(b"/metrics", big.as_bytes()));
+    let (status, _) = parse_answer(&answer);
+    assert!(status == 431 || status == 0, "admin answered {status}");
+    // Just under the limit is served.
+    let fits = format!("X-Big: {}\r\n", "a".repeat(12_000));
+    let (status, _) = parse_answer(&app.raw(&get(b"/r/acme", fits.as_bytes())));
+    assert_eq!(status, 302);
+}
+
+#[tokio::test]
+async fn other_methods_on_a_redirect_path_are_405() {
+    let app = TestApp::spawn().await;
+    let answer = app.raw(b"POST /r/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(parse_answer(&answer).0, 405);
+}
