@@ -30,9 +30,15 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     // The queue depth is read at scrape time so the redirect never pays for it.
-    state.metrics.click_queue_depth.set(state.clicks.depth() as i64);
+    state
+        .metrics
+        .click_queue_depth
+        .set(state.clicks.depth() as i64);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

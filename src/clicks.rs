@@ -46,6 +46,13 @@ impl ClickQueue {
     }
 }
 
+impl ClickReceiver {
+    /// Takes one waiting click, if any (benchmarks drain the queue with it).
+    pub fn try_take(&mut self) -> Option<Click> {
+        self.rx.try_recv().ok()
+    }
+}
+
 /// Settings of the flusher, from `clicks.*`.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushSettings {

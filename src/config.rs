@@ -294,10 +294,16 @@ impl Config {
         self.validate_tiers()?;
         for (currency, minimum) in &self.payout.minimum {
             if !crate::ids::is_currency_code(currency) {
-                return Err(invalid("payout.minimum", format!("`{currency}` is not an ISO 4217 code")));
+                return Err(invalid(
+                    "payout.minimum",
+                    format!("`{currency}` is not an ISO 4217 code"),
+                ));
             }
             if *minimum <= Decimal::ZERO {
-                return Err(invalid("payout.minimum", format!("{currency} must be positive")));
+                return Err(invalid(
+                    "payout.minimum",
+                    format!("{currency} must be positive"),
+                ));
             }
         }
         if self.api.max_body_bytes == 0 {
@@ -311,18 +317,34 @@ impl Config {
 
     fn validate_cookie(&self) -> Result<(), ConfigError> {
         let name = &self.cookie.name;
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(invalid("cookie.name", "must be letters, digits, `_` or `-`"));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "cookie.name",
+                "must be letters, digits, `_` or `-`",
+            ));
         }
         let domain = &self.cookie.domain;
-        if !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+        if !domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
             return Err(invalid("cookie.domain", "must be a host name"));
         }
         if self.cookie.secrets.is_empty() && !self.embedded() {
-            return Err(invalid("cookie.secrets", "at least one secret is required with Redis"));
+            return Err(invalid(
+                "cookie.secrets",
+                "at least one secret is required with Redis",
+            ));
         }
         if self.cookie.secrets.iter().any(|s| s.len() < 16) {
-            return Err(invalid("cookie.secrets", "every secret needs at least 16 characters"));
+            return Err(invalid(
+                "cookie.secrets",
+                "every secret needs at least 16 characters",
+            ));
         }
         Ok(())
     }
@@ -332,8 +354,15 @@ impl Config {
             return Err(invalid("landing.allowed_hosts", "needs at least one host"));
         }
         for host in &self.landing.allowed_hosts {
-            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
-                return Err(invalid("landing.allowed_hosts", format!("`{host}` is not a lower-case host name")));
+            if host.is_empty()
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            {
+                return Err(invalid(
+                    "landing.allowed_hosts",
+                    format!("`{host}` is not a lower-case host name"),
+                ));
             }
         }
         self.landing_policy()
@@ -350,8 +379,16 @@ impl Config {
         if self.campaign.max_trial_days == 0 {
             return Err(invalid("campaign.max_trial_days", "must be at least 1"));
         }
-        if let Some(d) = self.campaign.discounts.iter().find(|d| !(1..=100).contains(*d)) {
-            return Err(invalid("campaign.discounts", format!("{d} is not a percentage from 1 to 100")));
+        if let Some(d) = self
+            .campaign
+            .discounts
+            .iter()
+            .find(|d| !(1..=100).contains(*d))
+        {
+            return Err(invalid(
+                "campaign.discounts",
+                format!("{d} is not a percentage from 1 to 100"),
+            ));
         }
         Ok(())
     }
@@ -370,7 +407,10 @@ impl Config {
     }
 
     fn validate_tiers(&self) -> Result<(), ConfigError> {
-        let first = self.tiers.first().ok_or_else(|| invalid("tiers", "needs at least one tier"))?;
+        let first = self
+            .tiers
+            .first()
+            .ok_or_else(|| invalid("tiers", "needs at least one tier"))?;
         if !first.min_arr.is_zero() {
             return Err(invalid("tiers", "the first tier must start at min_arr 0"));
         }
@@ -379,8 +419,15 @@ impl Config {
                 return Err(invalid("tiers", "min_arr must rise from tier to tier"));
             }
         }
-        if let Some(t) = self.tiers.iter().find(|t| t.rate <= Decimal::ZERO || t.rate >= Decimal::ONE) {
-            return Err(invalid("tiers", format!("rate of `{}` must be between 0 and 1", t.name)));
+        if let Some(t) = self
+            .tiers
+            .iter()
+            .find(|t| t.rate <= Decimal::ZERO || t.rate >= Decimal::ONE)
+        {
+            return Err(invalid(
+                "tiers",
+                format!("rate of `{}` must be between 0 and 1", t.name),
+            ));
         }
         Ok(())
     }

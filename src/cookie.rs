@@ -310,7 +310,10 @@ mod tests {
         assert!(rotated.verify(value.as_bytes()).is_some());
         assert!(stranger.verify(value.as_bytes()).is_none());
         let fresh = rotated.sign(&sample());
-        assert!(old.verify(fresh.as_bytes()).is_none(), "the first secret signs");
+        assert!(
+            old.verify(fresh.as_bytes()).is_none(),
+            "the first secret signs"
+        );
     }
 
     #[test]
@@ -339,14 +342,28 @@ mod tests {
             ..sample()
         };
         let value = signer.sign(&attr);
-        assert!(value.len() <= MAX_VALUE_LEN && value.len() < 2048, "{}", value.len());
-        assert_eq!(signer.verify(value.as_bytes()).unwrap().attribution(), Some(attr));
+        assert!(
+            value.len() <= MAX_VALUE_LEN && value.len() < 2048,
+            "{}",
+            value.len()
+        );
+        assert_eq!(
+            signer.verify(value.as_bytes()).unwrap().attribution(),
+            Some(attr)
+        );
     }
 
     #[test]
     fn junk_never_verifies() {
         let signer = CookieSigner::new(&["0123456789abcdef"]);
-        for junk in [&b""[..], b".", b"abc", b"abc.def", &[0xff; 40], &[b'A'; 5000]] {
+        for junk in [
+            &b""[..],
+            b".",
+            b"abc",
+            b"abc.def",
+            &[0xff; 40],
+            &[b'A'; 5000],
+        ] {
             assert!(signer.verify(junk).is_none());
         }
     }

@@ -131,12 +131,17 @@ mod tests {
     use super::*;
 
     fn policy(allow_http: bool) -> LandingPolicy {
-        LandingPolicy::new(&["www.example.com".into(), "example.com".into()], allow_http)
+        LandingPolicy::new(
+            &["www.example.com".into(), "example.com".into()],
+            allow_http,
+        )
     }
 
     #[test]
     fn an_allowed_https_url_is_split_around_its_query_and_fragment() {
-        let url = policy(false).parse("https://www.example.com/signup?plan=pro#top").unwrap();
+        let url = policy(false)
+            .parse("https://www.example.com/signup?plan=pro#top")
+            .unwrap();
         assert_eq!(url.prefix(), "https://www.example.com/signup?plan=pro&");
         assert_eq!(url.fragment(), "#top");
         let bare = policy(false).parse("https://example.com").unwrap();

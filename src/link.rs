@@ -31,7 +31,12 @@ mod tests {
         let partner = PartnerId::parse("acme").unwrap();
         let campaign = CampaignSlug::parse("spring").unwrap();
         assert_eq!(
-            affiliate_link("https://go.example.com/", &partner, Some(&campaign), Some("a b&c")),
+            affiliate_link(
+                "https://go.example.com/",
+                &partner,
+                Some(&campaign),
+                Some("a b&c")
+            ),
             "https://go.example.com/r/acme/spring?utm_term=a+b%26c"
         );
         assert_eq!(

@@ -8,7 +8,11 @@ use lastclick::config::Config;
 use lastclick::ids::{CampaignSlug, PartnerId};
 
 #[derive(Parser)]
-#[command(name = "lastclick", version, about = "Affiliate click-tracking edge service")]
+#[command(
+    name = "lastclick",
+    version,
+    about = "Affiliate click-tracking edge service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,8 +52,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

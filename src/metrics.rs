@@ -62,7 +62,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let store_errors = IntCounterVec::new(
-            Opts::new("store_errors_total", "Failed store operations, by operation."),
+            Opts::new(
+                "store_errors_total",
+                "Failed store operations, by operation.",
+            ),
             &["operation"],
         )
         .expect("static metric definition");

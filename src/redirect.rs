@@ -231,7 +231,11 @@ impl Redirector {
         let utm = UtmParams::parse(req.query);
         let term = utm.term.as_deref().or(campaign.term.as_deref());
         if req.head || self.is_bot(req.user_agent) {
-            let outcome = if req.head { Outcome::Head } else { Outcome::Bot };
+            let outcome = if req.head {
+                Outcome::Head
+            } else {
+                Outcome::Bot
+            };
             let location = build_location(&partner, campaign, &utm, term, None);
             return RedirectResponse {
                 location: Cow::Owned(location),
@@ -241,7 +245,9 @@ impl Redirector {
         }
         let earlier = self.earlier_cookie(req.cookies);
         let earlier = earlier.as_ref().and_then(VerifiedCookie::attribution);
-        if let Some(repeat) = earlier.filter(|e| self.is_repeat(e, &partner, campaign, term, req.now)) {
+        if let Some(repeat) =
+            earlier.filter(|e| self.is_repeat(e, &partner, campaign, term, req.now))
+        {
             return self.answer(&partner, campaign, &utm, &repeat, Outcome::Duplicate);
         }
         let attribution = Attribution {
@@ -324,7 +330,8 @@ impl Redirector {
     }
 
     fn set_cookie(&self, attribution: &Attribution<'_>) -> String {
-        let mut out = String::with_capacity(self.cookie_name.len() + 320 + self.cookie_attributes.len());
+        let mut out =
+            String::with_capacity(self.cookie_name.len() + 320 + self.cookie_attributes.len());
         out.push_str(&self.cookie_name);
         out.push('=');
         self.signer.sign_into(attribution, &mut out);
@@ -381,7 +388,10 @@ mod tests {
         assert_eq!(parse_path("/r/acme"), Some(("acme", None)));
         assert_eq!(parse_path("/r/acme/"), Some(("acme", None)));
         assert_eq!(parse_path("/r/acme/spring"), Some(("acme", Some("spring"))));
-        assert_eq!(parse_path("/r/acme/spring/"), Some(("acme", Some("spring"))));
+        assert_eq!(
+            parse_path("/r/acme/spring/"),
+            Some(("acme", Some("spring")))
+        );
         assert_eq!(parse_path("/r/acme/spring/x"), None);
         assert_eq!(parse_path("/r/"), None);
         assert_eq!(parse_path("/r/a%2Fb"), None);

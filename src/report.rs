@@ -138,7 +138,9 @@ pub async fn build(
     for count in &counts {
         let cell = &count.cell;
         let key = RowKey {
-            campaign: query.groups(Dimension::Campaign).then(|| cell.campaign.clone()),
+            campaign: query
+                .groups(Dimension::Campaign)
+                .then(|| cell.campaign.clone()),
             term: query.groups(Dimension::Term).then(|| cell.term.clone()),
             day: query.groups(Dimension::Day).then_some(cell.day),
         };

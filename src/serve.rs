@@ -84,10 +84,14 @@ pub async fn run(
     spawn_expiry(Arc::clone(&embedded));
     let store: Arc<dyn Store> = embedded;
 
-    let routes = Arc::new(RouteCache::new(config.landing_policy(), config.default_landing()));
+    let routes = Arc::new(RouteCache::new(
+        config.landing_policy(),
+        config.default_landing(),
+    ));
     routes.refresh(store.as_ref()).await?;
 
-    let (click_queue, click_receiver) = clicks::queue(config.clicks.buffer_capacity, Arc::clone(&metrics));
+    let (click_queue, click_receiver) =
+        clicks::queue(config.clicks.buffer_capacity, Arc::clone(&metrics));
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_background, background) = watch::channel(false);
     let flusher = tokio::spawn(clicks::run_flusher(
@@ -139,7 +143,12 @@ pub async fn run(
     }));
 
     let max_head = config.listen.max_header_bytes;
-    let public_loop = tokio::spawn(accept_loop(public, public_service, max_head, accepting.clone()));
+    let public_loop = tokio::spawn(accept_loop(
+        public,
+        public_service,
+        max_head,
+        accepting.clone(),
+    ));
     let admin_loop = tokio::spawn(accept_loop(admin, admin_service, max_head, accepting));
 
     shutdown.await;
@@ -147,7 +156,10 @@ pub async fn run(
     let _ = stop_accepting.send(true);
     for accept in [public_loop, admin_loop] {
         if let Ok(connections) = accept.await {
-            if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await.is_err() {
+            if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("in-flight requests did not finish in time");
             }
         }
@@ -215,7 +227,8 @@ struct PublicInner {
 impl hyper::service::Service<Request<Incoming>> for PublicService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let path = req.uri().path();
@@ -237,7 +250,12 @@ impl PublicInner {
         }
         let mut cookies: [&[u8]; MAX_COOKIE_HEADERS] = [&[]; MAX_COOKIE_HEADERS];
         let mut n = 0;
-        for value in req.headers().get_all(COOKIE).iter().take(MAX_COOKIE_HEADERS) {
+        for value in req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .take(MAX_COOKIE_HEADERS)
+        {
             cookies[n] = value.as_bytes();
             n += 1;
         }
@@ -262,7 +280,10 @@ impl PublicInner {
         let headers = response.headers_mut();
         headers.insert(LOCATION, location);
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(cookie) = answer.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+        if let Some(cookie) = answer
+            .set_cookie
+            .and_then(|c| HeaderValue::try_from(c).ok())
+        {
             headers.insert(SET_COOKIE, cookie);
         }
         self.metrics

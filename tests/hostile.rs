@@ -32,12 +32,18 @@ fn assert_safe(name: &str, raw: &[u8]) {
     assert!((300..500).contains(&status), "{name}: status {status}");
     let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
     for injected in ["x-injected", "refresh", "content-security-policy"] {
-        assert!(!names.contains(&injected), "{name}: injected header {injected}");
+        assert!(
+            !names.contains(&injected),
+            "{name}: injected header {injected}"
+        );
     }
     let cookies = headers.iter().filter(|(k, _)| k == "set-cookie").count();
     assert!(cookies <= 1, "{name}: {cookies} cookies");
     if let Some((_, cookie)) = headers.iter().find(|(k, _)| k == "set-cookie") {
-        assert!(cookie.starts_with("lc_attr="), "{name}: foreign cookie {cookie}");
+        assert!(
+            cookie.starts_with("lc_attr="),
+            "{name}: foreign cookie {cookie}"
+        );
     }
     if status == 302 {
         let location = headers
@@ -50,7 +56,13 @@ fn assert_safe(name: &str, raw: &[u8]) {
             "{name}: Location {location} leaves the allowlist"
         );
         let url = url::Url::parse(location).expect("absolute Location");
-        assert!(matches!(url.host_str(), Some("www.example.com" | "promo.example.com")), "{name}: {location}");
+        assert!(
+            matches!(
+                url.host_str(),
+                Some("www.example.com" | "promo.example.com")
+            ),
+            "{name}: {location}"
+        );
     }
 }
 
@@ -71,45 +83,129 @@ async fn hostile_redirect_requests_never_leave_the_allowlist_or_inject_headers()
         .await;
     let long = "A".repeat(5000);
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("encoded slash in partner", get(b"/r/acme%2F..%2F..%2Fevil.com", b"")),
-        ("encoded slash in campaign", get(b"/r/acme/promo%2F%2Fevil.com", b"")),
+        (
+            "encoded slash in partner",
+            get(b"/r/acme%2F..%2F..%2Fevil.com", b""),
+        ),
+        (
+            "encoded slash in campaign",
+            get(b"/r/acme/promo%2F%2Fevil.com", b""),
+        ),
         ("double slash", get(b"/r//evil.com", b"")),
         ("backslash", get(b"/r/acme\\evil.com", b"")),
         ("encoded backslash", get(b"/r/acme/%5C%5Cevil.com", b"")),
-        ("CRLF in utm_term", get(b"/r/acme?utm_term=x%0D%0AX-Injected:%201", b"")),
-        ("CRLF in utm_source", get(b"/r/acme?utm_source=%0D%0ASet-Cookie:%20evil=1", b"")),
-        ("bare LF in utm_medium", get(b"/r/acme?utm_medium=a%0ARefresh:%200;url=https://evil.com", b"")),
-        ("absolute URL in unknown params", get(b"/r/acme?url=https://evil.com&next=//evil.com&redirect=https:%2F%2Fevil.com", b"")),
-        ("landing in the query", get(b"/r/acme/promo?landing=https://evil.com&lc_click=forged", b"")),
-        ("5000-character term", get(format!("/r/acme?utm_term={long}").as_bytes(), b"")),
-        ("5000-character partner", get(format!("/r/{long}").as_bytes(), b"")),
-        ("5000-character campaign", get(format!("/r/acme/{long}").as_bytes(), b"")),
-        ("invalid UTF-8 in term", get(b"/r/acme?utm_term=%FF%FE%C3%28", b"")),
+        (
+            "CRLF in utm_term",
+            get(b"/r/acme?utm_term=x%0D%0AX-Injected:%201", b""),
+        ),
+        (
+            "CRLF in utm_source",
+            get(b"/r/acme?utm_source=%0D%0ASet-Cookie:%20evil=1", b""),
+        ),
+        (
+            "bare LF in utm_medium",
+            get(
+                b"/r/acme?utm_medium=a%0ARefresh:%200;url=https://evil.com",
+                b"",
+            ),
+        ),
+        (
+            "absolute URL in unknown params",
+            get(
+                b"/r/acme?url=https://evil.com&next=//evil.com&redirect=https:%2F%2Fevil.com",
+                b"",
+            ),
+        ),
+        (
+            "landing in the query",
+            get(
+                b"/r/acme/promo?landing=https://evil.com&lc_click=forged",
+                b"",
+            ),
+        ),
+        (
+            "5000-character term",
+            get(format!("/r/acme?utm_term={long}").as_bytes(), b""),
+        ),
+        (
+            "5000-character partner",
+            get(format!("/r/{long}").as_bytes(), b""),
+        ),
+        (
+            "5000-character campaign",
+            get(format!("/r/acme/{long}").as_bytes(), b""),
+        ),
+        (
+            "invalid UTF-8 in term",
+            get(b"/r/acme?utm_term=%FF%FE%C3%28", b""),
+        ),
         ("raw invalid UTF-8 in path", get(b"/r/acme\xff\xfe", b"")),
-        ("raw invalid UTF-8 in query", get(b"/r/acme?utm_term=\xc3\x28", b"")),
-        ("absolute-form request target", get(b"https://evil.com/r/acme", b"")),
+        (
+            "raw invalid UTF-8 in query",
+            get(b"/r/acme?utm_term=\xc3\x28", b""),
+        ),
+        (
+            "absolute-form request target",
+            get(b"https://evil.com/r/acme", b""),
+        ),
         ("scheme-relative path", get(b"//evil.com/r/acme", b"")),
         ("dot segments", get(b"/r/../../evil.com", b"")),
-        ("hostile Host header", get(b"/r/acme", b"X-Forwarded-Host: evil.com\r\nHost: evil.com\r\n")),
-        ("junk cookie", get(b"/r/acme", b"Cookie: lc_attr=%0D%0Ax.y; lc_attr=....\r\n")),
-        ("5000-character cookie", get(b"/r/acme", format!("Cookie: lc_attr={long}\r\n").as_bytes())),
-        ("javascript in utm_content", get(b"/r/acme?utm_content=javascript:alert(1)%22%3E%3Cscript%3E", b"")),
+        (
+            "hostile Host header",
+            get(
+                b"/r/acme",
+                b"X-Forwarded-Host: evil.com\r\nHost: evil.com\r\n",
+            ),
+        ),
+        (
+            "junk cookie",
+            get(b"/r/acme", b"Cookie: lc_attr=%0D%0Ax.y; lc_attr=....\r\n"),
+        ),
+        (
+            "5000-character cookie",
+            get(b"/r/acme", format!("Cookie: lc_attr={long}\r\n").as_bytes()),
+        ),
+        (
+            "javascript in utm_content",
+            get(
+                b"/r/acme?utm_content=javascript:alert(1)%22%3E%3Cscript%3E",
+                b"",
+            ),
+        ),
         ("NUL bytes", get(b"/r/acme?utm_term=%00%00", b"")),
-        ("header-injection in user agent", get(b"/r/acme", b"User-Agent: x\r\n X-Injected: folded\r\n")),
+        (
+            "header-injection in user agent",
+            get(b"/r/acme", b"User-Agent: x\r\n X-Injected: folded\r\n"),
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut redirected = 0;
     for (name, request) in cases {
         let answer = app.raw(&request);
         assert_safe(name, &answer);
-        eprintln!("{name}: {}", String::from_utf8_lossy(&answer).lines().next().unwrap_or("(closed)"));
+        eprintln!(
+            "{name}: {}",
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("(closed)")
+        );
         redirected += usize::from(parse_answer(&answer).0 == 302);
     }
-    assert!(redirected >= 15, "only {redirected} hostile requests were redirected");
+    assert!(
+        redirected >= 15,
+        "only {redirected} hostile requests were redirected"
+    );
     // A click with a hostile term still lands, and its term is encoded.
-    let r = app.click("/r/acme?utm_term=%22%3E%3Cscript%3E", None, None).await;
+    let r = app
+        .click("/r/acme?utm_term=%22%3E%3Cscript%3E", None, None)
+        .await;
     assert_eq!(r.status, 302);
-    assert!(r.location.contains("utm_term=%22%3E%3Cscript%3E"), "{}", r.location);
+    assert!(
+        r.location.contains("utm_term=%22%3E%3Cscript%3E"),
+        "{}",
+        r.location
+    );
     assert!(!app.metrics().await.contains("outcome=\"error\""));
 }
 
@@ -132,6 +228,7 @@ async fn request_heads_over_the_limit_are_refused_on_both_listeners() {
 #[tokio::test]
 async fn other_methods_on_a_redirect_path_are_405() {
     let app = TestApp::spawn().await;
-    let answer = app.raw(b"POST /r/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let answer = app
+        .raw(b"POST /r/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(parse_answer(&answer).0, 405);
 }

@@ -38,20 +38,50 @@ fn the_default_configuration_is_valid() {
 #[test]
 fn invalid_configuration_stops_startup_naming_the_key() {
     let cases: [(&[(&str, &str)], &str); 9] = [
-        (&[("LASTCLICK_ATTRIBUTION__WINDOW", "forever")], "attribution.window"),
-        (&[("LASTCLICK_CLICKS__DEDUP_WINDOW", "30 parsecs")], "clicks.dedup_window"),
-        (&[("LASTCLICK_LANDING__DEFAULT", "https://evil.com/")], "landing.default"),
-        (&[("LASTCLICK_CAMPAIGN__DISCOUNTS", "10,150")], "campaign.discounts"),
-        (&[("LASTCLICK_REDIS__URL", "redis://127.0.0.1:1"), ("LASTCLICK_COOKIE__SECRETS", "")], "cookie.secrets"),
+        (
+            &[("LASTCLICK_ATTRIBUTION__WINDOW", "forever")],
+            "attribution.window",
+        ),
+        (
+            &[("LASTCLICK_CLICKS__DEDUP_WINDOW", "30 parsecs")],
+            "clicks.dedup_window",
+        ),
+        (
+            &[("LASTCLICK_LANDING__DEFAULT", "https://evil.com/")],
+            "landing.default",
+        ),
+        (
+            &[("LASTCLICK_CAMPAIGN__DISCOUNTS", "10,150")],
+            "campaign.discounts",
+        ),
+        (
+            &[
+                ("LASTCLICK_REDIS__URL", "redis://127.0.0.1:1"),
+                ("LASTCLICK_COOKIE__SECRETS", ""),
+            ],
+            "cookie.secrets",
+        ),
         (&[("LASTCLICK_COOKIE__SECRETS", "short")], "cookie.secrets"),
-        (&[("LASTCLICK_LISTEN__MAX_HEADER_BYTES", "100")], "listen.max_header_bytes"),
-        (&[("LASTCLICK_LISTEN__HTTP", "not-an-address")], "listen.http"),
-        (&[("LASTCLICK_CLICKS__BATCH_SIZE", "0")], "clicks.batch_size"),
+        (
+            &[("LASTCLICK_LISTEN__MAX_HEADER_BYTES", "100")],
+            "listen.max_header_bytes",
+        ),
+        (
+            &[("LASTCLICK_LISTEN__HTTP", "not-an-address")],
+            "listen.http",
+        ),
+        (
+            &[("LASTCLICK_CLICKS__BATCH_SIZE", "0")],
+            "clicks.batch_size",
+        ),
     ];
     for (env, key) in cases {
         let (ok, text) = check(env);
         assert!(!ok, "{env:?} was accepted");
-        assert!(text.contains(key), "{env:?}: message does not name {key}: {text}");
+        assert!(
+            text.contains(key),
+            "{env:?}: message does not name {key}: {text}"
+        );
     }
 }
 
@@ -75,7 +105,11 @@ fn a_config_file_is_read_and_the_environment_overrides_it() {
         .env("LASTCLICK_ATTRIBUTION__WINDOW", "90d")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&path, "[cookie]\nnmae = \"typo\"\n").unwrap();
     let out = Command::new(binary())
         .args(["serve", "--check", "--config"])
@@ -95,13 +129,30 @@ fn every_subcommand_has_help_and_link_prints_an_affiliate_link() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
     let out = Command::new(binary())
-        .args(["link", "--partner", "acme", "--campaign", "spring", "--term", "side bar", "--base-url", "https://go.example.com"])
+        .args([
+            "link",
+            "--partner",
+            "acme",
+            "--campaign",
+            "spring",
+            "--term",
+            "side bar",
+            "--base-url",
+            "https://go.example.com",
+        ])
         .env_clear()
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "https://go.example.com/r/acme/spring?utm_term=side+bar");
-    let bad = Command::new(binary()).args(["link", "--partner", "a/b"]).env_clear().output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "https://go.example.com/r/acme/spring?utm_term=side+bar"
+    );
+    let bad = Command::new(binary())
+        .args(["link", "--partner", "a/b"])
+        .env_clear()
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 }
 
@@ -123,12 +174,30 @@ async fn the_admin_listener_serves_metrics_health_and_readiness() {
     }
     assert!(!metrics.contains("acme"), "no per-partner labels");
     for path in ["/healthz", "/readyz"] {
-        let status = app.client.get(format!("{}{path}", app.admin)).send().await.unwrap().status();
+        let status = app
+            .client
+            .get(format!("{}{path}", app.admin))
+            .send()
+            .await
+            .unwrap()
+            .status();
         assert_eq!(status, 200, "{path}");
     }
-    let status = app.client.get(format!("{}/v1/partners", app.admin)).send().await.unwrap().status();
+    let status = app
+        .client
+        .get(format!("{}/v1/partners", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 404, "the API is not on the admin listener");
-    let status = app.client.get(app.url("/metrics")).send().await.unwrap().status();
+    let status = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status, 404, "metrics are not on the public listener");
 }
 
@@ -142,7 +211,10 @@ async fn sigterm_stops_the_service_gracefully() {
     let public = app.public.clone();
     let status = app.terminate();
     assert!(status.success(), "exit status {status:?}");
-    let refused = reqwest::Client::new().get(format!("{public}/r/acme")).send().await;
+    let refused = reqwest::Client::new()
+        .get(format!("{public}/r/acme"))
+        .send()
+        .await;
     assert!(refused.is_err(), "no longer accepting");
 }
 
@@ -164,5 +236,8 @@ async fn a_full_click_buffer_drops_and_counts_instead_of_waiting() {
     let dropped = app.metric("lastclick_clicks_dropped_total").await;
     let queued = app.metric("lastclick_click_buffer_depth").await;
     assert!(dropped >= 5.0, "dropped {dropped}");
-    assert_eq!(dropped + queued + app.metric("lastclick_clicks_written_total").await, 10.0);
+    assert_eq!(
+        dropped + queued + app.metric("lastclick_clicks_written_total").await,
+        10.0
+    );
 }

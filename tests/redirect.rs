@@ -24,10 +24,19 @@ async fn a_counted_click_answers_302_with_every_cookie_attribute() {
     let r = app.click("/r/acme/spring", None, Some("Mozilla/5.0")).await;
     assert_eq!(r.status, 302);
     assert_eq!(r.cache_control, "no-store");
-    let cookie = r.set_cookie.clone().expect("a counted click sets the cookie");
+    let cookie = r
+        .set_cookie
+        .clone()
+        .expect("a counted click sets the cookie");
     let attrs: Vec<&str> = cookie.split("; ").collect();
     assert!(attrs[0].starts_with("lc_attr="), "{cookie}");
-    for attr in ["Max-Age=10368000", "Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
+    for attr in [
+        "Max-Age=10368000",
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+    ] {
         assert!(attrs.contains(&attr), "{attr} missing in {cookie}");
     }
     assert!(!cookie.contains("Domain="), "no Domain unless configured");
@@ -44,7 +53,11 @@ async fn the_cookie_domain_and_secure_flag_follow_configuration() {
     ])
     .await;
     app.create_partner("acme").await;
-    let cookie = app.click("/r/acme", None, None).await.set_cookie.expect("cookie");
+    let cookie = app
+        .click("/r/acme", None, None)
+        .await
+        .set_cookie
+        .expect("cookie");
     assert!(cookie.contains("; Domain=example.com"), "{cookie}");
     assert!(!cookie.contains("Secure"), "{cookie}");
     assert!(cookie.contains("Max-Age=172800"), "{cookie}");
@@ -59,7 +72,11 @@ async fn the_location_carries_campaign_parameters_before_the_fragment() {
         "{}",
         r.location
     );
-    assert!(r.location.ends_with("&trial_days=30&discount=20#pricing"), "{}", r.location);
+    assert!(
+        r.location.ends_with("&trial_days=30&discount=20#pricing"),
+        "{}",
+        r.location
+    );
     assert_eq!(r.param("lc_click").unwrap().len(), 22);
 }
 
@@ -82,7 +99,9 @@ async fn the_visitors_utm_values_are_used_but_never_deal_terms() {
     assert!(r.location.starts_with("https://promo.example.com/"));
 
     app.create_partner("plain").await;
-    let plain = app.click("/r/plain?trial_days=60&discount=50", None, None).await;
+    let plain = app
+        .click("/r/plain?trial_days=60&discount=50", None, None)
+        .await;
     assert_eq!(plain.param("utm_campaign").as_deref(), Some("default_link"));
     assert_eq!(plain.param("trial_days"), None);
     assert_eq!(plain.param("discount"), None);
@@ -112,10 +131,18 @@ async fn bots_previews_head_and_unknown_or_disabled_partners_are_redirected_unco
         let r = app.click("/r/acme/spring", None, Some(ua)).await;
         assert_eq!(r.status, 302);
         assert!(r.set_cookie.is_none(), "{ua} got a cookie");
-        assert!(r.location.starts_with("https://promo.example.com/offer"), "bots go to the usual landing");
+        assert!(
+            r.location.starts_with("https://promo.example.com/offer"),
+            "bots go to the usual landing"
+        );
         assert_eq!(r.param("lc_click"), None);
     }
-    let head = app.client.head(app.url("/r/acme/spring")).send().await.unwrap();
+    let head = app
+        .client
+        .head(app.url("/r/acme/spring"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head.status(), 302);
     assert!(head.headers().get("set-cookie").is_none());
 
@@ -125,22 +152,53 @@ async fn bots_previews_head_and_unknown_or_disabled_partners_are_redirected_unco
 
     app.create_partner("gone").await;
     let (status, _) = app
-        .send_json("PATCH", "/v1/partners/gone", Some(common::ADMIN), json!({"disabled": true}))
+        .send_json(
+            "PATCH",
+            "/v1/partners/gone",
+            Some(common::ADMIN),
+            json!({"disabled": true}),
+        )
         .await;
     assert_eq!(status, 200);
     let disabled = app.click("/r/gone", None, None).await;
-    assert_eq!((disabled.status, disabled.set_cookie.is_none()), (302, true));
+    assert_eq!(
+        (disabled.status, disabled.set_cookie.is_none()),
+        (302, true)
+    );
     assert_eq!(disabled.location, "https://www.example.com/start");
 
     let counted = app.click("/r/acme/spring", None, None).await;
     assert!(counted.set_cookie.is_some());
     let report = app.report_when("acme", "", 1).await;
-    assert_eq!(report["totals"]["clicks"], 1, "only the human click counts: {report}");
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"bot\"}").await, 4.0);
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"head\"}").await, 1.0);
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"unknown_partner\"}").await, 1.0);
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"disabled_partner\"}").await, 1.0);
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"counted\"}").await, 1.0);
+    assert_eq!(
+        report["totals"]["clicks"], 1,
+        "only the human click counts: {report}"
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"bot\"}")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"head\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"unknown_partner\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"disabled_partner\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"counted\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -150,14 +208,24 @@ async fn a_repeat_click_within_the_dedup_window_refreshes_the_cookie_but_counts_
     let cookie = first.cookie_value().unwrap();
     let again = app.click("/r/acme/spring", Some(&cookie), None).await;
     assert!(again.set_cookie.is_some(), "the cookie is refreshed");
-    assert_eq!(again.param("lc_click"), first.param("lc_click"), "same click");
+    assert_eq!(
+        again.param("lc_click"),
+        first.param("lc_click"),
+        "same click"
+    );
     // A different term is a different link: counted.
-    let other = app.click("/r/acme/spring?utm_term=footer", Some(&cookie), None).await;
+    let other = app
+        .click("/r/acme/spring?utm_term=footer", Some(&cookie), None)
+        .await;
     assert_ne!(other.param("lc_click"), first.param("lc_click"));
     let report = app.report_when("acme", "", 2).await;
     assert_eq!(report["totals"]["clicks"], 2, "{report}");
     assert_eq!(report["totals"]["unique_visitors"], 1, "{report}");
-    assert_eq!(app.metric("lastclick_redirects_total{outcome=\"duplicate\"}").await, 1.0);
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"duplicate\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -166,7 +234,9 @@ async fn after_the_dedup_window_the_same_link_counts_again() {
     app.create_partner("acme").await;
     let first = app.click("/r/acme", None, None).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let second = app.click("/r/acme", Some(&first.cookie_value().unwrap()), None).await;
+    let second = app
+        .click("/r/acme", Some(&first.cookie_value().unwrap()), None)
+        .await;
     assert_ne!(second.param("lc_click"), first.param("lc_click"));
     let report = app.report_when("acme", "", 2).await;
     assert_eq!(report["totals"]["clicks"], 2, "{report}");
@@ -177,16 +247,27 @@ async fn the_last_click_wins_and_keeps_the_visitor() {
     let app = app_with_campaign().await;
     app.create_partner("rival").await;
     let first = app.click("/r/acme/spring", None, None).await;
-    let second = app.click("/r/rival", Some(&first.cookie_value().unwrap()), None).await;
+    let second = app
+        .click("/r/rival", Some(&first.cookie_value().unwrap()), None)
+        .await;
     assert!(second.set_cookie.is_some());
     assert_ne!(second.cookie_value(), first.cookie_value());
     // The newest cookie names the rival: a third click on acme is a new
     // link for this cookie, so it counts again and replaces it.
-    let third = app.click("/r/acme/spring", Some(&second.cookie_value().unwrap()), None).await;
+    let third = app
+        .click(
+            "/r/acme/spring",
+            Some(&second.cookie_value().unwrap()),
+            None,
+        )
+        .await;
     assert_ne!(third.param("lc_click"), first.param("lc_click"));
     let acme = app.report_when("acme", "", 2).await;
     assert_eq!(acme["totals"]["clicks"], 2);
-    assert_eq!(acme["totals"]["unique_visitors"], 1, "the visitor id is kept across clicks");
+    assert_eq!(
+        acme["totals"]["unique_visitors"], 1,
+        "the visitor id is kept across clicks"
+    );
     let rival = app.report_when("rival", "", 1).await;
     assert_eq!(rival["totals"]["unique_visitors"], 1);
 }
@@ -195,21 +276,45 @@ async fn the_last_click_wins_and_keeps_the_visitor() {
 async fn cookies_signed_with_a_rotated_out_secret_still_verify_and_unknown_ones_do_not() {
     let old = TestApp::spawn_with(&[("LASTCLICK_COOKIE__SECRETS", "old-secret-0123456789")]).await;
     old.create_partner("acme").await;
-    let cookie = old.click("/r/acme", None, None).await.cookie_value().unwrap();
+    let cookie = old
+        .click("/r/acme", None, None)
+        .await
+        .cookie_value()
+        .unwrap();
     drop(old);
 
     // The same visitor, clicking within the dedup window, on a server that
     // rotated: the old cookie still verifies, so the click is a repeat.
-    let rotated = TestApp::spawn_with(&[("LASTCLICK_COOKIE__SECRETS", "new-secret-0123456789,old-secret-0123456789")]).await;
+    let rotated = TestApp::spawn_with(&[(
+        "LASTCLICK_COOKIE__SECRETS",
+        "new-secret-0123456789,old-secret-0123456789",
+    )])
+    .await;
     rotated.create_partner("acme").await;
     let r = rotated.click("/r/acme", Some(&cookie), None).await;
-    assert_eq!(rotated.metric("lastclick_redirects_total{outcome=\"duplicate\"}").await, 1.0, "{r:?}");
+    assert_eq!(
+        rotated
+            .metric("lastclick_redirects_total{outcome=\"duplicate\"}")
+            .await,
+        1.0,
+        "{r:?}"
+    );
 
     let stranger = TestApp::spawn_with(&[("LASTCLICK_COOKIE__SECRETS", SECRET)]).await;
     stranger.create_partner("acme").await;
     stranger.click("/r/acme", Some(&cookie), None).await;
-    assert_eq!(stranger.metric("lastclick_redirects_total{outcome=\"counted\"}").await, 1.0);
-    assert_eq!(stranger.metric("lastclick_redirects_total{outcome=\"duplicate\"}").await, 0.0);
+    assert_eq!(
+        stranger
+            .metric("lastclick_redirects_total{outcome=\"counted\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        stranger
+            .metric("lastclick_redirects_total{outcome=\"duplicate\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -219,7 +324,11 @@ async fn a_tampered_cookie_is_ignored_and_a_new_visitor_starts() {
     let mut forged = first.cookie_value().unwrap();
     forged.replace_range(5..6, if &forged[5..6] == "A" { "B" } else { "A" });
     let r = app.click("/r/acme/spring", Some(&forged), None).await;
-    assert_ne!(r.param("lc_click"), first.param("lc_click"), "a forged cookie is no repeat");
+    assert_ne!(
+        r.param("lc_click"),
+        first.param("lc_click"),
+        "a forged cookie is no repeat"
+    );
     let report = app.report_when("acme", "", 2).await;
     assert_eq!(report["totals"]["unique_visitors"], 2, "{report}");
 }

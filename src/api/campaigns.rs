@@ -50,8 +50,10 @@ impl CampaignView {
 
 /// Applies the Campaign Builder's rules; the error names the field.
 fn validate(body: NewCampaign, partner: PartnerId, config: &Config) -> Result<Campaign, ApiError> {
-    let slug = CampaignSlug::parse(&body.slug).map_err(|m| ApiError::bad_request("invalid_slug", m))?;
-    let name = CampaignName::parse(&body.name).map_err(|m| ApiError::bad_request("invalid_name", m))?;
+    let slug =
+        CampaignSlug::parse(&body.slug).map_err(|m| ApiError::bad_request("invalid_slug", m))?;
+    let name =
+        CampaignName::parse(&body.name).map_err(|m| ApiError::bad_request("invalid_name", m))?;
     let max_trial = config.campaign.max_trial_days;
     let trial_days = body
         .trial_days
@@ -137,7 +139,10 @@ pub async fn create(
         other => other?,
     }
     state.refresh_routes().await;
-    Ok((StatusCode::CREATED, Json(CampaignView::new(campaign, &state.config))))
+    Ok((
+        StatusCode::CREATED,
+        Json(CampaignView::new(campaign, &state.config)),
+    ))
 }
 
 pub async fn list(

@@ -81,7 +81,11 @@ impl FromRequestParts<ApiState> for Caller {
         if let Some(role) = state.roles.role_of(token) {
             return Ok(role);
         }
-        match state.store.partner_by_token_hash(&token_hash(token)).await? {
+        match state
+            .store
+            .partner_by_token_hash(&token_hash(token))
+            .await?
+        {
             Some(partner) => Ok(Caller::Partner(partner)),
             None => Err(ApiError::Unauthorized),
         }

@@ -103,7 +103,10 @@ pub async fn create(
     };
     match state.store.insert_partner(&partner).await {
         Err(StoreError::Conflict) => {
-            return Err(ApiError::Conflict(format!("partner `{}` already exists", partner.id)))
+            return Err(ApiError::Conflict(format!(
+                "partner `{}` already exists",
+                partner.id
+            )))
         }
         other => other?,
     }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
 
 use super::{
-    CatalogSnapshot, Campaign, Click, ClickCount, CounterCell, Partner, Store, StoreError,
+    Campaign, CatalogSnapshot, Click, ClickCount, CounterCell, Partner, Store, StoreError,
 };
 use crate::cookie::{ClickId, VisitorId};
 use crate::ids::{CampaignSlug, PartnerId};

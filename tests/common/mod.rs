@@ -29,8 +29,14 @@ pub fn base_env() -> Vec<(String, String)> {
         ("LASTCLICK_AUTH__ADMIN_TOKEN", ADMIN),
         ("LASTCLICK_AUTH__MERCHANT_TOKEN", MERCHANT),
         ("LASTCLICK_COOKIE__SECRETS", SECRET),
-        ("LASTCLICK_LANDING__DEFAULT", "https://www.example.com/start"),
-        ("LASTCLICK_LANDING__ALLOWED_HOSTS", "www.example.com,promo.example.com"),
+        (
+            "LASTCLICK_LANDING__DEFAULT",
+            "https://www.example.com/start",
+        ),
+        (
+            "LASTCLICK_LANDING__ALLOWED_HOSTS",
+            "www.example.com,promo.example.com",
+        ),
         ("LASTCLICK_CLICKS__FLUSH_INTERVAL", "10ms"),
         ("LASTCLICK_CACHE__REFRESH", "100ms"),
         ("RUST_LOG", "warn"),
@@ -71,7 +77,8 @@ impl TestApp {
         .await
         .expect("reader thread")
         .expect("reads the listening line");
-        let public = field(&line, "public=").unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        let public =
+            field(&line, "public=").unwrap_or_else(|| panic!("no listening line: {line:?}"));
         let admin = field(&line, "admin=").expect("admin address");
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -91,13 +98,19 @@ impl TestApp {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "lastclick did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "lastclick did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -114,11 +127,24 @@ impl TestApp {
         read(req.send().await.expect("request")).await
     }
 
-    pub async fn send_json(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.send_raw_body(method, path, token, body.to_string()).await
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        self.send_raw_body(method, path, token, body.to_string())
+            .await
     }
 
-    pub async fn send_raw_body(&self, method: &str, path: &str, token: Option<&str>, body: String) -> (u16, Value) {
+    pub async fn send_raw_body(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self
             .client
@@ -142,14 +168,24 @@ impl TestApp {
 
     pub async fn create_campaign(&self, partner: &str, body: Value) -> Value {
         let (status, answer) = self
-            .send_json("POST", &format!("/v1/partners/{partner}/campaigns"), Some(ADMIN), body)
+            .send_json(
+                "POST",
+                &format!("/v1/partners/{partner}/campaigns"),
+                Some(ADMIN),
+                body,
+            )
             .await;
         assert_eq!(status, 201, "{answer}");
         answer
     }
 
     /// GETs a redirect path with optional cookie and user agent.
-    pub async fn click(&self, path: &str, cookie: Option<&str>, user_agent: Option<&str>) -> Redirect {
+    pub async fn click(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> Redirect {
         let mut req = self.client.get(self.url(path));
         if let Some(cookie) = cookie {
             req = req.header("cookie", format!("lc_attr={cookie}"));
@@ -190,7 +226,10 @@ impl TestApp {
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or_else(|| panic!("no series {series} in metrics"))
     }
 
@@ -223,7 +262,9 @@ async fn read(response: reqwest::Response) -> (u16, Value) {
 
 pub fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let _ = stream.write_all(request);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut answer = Vec::new();
