@@ -123,8 +123,14 @@ async fn campaigns_are_unique_per_partner_and_in_the_catalog(store: Arc<dyn Stor
 async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
     let first = click("acme", "spring", Some("a"), 1, NOV_1);
     let later = click("rival", "default_link", None, 1, NOV_1 + 60);
-    store.record_clicks(std::slice::from_ref(&first)).await.unwrap();
-    store.record_clicks(std::slice::from_ref(&later)).await.unwrap();
+    store
+        .record_clicks(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    store
+        .record_clicks(std::slice::from_ref(&later))
+        .await
+        .unwrap();
     assert_eq!(store.click(&first.click_id).await.unwrap(), Some(first));
     assert_eq!(
         store.last_click(&VisitorId([1; 16])).await.unwrap(),

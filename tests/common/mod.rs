@@ -265,8 +265,9 @@ pub fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    // No half-close: hyper drops a connection whose client stopped
+    // sending before it answers. Requests say `Connection: close` instead.
     let _ = stream.write_all(request);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     answer
