@@ -30,6 +30,7 @@ use crate::cookie::CookieSigner;
 use crate::metrics::Metrics;
 use crate::redirect::{RedirectRequest, RedirectSettings, Redirector};
 use crate::store::embedded::{spawn_expiry, EmbeddedStore};
+use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 
 /// How long in-flight requests may take to finish once shutdown begins.
@@ -168,6 +169,23 @@ pub async fn run(
     let _ = flusher.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The embedded store when `redis.url` is empty, else Redis.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    if config.embedded() {
+        let embedded = Arc::new(EmbeddedStore::new(config.attribution.window));
+        spawn_expiry(Arc::clone(&embedded));
+        return Ok(embedded);
+    }
+    let store = RedisStore::connect(
+        &config.redis.url,
+        config.redis.cluster,
+        config.attribution.window,
+    )
+    .await
+    .map_err(|e| ServeError::Config(format!("`redis.url`: {e}")))?;
+    Ok(Arc::new(store))
 }
 
 /// Accepts connections until told to stop; returns the live connections so

@@ -1,17 +1,31 @@
 //! The `Store` behaviour every implementation shares, written once and run
 //! against each store.
 
+mod common;
+
 use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
+use common::redis_server::{RedisCluster, RedisServer};
 use lastclick::cookie::{ClickId, VisitorId};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
 use lastclick::store::embedded::EmbeddedStore;
+use lastclick::store::redis::RedisStore;
 use lastclick::store::{Campaign, Click, CounterCell, Partner, Store, StoreError};
 
 const DAY: i64 = 86_400;
-/// 2026-11-01T12:00:00Z
-const NOV_1: i64 = 1_793_534_400;
+/// Noon UTC ten days ago: recent enough for every store's expiry, whatever
+/// day the tests run on.
+fn t0() -> i64 {
+    (Utc::now().timestamp() / DAY - 10) * DAY + DAY / 2
+}
+
+/// The UTC day `offset` days after `t0`.
+fn d(offset: i64) -> NaiveDate {
+    Utc.timestamp_opt(t0() + offset * DAY, 0)
+        .unwrap()
+        .date_naive()
+}
 
 fn partner(id: &str) -> Partner {
     Partner {
@@ -20,7 +34,7 @@ fn partner(id: &str) -> Partner {
         paypal_email: None,
         disabled: false,
         token_hash: format!("hash-of-{id}"),
-        created_at: Utc.timestamp_opt(NOV_1, 0).unwrap(),
+        created_at: Utc.timestamp_opt(t0(), 0).unwrap(),
     }
 }
 
@@ -33,7 +47,7 @@ fn campaign(partner: &str, slug: &str) -> Campaign {
         discount: None,
         landing: None,
         utm_term: Some("t".into()),
-        created_at: Utc.timestamp_opt(NOV_1, 0).unwrap(),
+        created_at: Utc.timestamp_opt(t0(), 0).unwrap(),
     }
 }
 
@@ -48,13 +62,9 @@ fn click(partner: &str, campaign: &str, term: Option<&str>, visitor: u8, at: i64
     }
 }
 
-fn day(s: &str) -> NaiveDate {
-    s.parse().unwrap()
-}
-
-fn cell(d: &str, campaign: &str, term: &str) -> CounterCell {
+fn cell(day: NaiveDate, campaign: &str, term: &str) -> CounterCell {
     CounterCell {
-        day: day(d),
+        day,
         campaign: campaign.into(),
         term: term.into(),
     }
@@ -121,8 +131,8 @@ async fn campaigns_are_unique_per_partner_and_in_the_catalog(store: Arc<dyn Stor
 }
 
 async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
-    let first = click("acme", "spring", Some("a"), 1, NOV_1);
-    let later = click("rival", "default_link", None, 1, NOV_1 + 60);
+    let first = click("acme", "spring", Some("a"), 1, t0());
+    let later = click("rival", "default_link", None, 1, t0() + 60);
     store
         .record_clicks(std::slice::from_ref(&first))
         .await
@@ -143,37 +153,28 @@ async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
 async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store: Arc<dyn Store>) {
     let acme = PartnerId::parse("acme").unwrap();
     let batch = vec![
-        click("acme", "spring", Some("a"), 1, NOV_1),
-        click("acme", "spring", Some("a"), 2, NOV_1 + 10),
-        click("acme", "spring", None, 1, NOV_1 + 20),
-        click("acme", "spring", Some("a"), 1, NOV_1 + DAY),
-        click("rival", "spring", Some("a"), 3, NOV_1),
+        click("acme", "spring", Some("a"), 1, t0()),
+        click("acme", "spring", Some("a"), 2, t0() + 10),
+        click("acme", "spring", None, 1, t0() + 20),
+        click("acme", "spring", Some("a"), 1, t0() + DAY),
+        click("rival", "spring", Some("a"), 3, t0()),
     ];
     store.record_clicks(&batch).await.unwrap();
     store.record_clicks(&batch[..2]).await.unwrap(); // a retried batch
-    let mut counts = store
-        .click_counts(&acme, day("2026-11-01"), day("2026-11-02"))
-        .await
-        .unwrap();
+    let mut counts = store.click_counts(&acme, d(0), d(1)).await.unwrap();
     counts.sort_by(|a, b| a.cell.cmp(&b.cell));
     let summary: Vec<(CounterCell, u64)> = counts.into_iter().map(|c| (c.cell, c.clicks)).collect();
     assert_eq!(
         summary,
         vec![
-            (cell("2026-11-01", "spring", ""), 1),
-            (cell("2026-11-01", "spring", "a"), 2),
-            (cell("2026-11-02", "spring", "a"), 1),
+            (cell(d(0), "spring", ""), 1),
+            (cell(d(0), "spring", "a"), 2),
+            (cell(d(1), "spring", "a"), 1),
         ]
     );
-    let one_day = store
-        .click_counts(&acme, day("2026-11-02"), day("2026-11-02"))
-        .await
-        .unwrap();
+    let one_day = store.click_counts(&acme, d(1), d(1)).await.unwrap();
     assert_eq!(one_day.len(), 1);
-    let cells = [
-        cell("2026-11-01", "spring", "a"),
-        cell("2026-11-02", "spring", "a"),
-    ];
+    let cells = [cell(d(0), "spring", "a"), cell(d(1), "spring", "a")];
     assert_eq!(
         store.unique_visitors(&acme, &cells).await.unwrap(),
         2,
@@ -183,13 +184,15 @@ async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store
     assert_eq!(store.unique_visitors(&acme, &[]).await.unwrap(), 0);
     assert_eq!(
         store
-            .unique_visitors(&acme, &[cell("2026-01-01", "x", "")])
+            .unique_visitors(&acme, &[cell(d(-200), "x", "")])
             .await
             .unwrap(),
         0
     );
 }
 
+/// Each test gets a fresh store; `$make` returns it with whatever must live
+/// as long as it (a Redis server).
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -197,53 +200,72 @@ macro_rules! store_suite {
 
             #[tokio::test]
             async fn partners_are_unique_and_found_by_token_hash() {
-                super::partners_are_unique_and_found_by_token_hash($make).await;
+                let (store, _server) = $make.await;
+                super::partners_are_unique_and_found_by_token_hash(store).await;
             }
 
             #[tokio::test]
             async fn campaigns_are_unique_per_partner_and_in_the_catalog() {
-                super::campaigns_are_unique_per_partner_and_in_the_catalog($make).await;
+                let (store, _server) = $make.await;
+                super::campaigns_are_unique_per_partner_and_in_the_catalog(store).await;
             }
 
             #[tokio::test]
             async fn clicks_are_kept_by_id_and_by_visitor() {
-                super::clicks_are_kept_by_id_and_by_visitor($make).await;
+                let (store, _server) = $make.await;
+                super::clicks_are_kept_by_id_and_by_visitor(store).await;
             }
 
             #[tokio::test]
             async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once() {
-                super::counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once($make)
+                let (store, _server) = $make.await;
+                super::counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store)
                     .await;
             }
         }
     };
 }
 
-fn embedded() -> Arc<dyn Store> {
-    Arc::new(EmbeddedStore::new(std::time::Duration::from_secs(
-        120 * DAY as u64,
-    )))
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(120 * DAY as u64);
+
+async fn embedded() -> (Arc<dyn Store>, ()) {
+    (Arc::new(EmbeddedStore::new(WINDOW)), ())
+}
+
+async fn redis() -> (Arc<dyn Store>, RedisServer) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), false, WINDOW)
+        .await
+        .unwrap();
+    (Arc::new(store), server)
+}
+
+async fn cluster() -> (Arc<dyn Store>, RedisCluster) {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.urls(), true, WINDOW)
+        .await
+        .unwrap();
+    (Arc::new(store), cluster)
 }
 
 store_suite!(embedded_store, embedded());
+store_suite!(redis_store, redis());
+store_suite!(redis_cluster_store, cluster());
 
 #[tokio::test]
 async fn the_embedded_store_forgets_clicks_and_counters_after_the_window() {
     let store = EmbeddedStore::new(std::time::Duration::from_secs(2 * DAY as u64));
-    let old = click("acme", "spring", None, 1, NOV_1);
-    let recent = click("acme", "spring", None, 2, NOV_1 + 3 * DAY);
+    let old = click("acme", "spring", None, 1, t0());
+    let recent = click("acme", "spring", None, 2, t0() + 3 * DAY);
     store
         .record_clicks(&[old.clone(), recent.clone()])
         .await
         .unwrap();
-    store.expire(NOV_1 + 3 * DAY + 1);
+    store.expire(t0() + 3 * DAY + 1);
     assert_eq!(store.click(&old.click_id).await.unwrap(), None);
     assert_eq!(store.last_click(&VisitorId([1; 16])).await.unwrap(), None);
     assert_eq!(store.click(&recent.click_id).await.unwrap(), Some(recent));
     let acme = PartnerId::parse("acme").unwrap();
-    let counts = store
-        .click_counts(&acme, day("2026-10-01"), day("2026-12-01"))
-        .await
-        .unwrap();
+    let counts = store.click_counts(&acme, d(-30), d(30)).await.unwrap();
     assert_eq!(counts.len(), 1, "the old day's counters are gone");
 }

@@ -2,6 +2,7 @@
 //! process.
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 

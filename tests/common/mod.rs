@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod redis_server;
+
 pub const ADMIN: &str = "test-admin-token";
 pub const MERCHANT: &str = "test-merchant-token";
 pub const SECRET: &str = "test-secret-0123456789";
