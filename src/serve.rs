@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::redirect::{RedirectRequest, RedirectSettings, Redirector};
 use crate::store::embedded::{spawn_expiry, EmbeddedStore};
 use crate::store::redis::RedisStore;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +40,6 @@ const MAX_COOKIE_HEADERS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
     #[error("{0}")]
     Config(String),
 }
@@ -74,22 +72,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     fill_embedded_defaults(&mut config);
-    if !config.embedded() {
-        return Err(ServeError::Config(
-            "redis.url is set, but this build only has the embedded store".into(),
-        ));
-    }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let embedded = Arc::new(EmbeddedStore::new(config.attribution.window));
-    spawn_expiry(Arc::clone(&embedded));
-    let store: Arc<dyn Store> = embedded;
+    let store = open_store(&config).await?;
 
     let routes = Arc::new(RouteCache::new(
         config.landing_policy(),
         config.default_landing(),
     ));
-    routes.refresh(store.as_ref()).await?;
+    if let Err(e) = routes.refresh(store.as_ref()).await {
+        // Visitors still land (on landing.default) while the store is down;
+        // the refresher loads the routes as soon as it answers.
+        metrics.count_store_error("load_catalog");
+        tracing::error!(error = %e, "partners and campaigns could not be loaded; retrying in the background");
+    }
 
     let (click_queue, click_receiver) =
         clicks::queue(config.clicks.buffer_capacity, Arc::clone(&metrics));
