@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::http::header::{CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::Incoming;
@@ -294,6 +294,9 @@ impl PublicInner {
         let headers = response.headers_mut();
         headers.insert(LOCATION, location);
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Explicit even for HEAD, where hyper would leave it out: clients
+        // that cannot tell a HEAD answer then still know it has no body.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         if let Some(cookie) = answer
             .set_cookie
             .and_then(|c| HeaderValue::try_from(c).ok())
