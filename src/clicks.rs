@@ -13,6 +13,9 @@ use crate::store::{Click, Store};
 /// it counts what is left as dropped.
 const SHUTDOWN_RETRY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait for one batch write, whatever the store's client does on
+/// reconnection: a stuck write must not hold the queue or the shutdown.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The redirect's end of the queue. Pushing never waits.
 #[derive(Clone)]
@@ -72,6 +75,7 @@ pub async fn run_flusher(
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(settings.batch_size);
+    let mut give_up_at = None;
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -79,6 +83,7 @@ pub async fn run_flusher(
         };
         if stopping {
             queue.rx.close();
+            give_up_at = Some(tokio::time::Instant::now() + SHUTDOWN_RETRY);
         }
         loop {
             batch.clear();
@@ -91,7 +96,7 @@ pub async fn run_flusher(
             if batch.is_empty() {
                 break;
             }
-            write_batch(store.as_ref(), &batch, &metrics, stopping).await;
+            write_batch(store.as_ref(), &batch, &metrics, give_up_at).await;
         }
         metrics.click_queue_depth.set(queue.rx.len() as i64);
         if stopping {
@@ -102,22 +107,38 @@ pub async fn run_flusher(
 
 /// Writes one batch, retrying with backoff while the store is down. The
 /// queue behind it fills meanwhile, and overflow is counted by the queue.
-async fn write_batch(store: &dyn Store, batch: &[Click], metrics: &Metrics, stopping: bool) {
-    let started = tokio::time::Instant::now();
+/// Once stopping, retries end at `give_up_at` (one deadline for the whole
+/// drain) and what is left is counted as dropped.
+async fn write_batch(
+    store: &dyn Store,
+    batch: &[Click],
+    metrics: &Metrics,
+    give_up_at: Option<tokio::time::Instant>,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match store.record_clicks(batch).await {
+        let out_of_time = give_up_at.is_some_and(|at| tokio::time::Instant::now() >= at);
+        if out_of_time && !batch.is_empty() {
+            metrics.clicks_dropped.inc_by(batch.len() as u64);
+            tracing::error!(
+                clicks = batch.len(),
+                "store unreachable at shutdown: clicks dropped"
+            );
+            return;
+        }
+        let attempt = tokio::time::timeout(WRITE_TIMEOUT, store.record_clicks(batch)).await;
+        let attempt = attempt.unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Unavailable(
+                "write timed out".into(),
+            ))
+        });
+        match attempt {
             Ok(()) => {
                 metrics.clicks_written.inc_by(batch.len() as u64);
                 return;
             }
             Err(e) => {
                 metrics.count_store_error("record_clicks");
-                if stopping && started.elapsed() > SHUTDOWN_RETRY {
-                    metrics.clicks_dropped.inc_by(batch.len() as u64);
-                    tracing::error!(error = %e, clicks = batch.len(), "store unreachable at shutdown: clicks dropped");
-                    return;
-                }
                 tracing::warn!(error = %e, clicks = batch.len(), "click batch not written; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
