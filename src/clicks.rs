@@ -83,7 +83,7 @@ pub async fn run_flusher(
         };
         if stopping {
             queue.rx.close();
-            give_up_at = Some(tokio::time::Instant::now() + SHUTDOWN_RETRY);
+            give_up_at.get_or_insert(tokio::time::Instant::now() + SHUTDOWN_RETRY);
         }
         loop {
             batch.clear();
@@ -96,7 +96,7 @@ pub async fn run_flusher(
             if batch.is_empty() {
                 break;
             }
-            write_batch(store.as_ref(), &batch, &metrics, give_up_at).await;
+            write_batch(store.as_ref(), &batch, &metrics, &shutdown, &mut give_up_at).await;
         }
         metrics.click_queue_depth.set(queue.rx.len() as i64);
         if stopping {
@@ -113,10 +113,16 @@ async fn write_batch(
     store: &dyn Store,
     batch: &[Click],
     metrics: &Metrics,
-    give_up_at: Option<tokio::time::Instant>,
+    shutdown: &watch::Receiver<bool>,
+    give_up_at: &mut Option<tokio::time::Instant>,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
+        // A shutdown may begin while this batch is retrying: the drain
+        // deadline starts then, not when the flusher next looks up.
+        if give_up_at.is_none() && *shutdown.borrow() {
+            *give_up_at = Some(tokio::time::Instant::now() + SHUTDOWN_RETRY);
+        }
         let out_of_time = give_up_at.is_some_and(|at| tokio::time::Instant::now() >= at);
         if out_of_time && !batch.is_empty() {
             metrics.clicks_dropped.inc_by(batch.len() as u64);
