@@ -276,6 +276,17 @@ impl RedisStore {
         })
     }
 
+    /// Runs a command that answers one stored click record, or nothing.
+    async fn read_click(&self, cmd: Cmd) -> Result<Option<Click>, StoreError> {
+        let raw: Option<String> = cmd
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(raw
+            .and_then(|r| decode::<ClickRecord>(&r).ok())
+            .and_then(ClickRecord::into_click))
+    }
+
     fn conn(&self) -> Connection {
         self.connection.clone()
     }
@@ -576,26 +587,15 @@ impl Store for RedisStore {
     }
 
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(keys::click(id))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .and_then(|r| decode::<ClickRecord>(&r).ok())
-            .and_then(ClickRecord::into_click))
+        let mut get = redis::cmd("GET");
+        get.arg(keys::click(id));
+        self.read_click(get).await
     }
 
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(keys::visitor(visitor))
-            .arg("click")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .and_then(|r| decode::<ClickRecord>(&r).ok())
-            .and_then(ClickRecord::into_click))
+        let mut hget = redis::cmd("HGET");
+        hget.arg(keys::visitor(visitor)).arg("click");
+        self.read_click(hget).await
     }
 
     async fn click_counts(
