@@ -52,15 +52,20 @@ macro_rules! random_id {
             pub fn write_to(&self, out: &mut String) {
                 URL_SAFE_NO_PAD.encode_string(self.0, out);
             }
+
+            /// The 22-character base64url form, on the stack.
+            pub fn text(&self) -> IdText {
+                let mut buf = [0u8; 22];
+                URL_SAFE_NO_PAD
+                    .encode_slice(self.0, &mut buf)
+                    .expect("16 bytes always encode to 22 characters");
+                IdText(buf)
+            }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let mut buf = [0u8; 22];
-                let n = URL_SAFE_NO_PAD
-                    .encode_slice(self.0, &mut buf)
-                    .expect("16 bytes always encode to 22 characters");
-                f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+                f.write_str(self.text().as_str())
             }
         }
 
@@ -70,6 +75,16 @@ macro_rules! random_id {
             }
         }
     };
+}
+
+/// An id's text form, kept on the stack.
+#[derive(Clone, Copy)]
+pub struct IdText([u8; 22]);
+
+impl IdText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base64 is ASCII")
+    }
 }
 
 random_id!(

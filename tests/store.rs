@@ -148,6 +148,19 @@ async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
     );
     assert_eq!(store.last_click(&VisitorId([9; 16])).await.unwrap(), None);
     assert_eq!(store.click(&ClickId::random()).await.unwrap(), None);
+
+    // Out of order within one batch, the latest click still wins.
+    let newest = click("acme", "spring", None, 2, t0() + 120);
+    let older = click("rival", "spring", None, 2, t0() + 30);
+    store
+        .record_clicks(&[newest.clone(), older.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_click(&VisitorId([2; 16])).await.unwrap(),
+        Some(newest)
+    );
+    assert_eq!(store.click(&older.click_id).await.unwrap(), Some(older));
 }
 
 async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store: Arc<dyn Store>) {
@@ -160,7 +173,7 @@ async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store
         click("rival", "spring", Some("a"), 3, t0()),
     ];
     store.record_clicks(&batch).await.unwrap();
-    store.record_clicks(&batch[..2]).await.unwrap(); // a retried batch
+    store.record_clicks(&batch).await.unwrap(); // a retried batch
     let mut counts = store.click_counts(&acme, d(0), d(1)).await.unwrap();
     counts.sort_by(|a, b| a.cell.cmp(&b.cell));
     let summary: Vec<(CounterCell, u64)> = counts.into_iter().map(|c| (c.cell, c.clicks)).collect();

@@ -153,7 +153,14 @@ impl Store for EmbeddedStore {
             if inner.clicks.insert(click.click_id, click.clone()).is_some() {
                 continue;
             }
-            inner.last_clicks.insert(click.visitor_id, click.click_id);
+            // Last click wins by click time, whatever order clicks arrive in.
+            let newer = match inner.last_clicks.get(&click.visitor_id) {
+                Some(latest) => inner.clicks.get(latest).is_none_or(|l| l.at <= click.at),
+                None => true,
+            };
+            if newer {
+                inner.last_clicks.insert(click.visitor_id, click.click_id);
+            }
             let cell = CounterCell {
                 day: click.day(),
                 campaign: click.campaign.to_string(),

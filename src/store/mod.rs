@@ -121,7 +121,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_campaign(&self, campaign: &Campaign) -> Result<(), StoreError>;
     async fn campaigns(&self, partner: &PartnerId) -> Result<Vec<Campaign>, StoreError>;
 
-    /// Stores click records, each visitor's last click and report counters.
+    /// Stores click records, each visitor's last click (the latest by click
+    /// time, whatever order clicks arrive in) and report counters. Sending
+    /// the same batch again, as the flusher does when an outcome is unknown,
+    /// counts nothing twice.
     async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError>;
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError>;
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError>;

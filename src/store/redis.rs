@@ -1,15 +1,18 @@
 //! The Redis store: a single node or a Redis Cluster, keys hash-tagged so
 //! that every multi-key operation stays on one slot (`docs/redis-keys.md`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, CounterCell, Partner, Store, StoreError,
@@ -21,30 +24,55 @@ use crate::ids::PartnerId;
 /// in time counts as down, and callers retry later.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the "click already counted" marker lives: long enough to cover
-/// any retry of a batch, short enough to cost one day of keys.
-const SEEN_TTL_SECS: u64 = 86_400;
-
-/// Counts a click once: the marker makes a retried batch harmless.
-/// KEYS: seen marker, day counter hash, visitors HyperLogLog.
-/// ARGV: counter field, visitor id, marker TTL, counters' expiry (unix s).
-const COUNT_CLICK: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-  redis.call('EXPIREAT', KEYS[2], ARGV[4])
-  redis.call('PFADD', KEYS[3], ARGV[2])
-  redis.call('EXPIREAT', KEYS[3], ARGV[4])
-  return 1
+/// Counts the clicks of one batch (on one slot) once, however often the
+/// batch is sent: the batch marker, named by a digest of the click ids and
+/// kept a day (longer than any retry), makes a resent batch a no-op.
+/// Increments are summed per counter before they are applied.
+/// KEYS: the batch marker, then two per click: day counter hash, visitors
+/// HyperLogLog. ARGV, three per click: counter field, visitor id, counters'
+/// expiry (unix s).
+const COUNT_CLICKS: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) then return 0 end
+local increments, members, expiry = {}, {}, {}
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local counters, visitors = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local field = ARGV[3 * i + 1]
+  increments[counters] = increments[counters] or {}
+  increments[counters][field] = (increments[counters][field] or 0) + 1
+  members[visitors] = members[visitors] or {}
+  table.insert(members[visitors], ARGV[3 * i + 2])
+  expiry[counters] = ARGV[3 * i + 3]
+  expiry[visitors] = ARGV[3 * i + 3]
 end
-return 0";
+for counters, fields in pairs(increments) do
+  for field, n in pairs(fields) do redis.call('HINCRBY', counters, field, n) end
+end
+for visitors, list in pairs(members) do
+  for first = 1, #list, 500 do
+    redis.call('PFADD', visitors, unpack(list, first, math.min(first + 499, #list)))
+  end
+end
+for key, at in pairs(expiry) do redis.call('EXPIREAT', key, at) end
+return 1";
 
-/// Keeps a visitor's latest click, whatever order clicks are written in.
-/// KEYS: visitor hash. ARGV: click time, click record, expiry (unix s).
-const LAST_CLICK: &str = r"
-local at = redis.call('HGET', KEYS[1], 'at')
-if (not at) or tonumber(at) <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'at', ARGV[1], 'click', ARGV[2])
-  redis.call('EXPIREAT', KEYS[1], ARGV[3])
+/// Stores click records. KEYS: click keys. ARGV, two per key: the record,
+/// its expiry (unix s).
+const RECORD_CLICKS: &str = r"
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EXAT', ARGV[2 * i])
+end
+return 1";
+
+/// Keeps each visitor's latest click as `time:click id`, whatever order
+/// clicks are written in. KEYS: visitor keys. ARGV, three per key: click
+/// time, click id, expiry (unix s).
+const LAST_CLICKS: &str = r"
+for i = 1, #KEYS do
+  local at = ARGV[3 * i - 2]
+  local stored = redis.call('GET', KEYS[i])
+  if (not stored) or tonumber(string.match(stored, '^%d+')) <= tonumber(at) then
+    redis.call('SET', KEYS[i], at .. ':' .. ARGV[3 * i - 1], 'EXAT', ARGV[3 * i])
+  end
 end
 return 1";
 
@@ -68,80 +96,130 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('INCR', KEYS[2])
 return 1";
 
-/// Key names; see `docs/redis-keys.md`.
+/// Key names; see `docs/redis-keys.md`. Each function sets `out` to a key,
+/// so the click writer reuses one buffer per key from click to click.
 mod keys {
-    use chrono::NaiveDate;
-
     use crate::cookie::{ClickId, VisitorId};
 
     pub const VERSION: &str = "lc:{catalog}:version";
     pub const PARTNERS: &str = "lc:{catalog}:partners";
     pub const TOKENS: &str = "lc:{catalog}:tokens";
 
-    pub fn campaigns(partner: &str) -> String {
-        format!("lc:{{catalog}}:campaigns:{partner}")
+    /// A key as a new string, for the reads that need one key once.
+    pub fn owned(set: impl FnOnce(&mut String)) -> String {
+        let mut out = String::new();
+        set(&mut out);
+        out
+    }
+
+    /// Sets `out` to the concatenation of `parts`. Keys are built on every
+    /// click, so they skip the formatting machinery.
+    fn set(out: &mut String, parts: &[&str]) {
+        out.clear();
+        for part in parts {
+            out.push_str(part);
+        }
+    }
+
+    fn hex(byte: u8) -> [u8; 2] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        [
+            DIGITS[usize::from(byte >> 4)],
+            DIGITS[usize::from(byte & 15)],
+        ]
+    }
+
+    /// The two hex digits of `byte` as text.
+    fn hex_str(digits: &[u8; 2]) -> &str {
+        std::str::from_utf8(digits).expect("hex digits are ASCII")
+    }
+
+    pub fn campaigns(out: &mut String, partner: &str) {
+        set(out, &["lc:{catalog}:campaigns:", partner]);
     }
 
     /// Click and visitor keys are spread over 256 tags, so a batch in a
     /// cluster needs at most 256 pipelines per kind, not one per click.
-    pub fn click(id: &ClickId) -> String {
-        format!("lc:{{c{:02x}}}:click:{id}", id.0[0])
+    pub fn click(out: &mut String, id: &ClickId) {
+        let tag = hex(id.0[0]);
+        set(
+            out,
+            &["lc:{c", hex_str(&tag), "}:click:", id.text().as_str()],
+        );
     }
 
-    pub fn visitor(id: &VisitorId) -> String {
-        format!("lc:{{v{:02x}}}:visitor:{id}", id.0[0])
+    pub fn visitor(out: &mut String, id: &VisitorId) {
+        let tag = hex(id.0[0]);
+        set(
+            out,
+            &["lc:{v", hex_str(&tag), "}:visitor:", id.text().as_str()],
+        );
     }
 
-    pub fn seen(partner: &str, click: &ClickId) -> String {
-        format!("lc:{{p:{partner}}}:seen:{click}")
+    /// The marker of a counted batch, on the slot of `tag`, named by the
+    /// first 16 bytes of a digest of its click ids.
+    pub fn batch(out: &mut String, tag: &str, digest: &[u8]) {
+        set(out, &["lc:{", tag, "}:batch:"]);
+        for byte in &digest[..16] {
+            out.push_str(hex_str(&hex(*byte)));
+        }
     }
 
-    pub fn day_clicks(partner: &str, day: NaiveDate) -> String {
-        format!("lc:{{p:{partner}}}:clicks:{day}")
+    /// `day` is a UTC day as `YYYY-MM-DD`.
+    pub fn day_clicks(out: &mut String, partner: &str, day: &str) {
+        set(out, &["lc:{p:", partner, "}:clicks:", day]);
     }
 
-    pub fn day_visitors(partner: &str, day: NaiveDate, field: &str) -> String {
-        format!("lc:{{p:{partner}}}:uv:{day}:{field}")
+    pub fn day_visitors(out: &mut String, partner: &str, day: &str, field: &str) {
+        set(out, &["lc:{p:", partner, "}:uv:", day, ":", field]);
     }
 
     /// The counter field of a campaign and term. Names and terms never hold
     /// control characters, so a tab separates them unambiguously.
-    pub fn field(campaign: &str, term: &str) -> String {
-        format!("{campaign}\t{term}")
+    pub fn field(out: &mut String, campaign: &str, term: &str) {
+        set(out, &[campaign, "\t", term]);
     }
 }
 
-/// A click as stored: compact JSON.
+/// A click as stored: compact JSON. Borrowed when written, owned when an
+/// escaped string is read back.
 #[derive(Serialize, Deserialize)]
-struct ClickRecord {
-    c: String,
-    v: String,
-    p: String,
-    m: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    t: Option<String>,
+struct ClickRecord<'a> {
+    #[serde(borrow)]
+    c: Cow<'a, str>,
+    #[serde(borrow)]
+    v: Cow<'a, str>,
+    #[serde(borrow)]
+    p: Cow<'a, str>,
+    #[serde(borrow)]
+    m: Cow<'a, str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    t: Option<Cow<'a, str>>,
     a: i64,
 }
 
-impl ClickRecord {
-    fn from_click(click: &Click) -> Self {
-        ClickRecord {
-            c: click.click_id.to_string(),
-            v: click.visitor_id.to_string(),
-            p: click.partner.to_string(),
-            m: click.campaign.to_string(),
-            t: click.term.as_deref().map(str::to_owned),
+impl ClickRecord<'_> {
+    /// Appends the record of `click` to `out`.
+    fn write(click: &Click, out: &mut Vec<u8>) {
+        let (id, visitor) = (click.click_id.text(), click.visitor_id.text());
+        let record = ClickRecord {
+            c: Cow::Borrowed(id.as_str()),
+            v: Cow::Borrowed(visitor.as_str()),
+            p: Cow::Borrowed(&click.partner),
+            m: Cow::Borrowed(&click.campaign),
+            t: click.term.as_deref().map(Cow::Borrowed),
             a: click.at,
-        }
+        };
+        serde_json::to_writer(out, &record).expect("records serialize to JSON");
     }
 
     fn into_click(self) -> Option<Click> {
         Some(Click {
             click_id: ClickId::parse(&self.c)?,
             visitor_id: VisitorId::parse(&self.v)?,
-            partner: self.p.into(),
-            campaign: self.m.into(),
-            term: self.t.map(Into::into),
+            partner: self.p.as_ref().into(),
+            campaign: self.m.as_ref().into(),
+            term: self.t.map(|t| t.as_ref().into()),
             at: self.a,
         })
     }
@@ -183,22 +261,159 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// Commands to send together, each under the hash tag of its keys: one
-/// pipeline on a single node, one pipeline per tag on a cluster (a cluster
-/// pipeline must stay on one slot).
-#[derive(Default)]
-struct Batch {
-    by_tag: HashMap<String, Pipeline>,
+/// The commands that write a batch of clicks, gathered in groups that can
+/// each be sent as one pipeline. A single node takes one group; on a cluster
+/// a pipeline must stay on one slot, so there it is one group per hash tag.
+enum ClickBatch {
+    Single(Box<ClickGroup>),
+    Cluster(HashMap<String, ClickGroup>),
 }
 
-impl Batch {
-    fn add(&mut self, key: &str, cmd: Cmd) {
-        let tag = hash_tag(key).to_owned();
-        self.by_tag
-            .entry(tag)
-            .or_default()
-            .add_command(cmd)
-            .ignore();
+#[derive(Default)]
+struct ClickGroup {
+    records: ScriptCall,
+    last_clicks: ScriptCall,
+    counts: ScriptCall,
+    /// The hash tag of the counters, and a digest of the counted click ids:
+    /// together they name the batch marker.
+    counted_tag: String,
+    counted_ids: Sha256,
+}
+
+impl ClickGroup {
+    /// A group with room for `clicks` clicks, so that filling it does not
+    /// regrow its buffers.
+    fn with_capacity(clicks: usize) -> Self {
+        ClickGroup {
+            records: ScriptCall::with_capacity(clicks, 2 * clicks, 128),
+            last_clicks: ScriptCall::with_capacity(clicks, 3 * clicks, 48),
+            counts: ScriptCall::with_capacity(2 * clicks, 3 * clicks, 64),
+            ..ClickGroup::default()
+        }
+    }
+
+    fn count(&mut self, click: &Click, buf: &ClickBuffers) {
+        if self.counted_tag.is_empty() {
+            self.counted_tag = hash_tag(&buf.counters_key).to_owned();
+        }
+        self.counted_ids.update(click.click_id.0);
+        self.counts
+            .key(&buf.counters_key)
+            .key(&buf.visitors_key)
+            .arg(buf.field.as_bytes())
+            .arg(&click.visitor_id.0)
+            .arg(buf.counters_expire.as_bytes());
+    }
+
+    /// One pipeline of up to three script calls: the click records, the
+    /// visitors' last clicks, the counters.
+    fn into_pipeline(self, scripts: &ClickScripts) -> Pipeline {
+        let mut marker = String::new();
+        keys::batch(&mut marker, &self.counted_tag, &self.counted_ids.finalize());
+        let calls = [
+            self.records.to_cmd(&scripts.records, None),
+            self.last_clicks.to_cmd(&scripts.last_clicks, None),
+            self.counts.to_cmd(&scripts.counts, Some(&marker)),
+        ];
+        let mut pipeline = Pipeline::with_capacity(calls.len());
+        for cmd in calls.into_iter().flatten() {
+            pipeline.add_command(cmd).ignore();
+        }
+        pipeline
+    }
+}
+
+/// An `EVALSHA` assembled click by click. Keys and arguments are gathered
+/// apart because the command lists every key before any argument.
+#[derive(Default)]
+struct ScriptCall {
+    keys: Cmd,
+    args: Cmd,
+    key_count: usize,
+    arg_count: usize,
+    bytes: usize,
+}
+
+impl ScriptCall {
+    /// Room for `keys` keys and `args` arguments of about `bytes` each.
+    fn with_capacity(keys: usize, args: usize, bytes: usize) -> Self {
+        ScriptCall {
+            keys: Cmd::with_capacity(keys, keys * bytes),
+            args: Cmd::with_capacity(args, args * bytes),
+            ..ScriptCall::default()
+        }
+    }
+
+    fn key(&mut self, key: &str) -> &mut Self {
+        self.keys.arg(key);
+        self.key_count += 1;
+        self.bytes += key.len();
+        self
+    }
+
+    fn arg(&mut self, arg: &[u8]) -> &mut Self {
+        self.args.arg(arg);
+        self.arg_count += 1;
+        self.bytes += arg.len();
+        self
+    }
+
+    /// The `EVALSHA`, with `first_key` before the gathered keys; `None`
+    /// when nothing was gathered.
+    fn to_cmd(&self, script: &Script, first_key: Option<&str>) -> Option<Cmd> {
+        if self.key_count == 0 {
+            return None;
+        }
+        let hash = script.get_hash();
+        let first_len = first_key.map_or(0, str::len);
+        let key_count = self.key_count + usize::from(first_key.is_some());
+        let size = "EVALSHA".len() + hash.len() + 20 + first_len + self.bytes;
+        let mut cmd = Cmd::with_capacity(3 + key_count + self.arg_count, size);
+        cmd.arg("EVALSHA").arg(hash).arg(key_count);
+        if let Some(key) = first_key {
+            cmd.arg(key);
+        }
+        for arg in self.keys.args_iter().chain(self.args.args_iter()) {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        Some(cmd)
+    }
+}
+
+impl ClickBatch {
+    fn new(connection: &Connection, clicks: usize) -> Self {
+        match connection {
+            Connection::Single(_) => {
+                ClickBatch::Single(Box::new(ClickGroup::with_capacity(clicks)))
+            }
+            Connection::Cluster(_) => ClickBatch::Cluster(HashMap::new()),
+        }
+    }
+
+    /// The group of commands on `key`'s slot.
+    fn group(&mut self, key: &str) -> &mut ClickGroup {
+        match self {
+            ClickBatch::Single(group) => group,
+            ClickBatch::Cluster(by_tag) => {
+                let tag = hash_tag(key);
+                if !by_tag.contains_key(tag) {
+                    by_tag.insert(tag.to_owned(), ClickGroup::default());
+                }
+                by_tag.get_mut(tag).expect("inserted above")
+            }
+        }
+    }
+
+    fn into_pipelines(self, scripts: &ClickScripts) -> Vec<Pipeline> {
+        match self {
+            ClickBatch::Single(group) => vec![group.into_pipeline(scripts)],
+            ClickBatch::Cluster(by_tag) => by_tag
+                .into_values()
+                .map(|group| group.into_pipeline(scripts))
+                .collect(),
+        }
     }
 }
 
@@ -214,11 +429,73 @@ fn hash_tag(key: &str) -> &str {
         .unwrap_or(key)
 }
 
+/// The keys and arguments of one click, rewritten in place for each click of
+/// a batch: commands copy their arguments, so the buffers can be reused.
+#[derive(Default)]
+struct ClickBuffers {
+    record: Vec<u8>,
+    click_key: String,
+    visitor_key: String,
+    click_id: String,
+    counters_key: String,
+    visitors_key: String,
+    field: String,
+    at: String,
+    expires: String,
+    day: Option<NaiveDate>,
+    day_text: String,
+    counters_expire: String,
+}
+
+impl ClickBuffers {
+    fn fill(&mut self, click: &Click, window_secs: u64) {
+        // A batch's clicks mostly share a day: render it once.
+        let day = click.day();
+        if self.day != Some(day) {
+            self.day = Some(day);
+            self.day_text.clear();
+            let _ = write!(self.day_text, "{day}");
+            set_number(&mut self.counters_expire, day_expiry(day, window_secs));
+        }
+        self.record.clear();
+        ClickRecord::write(click, &mut self.record);
+        keys::click(&mut self.click_key, &click.click_id);
+        keys::visitor(&mut self.visitor_key, &click.visitor_id);
+        self.click_id.clear();
+        click.click_id.write_to(&mut self.click_id);
+        keys::day_clicks(&mut self.counters_key, &click.partner, &self.day_text);
+        keys::field(
+            &mut self.field,
+            &click.campaign,
+            click.term.as_deref().unwrap_or(""),
+        );
+        keys::day_visitors(
+            &mut self.visitors_key,
+            &click.partner,
+            &self.day_text,
+            &self.field,
+        );
+        set_number(&mut self.at, click.at);
+        set_number(&mut self.expires, click.at + window_secs as i64);
+    }
+}
+
+fn set_number(out: &mut String, n: i64) {
+    out.clear();
+    let _ = write!(out, "{n}");
+}
+
+/// The scripts a click batch runs; they are loaded again after a restart.
+struct ClickScripts {
+    records: Script,
+    last_clicks: Script,
+    counts: Script,
+}
+
 pub struct RedisStore {
     connection: Connection,
     window_secs: u64,
-    count_click: Script,
-    last_click: Script,
+    click_scripts: ClickScripts,
     insert_partner: Script,
     update_partner: Script,
     insert_campaign: Script,
@@ -268,23 +545,15 @@ impl RedisStore {
         Ok(RedisStore {
             connection,
             window_secs: window.as_secs(),
-            count_click: Script::new(COUNT_CLICK),
-            last_click: Script::new(LAST_CLICK),
+            click_scripts: ClickScripts {
+                records: Script::new(RECORD_CLICKS),
+                last_clicks: Script::new(LAST_CLICKS),
+                counts: Script::new(COUNT_CLICKS),
+            },
             insert_partner: Script::new(INSERT_PARTNER),
             update_partner: Script::new(UPDATE_PARTNER),
             insert_campaign: Script::new(INSERT_CAMPAIGN),
         })
-    }
-
-    /// Runs a command that answers one stored click record, or nothing.
-    async fn read_click(&self, cmd: Cmd) -> Result<Option<Click>, StoreError> {
-        let raw: Option<String> = cmd
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
-            .and_then(|r| decode::<ClickRecord>(&r).ok())
-            .and_then(ClickRecord::into_click))
     }
 
     fn conn(&self) -> Connection {
@@ -312,48 +581,50 @@ impl RedisStore {
         Ok(done == 1)
     }
 
-    /// `EVALSHA` of `script` as a command for a pipeline.
-    fn evalsha(script: &Script, keys: &[&str], args: &[&[u8]]) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(keys.len());
-        for key in keys {
-            cmd.arg(*key);
+    /// The pipelines that write `clicks`: per click a `SET` of its record,
+    /// and its share of two scripts, one keeping visitors' last clicks and
+    /// one counting (see `docs/redis-keys.md`).
+    fn click_pipelines(&self, clicks: &[Click]) -> Vec<Pipeline> {
+        let mut batch = ClickBatch::new(&self.connection, clicks.len());
+        let mut buf = ClickBuffers::default();
+        for click in clicks {
+            buf.fill(click, self.window_secs);
+            let b = &buf;
+            batch
+                .group(&b.click_key)
+                .records
+                .key(&b.click_key)
+                .arg(&b.record)
+                .arg(b.expires.as_bytes());
+            batch
+                .group(&b.visitor_key)
+                .last_clicks
+                .key(&b.visitor_key)
+                .arg(b.at.as_bytes())
+                .arg(b.click_id.as_bytes())
+                .arg(b.expires.as_bytes());
+            batch.group(&b.counters_key).count(click, b);
         }
-        for arg in args {
-            cmd.arg(*arg);
-        }
-        cmd
+        batch.into_pipelines(&self.click_scripts)
     }
 
-    async fn run_batch(&self, batch: &Batch) -> Result<(), redis::RedisError> {
-        match &self.connection {
-            Connection::Single(_) => {
-                let mut all =
-                    Pipeline::with_capacity(batch.by_tag.values().map(Pipeline::len).sum());
-                for pipeline in batch.by_tag.values() {
-                    for cmd in pipeline.cmd_iter() {
-                        all.add_command(cmd.clone()).ignore();
-                    }
-                }
-                all.query_async::<()>(&mut self.conn()).await
-            }
-            Connection::Cluster(_) => {
-                let runs = batch.by_tag.values().map(|pipeline| {
-                    let mut conn = self.conn();
-                    async move { pipeline.query_async::<()>(&mut conn).await }
-                });
-                for result in futures_util::future::join_all(runs).await {
-                    result?;
-                }
-                Ok(())
-            }
+    /// Sends the pipelines, at once when there are several (cluster slots).
+    async fn run_pipelines(&self, pipelines: &[Pipeline]) -> Result<(), redis::RedisError> {
+        let runs = pipelines.iter().map(|pipeline| {
+            let mut conn = self.conn();
+            async move { pipeline.query_async::<()>(&mut conn).await }
+        });
+        for result in futures_util::future::join_all(runs).await {
+            result?;
         }
+        Ok(())
     }
 
     /// Loads the click scripts into the script cache of every node (after a
     /// restart the cache is empty and `EVALSHA` answers NOSCRIPT).
     async fn load_click_scripts(&self) -> Result<(), redis::RedisError> {
-        for script in [&self.count_click, &self.last_click] {
+        let scripts = &self.click_scripts;
+        for script in [&scripts.records, &scripts.last_clicks, &scripts.counts] {
             let mut load = redis::cmd("SCRIPT");
             load.arg("LOAD").arg(script_source(script));
             match &self.connection {
@@ -390,7 +661,7 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 
 fn script_source(script: &Script) -> &'static str {
     // Scripts are compared by hash, so the source is found by hash too.
-    [COUNT_CLICK, LAST_CLICK]
+    [RECORD_CLICKS, LAST_CLICKS, COUNT_CLICKS]
         .into_iter()
         .find(|source| Script::new(source).get_hash() == script.get_hash())
         .expect("only the click scripts are pipelined")
@@ -440,7 +711,7 @@ impl Store for RedisStore {
             .collect::<Result<_, _>>()?;
         let mut pipe = redis::pipe();
         for partner in &partners {
-            pipe.hgetall(keys::campaigns(partner.id.as_str()));
+            pipe.hgetall(keys::owned(|k| keys::campaigns(k, partner.id.as_str())));
         }
         let campaign_maps: Vec<HashMap<String, String>> = if partners.is_empty() {
             Vec::new()
@@ -508,7 +779,10 @@ impl Store for RedisStore {
         let inserted = self
             .script_flag(
                 &self.insert_campaign,
-                &[&keys::campaigns(campaign.partner.as_str()), keys::VERSION],
+                &[
+                    &keys::owned(|k| keys::campaigns(k, campaign.partner.as_str())),
+                    keys::VERSION,
+                ],
                 &[campaign.slug.as_str(), &encode(campaign)],
             )
             .await?;
@@ -517,7 +791,7 @@ impl Store for RedisStore {
 
     async fn campaigns(&self, partner: &PartnerId) -> Result<Vec<Campaign>, StoreError> {
         let map: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::campaigns(partner.as_str()))
+            .arg(keys::owned(|k| keys::campaigns(k, partner.as_str())))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -529,73 +803,49 @@ impl Store for RedisStore {
         Ok(campaigns)
     }
 
-    /// Three commands per click, pipelined: the click record, the visitor's
-    /// last click, and the counters (counted once per click id).
     async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
         if clicks.is_empty() {
             return Ok(());
         }
-        let mut batch = Batch::default();
-        let seen_ttl = SEEN_TTL_SECS.to_string();
-        for click in clicks {
-            let record = encode(&ClickRecord::from_click(click));
-            let expires = (click.at + self.window_secs as i64).to_string();
-            let click_key = keys::click(&click.click_id);
-            let mut set = redis::cmd("SET");
-            set.arg(&click_key).arg(&record).arg("EXAT").arg(&expires);
-            batch.add(&click_key, set);
-
-            let visitor_key = keys::visitor(&click.visitor_id);
-            let at = click.at.to_string();
-            batch.add(
-                &visitor_key,
-                Self::evalsha(
-                    &self.last_click,
-                    &[&visitor_key],
-                    &[at.as_bytes(), record.as_bytes(), expires.as_bytes()],
-                ),
-            );
-
-            let day = click.day();
-            let field = keys::field(&click.campaign, click.term.as_deref().unwrap_or(""));
-            let seen = keys::seen(&click.partner, &click.click_id);
-            let counters = keys::day_clicks(&click.partner, day);
-            let visitors = keys::day_visitors(&click.partner, day, &field);
-            let counters_expire = day_expiry(day, self.window_secs).to_string();
-            batch.add(
-                &seen,
-                Self::evalsha(
-                    &self.count_click,
-                    &[&seen, &counters, &visitors],
-                    &[
-                        field.as_bytes(),
-                        &click.visitor_id.0,
-                        seen_ttl.as_bytes(),
-                        counters_expire.as_bytes(),
-                    ],
-                ),
-            );
-        }
-        match self.run_batch(&batch).await {
+        let pipelines = self.click_pipelines(clicks);
+        match self.run_pipelines(&pipelines).await {
             Err(e) if is_noscript(&e) => {
                 // Every step is idempotent, so the batch is simply sent again.
                 self.load_click_scripts().await.map_err(unavailable)?;
-                self.run_batch(&batch).await.map_err(unavailable)
+                self.run_pipelines(&pipelines).await.map_err(unavailable)
             }
             other => other.map_err(unavailable),
         }
     }
 
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
-        let mut get = redis::cmd("GET");
-        get.arg(keys::click(id));
-        self.read_click(get).await
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::click(k, id)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.and_then(|r| {
+            serde_json::from_str::<ClickRecord>(&r)
+                .ok()
+                .and_then(ClickRecord::into_click)
+        }))
     }
 
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
-        let mut hget = redis::cmd("HGET");
-        hget.arg(keys::visitor(visitor)).arg("click");
-        self.read_click(hget).await
+        let latest: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::visitor(k, visitor)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        // `time:click id`; the click record lives exactly as long.
+        let click_id = latest
+            .as_deref()
+            .and_then(|l| l.split_once(':'))
+            .and_then(|(_, id)| ClickId::parse(id));
+        match click_id {
+            Some(id) => self.click(&id).await,
+            None => Ok(None),
+        }
     }
 
     async fn click_counts(
@@ -610,7 +860,9 @@ impl Store for RedisStore {
         }
         let mut pipe = redis::pipe();
         for day in &days {
-            pipe.hgetall(keys::day_clicks(partner.as_str(), *day));
+            pipe.hgetall(keys::owned(|k| {
+                keys::day_clicks(k, partner.as_str(), &day.to_string())
+            }));
         }
         let maps: Vec<HashMap<String, u64>> = pipe
             .query_async(&mut self.conn())
@@ -642,12 +894,11 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let mut pfcount = redis::cmd("PFCOUNT");
+        let (mut field, mut key) = (String::new(), String::new());
         for cell in cells {
-            pfcount.arg(keys::day_visitors(
-                partner.as_str(),
-                cell.day,
-                &keys::field(&cell.campaign, &cell.term),
-            ));
+            keys::field(&mut field, &cell.campaign, &cell.term);
+            keys::day_visitors(&mut key, partner.as_str(), &cell.day.to_string(), &field);
+            pfcount.arg(&key);
         }
         pfcount
             .query_async(&mut self.conn())
