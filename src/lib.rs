@@ -12,6 +12,8 @@
 //! - [`store`]: the `Store` trait and the embedded store
 //! - [`auth`]: bearer tokens and roles
 //! - [`api`]: the `/v1` JSON API
+//! - [`events`]: conversion events and their validation
+//! - [`money`]: currencies, commission rounding, ARR and tiers
 //! - [`report`]: the UTM performance report
 //! - [`link`]: affiliate links
 //! - [`metrics`]: Prometheus metrics
@@ -25,10 +27,12 @@ pub mod cache;
 pub mod clicks;
 pub mod config;
 pub mod cookie;
+pub mod events;
 pub mod ids;
 pub mod landing;
 pub mod link;
 pub mod metrics;
+pub mod money;
 pub mod redirect;
 pub mod report;
 pub mod serve;

@@ -1,0 +1,442 @@
+//! Conversion events: their types, and the validation every event passes
+//! before it is queued, whether it comes from `POST /v1/events` or from
+//! `lastclick ingest`.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::money::{minor_digits, Billing, Period};
+
+/// Most events in one request.
+pub const MAX_BATCH: usize = 1000;
+/// Longest event, customer and payment id.
+const MAX_ID_LEN: usize = 128;
+
+/// A validated event, as queued for the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub customer: String,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EventKind {
+    Signup {
+        billing: Billing,
+        attribution: AttributionRef,
+    },
+    Payment {
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        currency: String,
+        period: Period,
+    },
+    Refund {
+        payment: String,
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+        currency: String,
+    },
+    Cancel,
+}
+
+impl EventKind {
+    /// The event type as named on the wire and in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Signup { .. } => "signup",
+            EventKind::Payment { .. } => "payment",
+            EventKind::Refund { .. } => "refund",
+            EventKind::Cancel => "cancel",
+        }
+    }
+}
+
+/// How a signup names its click: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributionRef {
+    Cookie(String),
+    ClickId(String),
+    VisitorId(String),
+}
+
+/// Why one event of a batch is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventError {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Validates a request body: one event or an array of up to
+/// [`MAX_BATCH`]. Either every event is valid, or the errors of all invalid
+/// ones are returned and nothing may be queued.
+pub fn validate_batch(body: &Value) -> Result<Vec<Event>, Vec<EventError>> {
+    let items: Vec<&Value> = match body {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(vec![EventError {
+            index: 0,
+            code: "invalid_batch",
+            message: format!("a batch holds 1 to {MAX_BATCH} events, not {}", items.len()),
+        }]);
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match validate_event(item) {
+            Ok(event) => events.push(event),
+            Err((code, message)) => errors.push(EventError {
+                index,
+                code,
+                message,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(errors)
+    }
+}
+
+type Invalid = (&'static str, String);
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
+    (code, message.into())
+}
+
+/// Validates one event object.
+pub fn validate_event(value: &Value) -> Result<Event, Invalid> {
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid("invalid_event", "an event is a JSON object"))?;
+    let kind_name = string_field(object, "type")?;
+    let allowed: &[&str] = match kind_name {
+        "signup" => &["billing", "attribution"],
+        "payment" => &["amount", "currency", "period"],
+        "refund" => &["payment", "amount", "currency"],
+        "cancel" => &[],
+        other => {
+            return Err(invalid(
+                "invalid_type",
+                format!(
+                    "`type` is `{}`, not one of signup, payment, refund, cancel",
+                    other.escape_debug()
+                ),
+            ))
+        }
+    };
+    if let Some(unknown) = object.keys().find(|k| {
+        !["id", "type", "customer", "at"].contains(&k.as_str()) && !allowed.contains(&k.as_str())
+    }) {
+        return Err(invalid(
+            "unknown_field",
+            format!(
+                "`{}` is not a field of a {kind_name} event",
+                unknown.escape_debug()
+            ),
+        ));
+    }
+    let id = id_field(object, "id")?;
+    let customer = id_field(object, "customer")?;
+    let at = at_field(object)?;
+    let kind = match kind_name {
+        "signup" => EventKind::Signup {
+            billing: billing_field(object)?,
+            attribution: attribution_field(object)?,
+        },
+        "payment" => {
+            let (amount, currency) = money_fields(object)?;
+            EventKind::Payment {
+                amount,
+                currency,
+                period: period_field(object)?,
+            }
+        }
+        "refund" => {
+            let payment = id_field(object, "payment")?;
+            let (amount, currency) = money_fields(object)?;
+            EventKind::Refund {
+                payment,
+                amount,
+                currency,
+            }
+        }
+        _ => EventKind::Cancel,
+    };
+    Ok(Event {
+        id,
+        customer,
+        at,
+        kind,
+    })
+}
+
+fn string_field<'v>(object: &'v Map<String, Value>, name: &str) -> Result<&'v str, Invalid> {
+    match object.get(name) {
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(invalid(
+            "invalid_field",
+            format!("`{name}` must be a string"),
+        )),
+        None => Err(invalid("missing_field", format!("`{name}` is required"))),
+    }
+}
+
+/// Ids: 1 to 128 printable characters without spaces.
+fn id_field(object: &Map<String, Value>, name: &str) -> Result<String, Invalid> {
+    let text = string_field(object, name)?;
+    let printable = text.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    if text.is_empty() || text.len() > MAX_ID_LEN || !printable {
+        return Err(invalid(
+            "invalid_id",
+            format!("`{name}` must be 1 to {MAX_ID_LEN} printable characters without spaces"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn at_field(object: &Map<String, Value>) -> Result<DateTime<Utc>, Invalid> {
+    let text = string_field(object, "at")?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            invalid(
+                "invalid_at",
+                format!("`at` is `{}`, not an RFC 3339 time", text.escape_debug()),
+            )
+        })
+}
+
+fn billing_field(object: &Map<String, Value>) -> Result<Billing, Invalid> {
+    match string_field(object, "billing")? {
+        "referral" => Ok(Billing::Referral),
+        "reseller" => Ok(Billing::Reseller),
+        other => Err(invalid(
+            "invalid_billing",
+            format!(
+                "`billing` is `{}`, not referral or reseller",
+                other.escape_debug()
+            ),
+        )),
+    }
+}
+
+fn period_field(object: &Map<String, Value>) -> Result<Period, Invalid> {
+    match string_field(object, "period")? {
+        "month" => Ok(Period::Month),
+        "year" => Ok(Period::Year),
+        other => Err(invalid(
+            "invalid_period",
+            format!("`period` is `{}`, not month or year", other.escape_debug()),
+        )),
+    }
+}
+
+fn attribution_field(object: &Map<String, Value>) -> Result<AttributionRef, Invalid> {
+    let bad = || {
+        invalid(
+            "invalid_attribution",
+            "`attribution` must be an object with exactly one of cookie, click_id, visitor_id (a string)",
+        )
+    };
+    let attribution = object
+        .get("attribution")
+        .ok_or_else(|| invalid("missing_field", "`attribution` is required"))?
+        .as_object()
+        .ok_or_else(bad)?;
+    if attribution.len() != 1 {
+        return Err(bad());
+    }
+    let (kind, value) = attribution.iter().next().ok_or_else(bad)?;
+    let text = value
+        .as_str()
+        .filter(|t| !t.is_empty() && t.len() <= 4096)
+        .ok_or_else(bad)?;
+    match kind.as_str() {
+        "cookie" => Ok(AttributionRef::Cookie(text.to_owned())),
+        "click_id" => Ok(AttributionRef::ClickId(text.to_owned())),
+        "visitor_id" => Ok(AttributionRef::VisitorId(text.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
+/// `amount` (a positive decimal string with at most the currency's minor
+/// digits) and `currency` (an ISO 4217 code).
+fn money_fields(object: &Map<String, Value>) -> Result<(Decimal, String), Invalid> {
+    let currency = string_field(object, "currency")?;
+    let digits = minor_digits(currency).ok_or_else(|| {
+        invalid(
+            "invalid_currency",
+            format!(
+                "`currency` is `{}`, not an ISO 4217 code",
+                currency.escape_debug()
+            ),
+        )
+    })?;
+    let text = match object.get("amount") {
+        Some(Value::String(text)) => text,
+        Some(_) => {
+            return Err(invalid(
+                "invalid_amount",
+                "`amount` must be a decimal string such as \"12.50\", never a number",
+            ))
+        }
+        None => return Err(invalid("missing_field", "`amount` is required")),
+    };
+    let plain = !text.is_empty()
+        && text.len() <= 32
+        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.bytes().filter(|&b| b == b'.').count() <= 1
+        && !text.starts_with('.')
+        && !text.ends_with('.');
+    let amount: Option<Decimal> = plain.then(|| text.parse().ok()).flatten();
+    let amount = amount.ok_or_else(|| {
+        invalid(
+            "invalid_amount",
+            format!(
+                "`amount` is `{}`, not a decimal string such as \"12.50\"",
+                text.escape_debug()
+            ),
+        )
+    })?;
+    if amount.is_zero() {
+        return Err(invalid("invalid_amount", "`amount` must be above zero"));
+    }
+    if amount.scale() > digits {
+        return Err(invalid(
+            "invalid_amount",
+            format!("`amount` has more than {digits} decimal places, the minor unit of {currency}"),
+        ));
+    }
+    Ok((amount, currency.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn payment(amount: Value, currency: &str) -> Value {
+        json!({"id": "e1", "type": "payment", "customer": "c1", "at": "2026-11-22T10:00:00Z",
+               "amount": amount, "currency": currency, "period": "month"})
+    }
+
+    fn code(value: Value) -> &'static str {
+        validate_event(&value).unwrap_err().0
+    }
+
+    #[test]
+    fn the_specs_examples_validate() {
+        let batch = json!([
+            {"id": "evt_1", "type": "signup", "customer": "cus_9", "at": "2026-11-22T10:00:00Z",
+             "billing": "referral", "attribution": {"click_id": "abc"}},
+            {"id": "evt_2", "type": "payment", "customer": "cus_9", "at": "2026-11-22T10:00:00+01:00",
+             "amount": "1000.00", "currency": "USD", "period": "month"},
+            {"id": "evt_3", "type": "refund", "customer": "cus_9", "at": "2026-11-22T10:00:00Z",
+             "payment": "evt_2", "amount": "1000.00", "currency": "USD"},
+            {"id": "evt_4", "type": "cancel", "customer": "cus_9", "at": "2026-11-22T10:00:00Z"}
+        ]);
+        let events = validate_batch(&batch).unwrap();
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[1].at.to_rfc3339(), "2026-11-22T09:00:00+00:00");
+        let round_trip: Event =
+            serde_json::from_str(&serde_json::to_string(&events[2]).unwrap()).unwrap();
+        assert_eq!(round_trip, events[2]);
+    }
+
+    #[test]
+    fn amounts_are_positive_decimal_strings_within_the_minor_unit() {
+        assert!(validate_event(&payment(json!("12.50"), "USD")).is_ok());
+        assert!(validate_event(&payment(json!("1000"), "JPY")).is_ok());
+        assert!(validate_event(&payment(json!("1.125"), "KWD")).is_ok());
+        for bad in [
+            json!(12.5),
+            json!("12.505"),
+            json!("-1.00"),
+            json!("0"),
+            json!("0.00"),
+            json!("1e3"),
+            json!(""),
+            json!(" 1"),
+            json!("1."),
+            json!(".5"),
+            json!("NaN"),
+            json!("1.2.3"),
+            json!("+1"),
+            json!("99999999999999999999999999999999999"),
+        ] {
+            assert_eq!(code(payment(bad.clone(), "USD")), "invalid_amount", "{bad}");
+        }
+        assert_eq!(code(payment(json!("10.5"), "JPY")), "invalid_amount");
+        assert_eq!(code(payment(json!("10"), "usd")), "invalid_currency");
+        assert_eq!(code(payment(json!("10"), "XYZ")), "invalid_currency");
+    }
+
+    #[test]
+    fn junk_gets_a_code_naming_what_is_wrong() {
+        let base = || payment(json!("1.00"), "USD");
+        let with = |key: &str, value: Value| {
+            let mut v = base();
+            v[key] = value;
+            v
+        };
+        let without = |key: &str| {
+            let mut v = base();
+            v.as_object_mut().unwrap().remove(key);
+            v
+        };
+        assert_eq!(code(json!("x")), "invalid_event");
+        assert_eq!(code(with("type", json!("purchase"))), "invalid_type");
+        assert_eq!(code(with("extra", json!(1))), "unknown_field");
+        assert_eq!(code(with("billing", json!("referral"))), "unknown_field");
+        assert_eq!(code(without("id")), "missing_field");
+        assert_eq!(code(with("id", json!(7))), "invalid_field");
+        assert_eq!(code(with("id", json!("a b"))), "invalid_id");
+        assert_eq!(code(with("id", json!("x".repeat(129)))), "invalid_id");
+        assert_eq!(code(with("at", json!("yesterday"))), "invalid_at");
+        assert_eq!(code(with("at", json!("2026-11-22"))), "invalid_at");
+        assert_eq!(code(with("period", json!("week"))), "invalid_period");
+        let signup = |attribution: Value| {
+            json!({"id": "e", "type": "signup", "customer": "c", "at": "2026-11-22T10:00:00Z",
+                   "billing": "referral", "attribution": attribution})
+        };
+        assert_eq!(code(signup(json!({}))), "invalid_attribution");
+        assert_eq!(
+            code(signup(json!({"cookie": "a", "click_id": "b"}))),
+            "invalid_attribution"
+        );
+        assert_eq!(code(signup(json!({"email": "a"}))), "invalid_attribution");
+        assert_eq!(code(signup(json!({"cookie": 5}))), "invalid_attribution");
+        assert_eq!(code(signup(json!("abc"))), "invalid_attribution");
+    }
+
+    #[test]
+    fn a_batch_is_all_valid_or_lists_every_error() {
+        let good = payment(json!("1.00"), "USD");
+        let bad = payment(json!("1.001"), "USD");
+        let errors = validate_batch(&json!([good, bad, good, bad])).unwrap_err();
+        let indexes: Vec<usize> = errors.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [1, 3]);
+        assert_eq!(
+            validate_batch(&json!([])).unwrap_err()[0].code,
+            "invalid_batch"
+        );
+        let too_many = Value::Array(vec![good; MAX_BATCH + 1]);
+        assert_eq!(
+            validate_batch(&too_many).unwrap_err()[0].code,
+            "invalid_batch"
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Money arithmetic: currencies and their minor units, commission rounding,
+//! monthly values, ARR shares and tiers. Pure functions on `Decimal`; money
+//! is never a float.
+
+use chrono::{DateTime, Months, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Tier;
+
+/// Active ISO 4217 codes with their minor-unit digits, where not 2.
+const ZERO_DIGITS: &[&str] = &[
+    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+    "VUV", "XAF", "XOF", "XPF",
+];
+const THREE_DIGITS: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+const FOUR_DIGITS: &[&str] = &["CLF", "UYW"];
+const TWO_DIGITS: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB \
+    BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP \
+    ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS \
+    KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR \
+    MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD \
+    SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS \
+    VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL";
+
+/// Digits after the decimal point of an ISO 4217 currency; `None` for a code
+/// that is not one.
+pub fn minor_digits(currency: &str) -> Option<u32> {
+    if currency.len() != 3 {
+        return None;
+    }
+    if ZERO_DIGITS.contains(&currency) {
+        Some(0)
+    } else if THREE_DIGITS.contains(&currency) {
+        Some(3)
+    } else if FOUR_DIGITS.contains(&currency) {
+        Some(4)
+    } else if TWO_DIGITS.split_whitespace().any(|code| code == currency) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// Rounds to the currency's minor unit, half away from zero.
+pub fn round_minor(amount: Decimal, digits: u32) -> Decimal {
+    amount.round_dp_with_strategy(digits, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// The commission on `amount` at `rate`, rounded to the minor unit.
+pub fn commission(amount: Decimal, rate: Decimal, digits: u32) -> Decimal {
+    round_minor(amount * rate, digits)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Month,
+    Year,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Billing {
+    /// The vendor bills the customer; the partner earns commission.
+    Referral,
+    /// The partner resells at a discount; no commission.
+    Reseller,
+}
+
+/// What a subscription adds to its partner's ARR: 12 × the monthly value of
+/// the payment, in full for a reseller customer, less the locked commission
+/// rate for a referral customer. Not rounded: ARR is a measure, not a sum
+/// that is paid.
+pub fn arr_share(amount: Decimal, period: Period, billing: Billing, rate: Decimal) -> Decimal {
+    let yearly = match period {
+        Period::Month => amount * Decimal::from(12),
+        Period::Year => amount,
+    };
+    match billing {
+        Billing::Reseller => yearly,
+        Billing::Referral => yearly * (Decimal::ONE - rate),
+    }
+}
+
+/// The highest tier `arr` reaches; a tier that needs a recent customer also
+/// needs `recent_customer`. `tiers` is ordered lowest first and validated
+/// to start at 0.
+pub fn tier_for(tiers: &[Tier], arr: Decimal, recent_customer: bool) -> &Tier {
+    tiers
+        .iter()
+        .rev()
+        .find(|t| arr >= t.min_arr && (!t.needs_recent_customer || recent_customer))
+        .unwrap_or(&tiers[0])
+}
+
+/// The tier after `current`, if any.
+pub fn next_tier<'t>(tiers: &'t [Tier], current: &Tier) -> Option<&'t Tier> {
+    let at = tiers.iter().position(|t| t.name == current.name)?;
+    tiers.get(at + 1)
+}
+
+/// How many of `signups` (unix seconds) fall in the `months` calendar
+/// months up to `now`.
+pub fn signups_within(signups: &[i64], now: DateTime<Utc>, months: u32) -> usize {
+    let since = now
+        .checked_sub_months(Months::new(months))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        .timestamp();
+    let until = now.timestamp();
+    signups
+        .iter()
+        .filter(|&&at| at > since && at <= until)
+        .count()
+}
+
+/// Free license months earned by new customers in the last 3 months.
+pub fn free_license_months(new_in_3_months: usize) -> u32 {
+    match new_in_3_months {
+        0..=1 => 0,
+        2..=3 => 3,
+        _ => 6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str) -> Decimal {
+        text.parse().unwrap()
+    }
+
+    fn tiers() -> Vec<Tier> {
+        let tier = |name: &str, min: &str, rate: &str, recent| Tier {
+            name: name.into(),
+            min_arr: d(min),
+            rate: d(rate),
+            needs_recent_customer: recent,
+        };
+        vec![
+            tier("bronze", "0", "0.20", false),
+            tier("silver", "5000", "0.22", false),
+            tier("gold", "20000", "0.25", true),
+        ]
+    }
+
+    #[test]
+    fn currencies_know_their_minor_units() {
+        assert_eq!(minor_digits("USD"), Some(2));
+        assert_eq!(minor_digits("JPY"), Some(0));
+        assert_eq!(minor_digits("KWD"), Some(3));
+        assert_eq!(minor_digits("CLF"), Some(4));
+        assert_eq!(minor_digits("ABC"), None);
+        assert_eq!(minor_digits("usd"), None);
+        assert_eq!(minor_digits("USDT"), None);
+    }
+
+    #[test]
+    fn commission_rounds_half_away_from_zero() {
+        assert_eq!(commission(d("0.125"), Decimal::ONE, 2), d("0.13"));
+        assert_eq!(commission(d("-0.125"), Decimal::ONE, 2), d("-0.13"));
+        assert_eq!(commission(d("10.01"), d("0.25"), 2), d("2.50")); // 2.5025
+        assert_eq!(commission(d("10.02"), d("0.25"), 2), d("2.51")); // 2.505
+        assert_eq!(commission(d("999"), d("0.22"), 0), d("220")); // 219.78
+        assert_eq!(commission(d("1.005"), d("0.5"), 3), d("0.503")); // 0.5025
+    }
+
+    #[test]
+    fn twelve_payments_of_1000_at_20_percent_earn_2400() {
+        let total: Decimal = (0..12).map(|_| commission(d("1000"), d("0.20"), 2)).sum();
+        assert_eq!(total, d("2400"));
+    }
+
+    #[test]
+    fn the_specs_arr_examples() {
+        let reseller = arr_share(d("1000"), Period::Month, Billing::Reseller, d("0.20"));
+        assert_eq!(reseller, d("12000"));
+        let referral = arr_share(d("1000"), Period::Month, Billing::Referral, d("0.20"));
+        assert_eq!(referral, d("9600"));
+        let mixed: Decimal = (0..5)
+            .map(|_| arr_share(d("250"), Period::Month, Billing::Reseller, d("0.20")))
+            .chain(
+                (0..15).map(|_| arr_share(d("250"), Period::Month, Billing::Referral, d("0.20"))),
+            )
+            .sum();
+        assert_eq!(mixed, d("51000"));
+        let yearly = arr_share(d("1200"), Period::Year, Billing::Reseller, d("0.20"));
+        assert_eq!(yearly, d("1200"));
+    }
+
+    #[test]
+    fn tiers_follow_arr_and_gold_needs_a_recent_customer() {
+        let tiers = tiers();
+        assert_eq!(tier_for(&tiers, d("0"), false).name, "bronze");
+        assert_eq!(tier_for(&tiers, d("4999.99"), true).name, "bronze");
+        assert_eq!(tier_for(&tiers, d("5000"), false).name, "silver");
+        assert_eq!(tier_for(&tiers, d("20000"), false).name, "silver");
+        assert_eq!(tier_for(&tiers, d("20000"), true).name, "gold");
+        assert_eq!(next_tier(&tiers, &tiers[1]).unwrap().name, "gold");
+        assert!(next_tier(&tiers, &tiers[2]).is_none());
+    }
+
+    #[test]
+    fn free_license_months_by_new_customers() {
+        assert_eq!(free_license_months(1), 0);
+        assert_eq!(free_license_months(2), 3);
+        assert_eq!(free_license_months(3), 3);
+        assert_eq!(free_license_months(4), 6);
+    }
+
+    #[test]
+    fn signups_are_counted_in_calendar_months() {
+        let now: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp();
+        let signups = [
+            at("2026-08-23T12:00:01Z"),
+            at("2026-08-23T12:00:00Z"),
+            at("2025-11-23T12:00:01Z"),
+            at("2026-11-24T00:00:00Z"),
+        ];
+        assert_eq!(signups_within(&signups, now, 3), 1);
+        assert_eq!(signups_within(&signups, now, 12), 3);
+    }
+}
