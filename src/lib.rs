@@ -13,6 +13,8 @@
 //! - [`auth`]: bearer tokens and roles
 //! - [`api`]: the `/v1` JSON API
 //! - [`events`]: conversion events and their validation
+//! - [`book`]: a partner's customers, payments, ledger and balances, and
+//!   how one event or payout changes them
 //! - [`money`]: currencies, commission rounding, ARR and tiers
 //! - [`report`]: the UTM performance report
 //! - [`link`]: affiliate links
@@ -23,6 +25,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod book;
 pub mod cache;
 pub mod clicks;
 pub mod config;
