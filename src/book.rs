@@ -215,6 +215,7 @@ impl Book {
         money::tier_for(&rules.tiers, self.arr, self.recent_customer(at))
     }
 
+    #[allow(clippy::too_many_arguments)] // one per column of the entry
     fn entry(
         &mut self,
         id: &str,
@@ -311,7 +312,7 @@ fn with_customer(book: &mut Book, mut customer: Customer, rules: &Rules) -> Cust
 
 /// A payment: commission for a referral customer, and the customer's ARR
 /// share from its latest payment.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the payment event's fields
 pub fn payment(
     book: &Book,
     rules: &Rules,
