@@ -157,6 +157,17 @@ fn dec(text: &str) -> Decimal {
     text.parse().unwrap_or_default()
 }
 
+impl PayoutRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PayoutRefusal::NoPaypalEmail => "no_paypal_email",
+            PayoutRefusal::CurrencyNotPaid(_) => "currency_not_paid",
+            PayoutRefusal::BelowMinimum { .. } => "below_minimum",
+            PayoutRefusal::NothingAvailable(_) => "nothing_available",
+        }
+    }
+}
+
 impl CurrencyTotals {
     /// Moves what has matured by `now` from held to available.
     fn settle(&mut self, now: i64) {
@@ -196,11 +207,17 @@ impl Book {
             .iter()
             .map(|(currency, totals)| {
                 let (pending, matured) = totals.pending_at(now.timestamp());
+                // Shown in the currency's minor unit: "0.00", not "0".
+                let digits = minor_digits(currency).unwrap_or(2);
+                let shown = |mut amount: Decimal| {
+                    amount.rescale(digits);
+                    amount
+                };
                 Balance {
                     currency: currency.clone(),
-                    pending,
-                    available: totals.available + matured,
-                    paid: totals.paid,
+                    pending: shown(pending),
+                    available: shown(totals.available + matured),
+                    paid: shown(totals.paid),
                 }
             })
             .collect()
@@ -441,6 +458,72 @@ pub fn cancel(book: &Book, rules: &Rules, customer: &Customer, at: DateTime<Utc>
         book: Some(book),
         customer: Some(updated),
         ..Changes::default()
+    }
+}
+
+/// A partner's standing in the program, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgramStatus {
+    pub tier: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub arr: Decimal,
+    pub arr_currency: String,
+    pub next_tier: Option<NextTier>,
+    pub new_customers_3_months: usize,
+    pub new_customers_12_months: usize,
+    pub free_license_months: u32,
+    pub marketplace_listed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NextTier {
+    pub name: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub min_arr: Decimal,
+    /// ARR still missing, 0 when only a new customer is missing.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub arr_needed: Decimal,
+    /// ARR reached as a share of the tier's threshold, 0 to 1.
+    pub progress: f64,
+    pub needs_recent_customer: bool,
+}
+
+impl Book {
+    pub fn status(&self, rules: &Rules, now: DateTime<Utc>) -> ProgramStatus {
+        let tier = self.tier(rules, now);
+        let currency = arr_currency(rules);
+        // ARR is a measure shown in the currency's unit, not a paid sum.
+        let shown =
+            |amount: Decimal| money::round_minor(amount, minor_digits(currency).unwrap_or(2));
+        let new_3 = money::signups_within(&self.signups, now, 3);
+        let new_12 = money::signups_within(&self.signups, now, 12);
+        let next_tier = money::next_tier(&rules.tiers, tier).map(|next| {
+            let progress = if next.min_arr.is_zero() {
+                1.0
+            } else {
+                f64::try_from((self.arr / next.min_arr).min(Decimal::ONE)).unwrap_or(0.0)
+            };
+            NextTier {
+                name: next.name.clone(),
+                min_arr: next.min_arr,
+                arr_needed: shown((next.min_arr - self.arr).max(Decimal::ZERO)),
+                progress,
+                needs_recent_customer: next.needs_recent_customer,
+            }
+        });
+        ProgramStatus {
+            tier: tier.name.clone(),
+            rate: tier.rate,
+            arr: shown(self.arr),
+            arr_currency: currency.to_owned(),
+            next_tier,
+            new_customers_3_months: new_3,
+            new_customers_12_months: new_12,
+            free_license_months: money::free_license_months(new_3),
+            marketplace_listed: new_12 > 0,
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub struct Config {
     pub commission: Commission,
     pub payout: Payout,
     pub api: Api,
+    pub worker: Worker,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +178,15 @@ pub struct Commission {
 pub struct Payout {
     /// Smallest payout per ISO 4217 currency.
     pub minimum: BTreeMap<String, Decimal>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    /// Events a worker took and left unacknowledged this long are taken
+    /// over by another. Default 30s.
+    #[serde(deserialize_with = "duration")]
+    pub reclaim_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

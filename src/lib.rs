@@ -20,6 +20,7 @@
 //! - [`link`]: affiliate links
 //! - [`metrics`]: Prometheus metrics
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`
+//! - [`worker`]: applies conversion events to partners' books, exactly once
 //! - [`serve`]: wiring, listeners and graceful shutdown
 
 pub mod admin;
@@ -40,3 +41,4 @@ pub mod redirect;
 pub mod report;
 pub mod serve;
 pub mod store;
+pub mod worker;

@@ -31,6 +31,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Apply conversion events from the shared Redis queue (run any number).
+    Worker {
+        /// TOML configuration file; environment variables LASTCLICK_<SECTION>__<KEY> override it.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Print an affiliate link built from the configuration.
     Link {
         /// Partner id.
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, check } => serve(config, check),
+        Command::Worker { config } => worker(config),
         Command::Link {
             partner,
             campaign,
@@ -101,6 +108,20 @@ fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
         // ports from it when they ask for port 0.
         println!("lastclick listening public=http://{public_addr} admin=http://{admin_addr}");
         lastclick::serve::run(config, public, admin, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn worker(path: Option<PathBuf>) -> Result<(), String> {
+    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        println!("lastclick worker running");
+        lastclick::serve::run_worker(config, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

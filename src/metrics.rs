@@ -2,8 +2,8 @@
 //! or visitor ids), counters for the hot path resolved once at startup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::redirect::Outcome;
@@ -23,6 +23,9 @@ pub struct Metrics {
     pub clicks_dropped: IntCounter,
     pub clicks_written: IntCounter,
     store_errors: IntCounterVec,
+    events_received: IntCounterVec,
+    events_processed: IntCounterVec,
+    commissions: CounterVec,
 }
 
 impl Metrics {
@@ -69,6 +72,30 @@ impl Metrics {
             &["operation"],
         )
         .expect("static metric definition");
+        let events_received = IntCounterVec::new(
+            Opts::new(
+                "events_received_total",
+                "Conversion events accepted by the API, by type and outcome (queued or duplicate).",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("static metric definition");
+        let events_processed = IntCounterVec::new(
+            Opts::new(
+                "events_processed_total",
+                "Conversion events the worker finished, by type and outcome.",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("static metric definition");
+        let commissions = CounterVec::new(
+            Opts::new(
+                "commissions_total",
+                "Commission credited by the worker, by currency (before clawbacks). For monitoring only: the ledger is the record.",
+            ),
+            &["currency"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the build."),
             &["version"],
@@ -85,6 +112,9 @@ impl Metrics {
             Box::new(clicks_dropped.clone()),
             Box::new(clicks_written.clone()),
             Box::new(store_errors.clone()),
+            Box::new(events_received.clone()),
+            Box::new(events_processed.clone()),
+            Box::new(commissions.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -99,6 +129,9 @@ impl Metrics {
             clicks_dropped,
             clicks_written,
             store_errors,
+            events_received,
+            events_processed,
+            commissions,
         }
     }
 
@@ -111,6 +144,24 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    pub fn count_received(&self, kind: &str, outcome: &str, n: usize) {
+        self.events_received
+            .with_label_values(&[kind, outcome])
+            .inc_by(n as u64);
+    }
+
+    pub fn count_event(&self, kind: &str, outcome: &str) {
+        self.events_processed
+            .with_label_values(&[kind, outcome])
+            .inc();
+    }
+
+    pub fn count_commission(&self, currency: &str, amount: f64) {
+        self.commissions
+            .with_label_values(&[currency])
+            .inc_by(amount.max(0.0));
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()

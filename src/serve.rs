@@ -32,6 +32,7 @@ use crate::redirect::{RedirectRequest, RedirectSettings, Redirector};
 use crate::store::embedded::{spawn_expiry, EmbeddedStore};
 use crate::store::redis::RedisStore;
 use crate::store::Store;
+use crate::worker::{LoopSettings, Worker};
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,8 +107,14 @@ pub async fn run(
         Arc::clone(&store),
         config.cache.refresh,
         Arc::clone(&metrics),
-        background,
+        background.clone(),
     ));
+    // Embedded, nothing else can reach the event queue: the worker runs
+    // here. With Redis, `lastclick worker` processes run it.
+    let worker = config.embedded().then(|| {
+        let worker = Worker::new(Arc::clone(&store), &config, Arc::clone(&metrics));
+        tokio::spawn(worker.run(worker_settings(&config), background))
+    });
 
     let redirector = Redirector::new(
         Arc::clone(&routes),
@@ -127,6 +134,7 @@ pub async fn run(
         routes,
         roles: RoleTokens::new(&config.auth.admin_token, &config.auth.merchant_token),
         config: Arc::clone(&config),
+        metrics: Arc::clone(&metrics),
     });
     let public_service = PublicService(Arc::new(PublicInner {
         redirector,
@@ -163,7 +171,46 @@ pub async fn run(
     }
     let _ = stop_background.send(true);
     let _ = flusher.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// This process's worker settings: its name in the consumer group is the
+/// host and process id, unique among live workers.
+pub fn worker_settings(config: &Config) -> LoopSettings {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    LoopSettings {
+        consumer: format!("{}-{}", host.trim(), std::process::id()),
+        reclaim_after: config.worker.reclaim_after,
+    }
+}
+
+/// Runs `lastclick worker` until `shutdown` resolves: applies events from
+/// the shared Redis queue. Finishes the event in hand, acknowledges nothing
+/// it did not finish.
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    if config.embedded() {
+        return Err(ServeError::Config(
+            "`redis.url`: the worker needs Redis; in embedded mode `serve` runs the worker itself"
+                .into(),
+        ));
+    }
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let store = open_store(&config).await?;
+    let (stop, stopped) = watch::channel(false);
+    let worker = Worker::new(store, &config, metrics);
+    let running = tokio::spawn(worker.run(worker_settings(&config), stopped));
+    shutdown.await;
+    tracing::info!("worker stopping");
+    let _ = stop.send(true);
+    let _ = running.await;
     Ok(())
 }
 

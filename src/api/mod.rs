@@ -5,9 +5,14 @@
 //! - `GET|PATCH /v1/partners/{id}` (admin, that partner)
 //! - `POST|GET /v1/partners/{id}/campaigns` (admin, that partner): Campaign Builder
 //! - `GET /v1/partners/{id}/report` (admin, that partner): UTM report
+//! - `POST /v1/events` (merchant): conversion events
+//! - `GET /v1/partners/{id}/balance|ledger`, `POST …/payouts` (admin, that
+//!   partner): money
 
 mod campaigns;
 mod error;
+mod events;
+mod money;
 mod partners;
 mod report;
 
@@ -27,7 +32,8 @@ use crate::auth::{bearer, token_hash, Caller, RoleTokens};
 use crate::cache::RouteCache;
 use crate::config::Config;
 use crate::ids::PartnerId;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::store::{Partner, Store};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -36,9 +42,17 @@ pub struct ApiState {
     pub routes: Arc<RouteCache>,
     pub roles: RoleTokens,
     pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl ApiState {
+    async fn existing_partner(&self, id: &PartnerId) -> Result<Partner, ApiError> {
+        self.store
+            .partner(id)
+            .await?
+            .ok_or(ApiError::NotFound("partner"))
+    }
+
     /// Makes a catalog change visible to this instance's redirects at once
     /// (other instances pick it up within `cache.refresh`).
     async fn refresh_routes(&self) {
@@ -62,6 +76,10 @@ pub fn router(state: ApiState) -> Router {
             post(campaigns::create).get(campaigns::list),
         )
         .route("/v1/partners/{id}/report", get(report::partner_report))
+        .route("/v1/partners/{id}/balance", get(money::balance))
+        .route("/v1/partners/{id}/ledger", get(money::ledger))
+        .route("/v1/partners/{id}/payouts", post(money::payout))
+        .route("/v1/events", post(events::create))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{clean_text, ApiError, ApiState, JsonBody, PartnerScope};
 use crate::auth::{new_partner_token, token_hash, Caller};
+use crate::book::ProgramStatus;
 use crate::ids::PartnerId;
 use crate::link::affiliate_link;
 use crate::store::{Partner, StoreError};
@@ -49,6 +50,9 @@ pub struct PartnerView {
     /// Only in the answer that creates the partner: it is never shown again.
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
+    /// Tier, ARR and the rest of the program status, when reading a partner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    program: Option<ProgramStatus>,
 }
 
 impl PartnerView {
@@ -61,6 +65,7 @@ impl PartnerView {
             disabled: partner.disabled,
             created_at: partner.created_at,
             token: None,
+            program: None,
         }
     }
 }
@@ -120,12 +125,15 @@ pub async fn show(
     scope: PartnerScope,
     State(state): State<ApiState>,
 ) -> Result<Json<PartnerView>, ApiError> {
-    let partner = state
+    let partner = state.existing_partner(&scope.id).await?;
+    let view = state
         .store
-        .partner(&scope.id)
-        .await?
-        .ok_or(ApiError::NotFound("partner"))?;
-    Ok(Json(PartnerView::new(partner, &state)))
+        .load_book(partner.id.as_str(), None, None, "")
+        .await?;
+    let rules = crate::worker::rules(&state.config);
+    let mut shown = PartnerView::new(partner, &state);
+    shown.program = Some(view.book.status(&rules, Utc::now()));
+    Ok(Json(shown))
 }
 
 pub async fn update(

@@ -1,17 +1,21 @@
 //! The embedded store: everything in one process's memory, for a single
 //! instance on a bare machine and for tests.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
+use tokio::sync::Notify;
 
 use super::{
-    Campaign, CatalogSnapshot, Click, ClickCount, CounterCell, Partner, Store, StoreError,
+    BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
+    Enqueued, Partner, Store, StoreError,
 };
+use crate::book::{Book, Changes, Customer, LedgerEntry, Payment, Referral};
 use crate::cookie::{ClickId, VisitorId};
+use crate::events::Event;
 use crate::ids::{CampaignSlug, PartnerId};
 
 /// In-process store. One std `Mutex`: every critical section is a few map
@@ -19,6 +23,8 @@ use crate::ids::{CampaignSlug, PartnerId};
 pub struct EmbeddedStore {
     inner: Mutex<Inner>,
     window: Duration,
+    /// Wakes a worker waiting for events.
+    events_queued: Notify,
 }
 
 #[derive(Default)]
@@ -30,6 +36,29 @@ struct Inner {
     clicks: HashMap<ClickId, Click>,
     last_clicks: HashMap<VisitorId, ClickId>,
     counters: BTreeMap<(String, CounterCell), Counter>,
+    events: EventQueue,
+    claims: HashMap<String, Option<Referral>>,
+    books: HashMap<String, PartnerBook>,
+}
+
+#[derive(Default)]
+struct EventQueue {
+    /// Every event id ever queued: ids are idempotency keys forever.
+    seen: HashSet<String>,
+    ready: VecDeque<Event>,
+    /// Taken but not acknowledged: delivery id → (event, when taken).
+    pending: BTreeMap<u64, (Event, Instant)>,
+    next_delivery: u64,
+}
+
+#[derive(Default)]
+struct PartnerBook {
+    book: Book,
+    version: u64,
+    customers: HashMap<String, Customer>,
+    payments: HashMap<String, Payment>,
+    ledger: Vec<LedgerEntry>,
+    applied: HashSet<String>,
 }
 
 /// Exact distinct visitors: memory grows with visitors per cell, which one
@@ -46,6 +75,7 @@ impl EmbeddedStore {
         EmbeddedStore {
             inner: Mutex::new(Inner::default()),
             window,
+            events_queued: Notify::new(),
         }
     }
 
@@ -221,6 +251,142 @@ impl Store for EmbeddedStore {
         }
         Ok(union.len() as u64)
     }
+
+    async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError> {
+        let mut enqueued = Enqueued::default();
+        {
+            let mut inner = self.lock();
+            for event in events {
+                if inner.events.seen.insert(event.id.clone()) {
+                    inner.events.ready.push_back(event.clone());
+                    enqueued.accepted += 1;
+                } else {
+                    enqueued.duplicates += 1;
+                }
+            }
+        }
+        self.events_queued.notify_waiters();
+        Ok(enqueued)
+    }
+
+    async fn next_events(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let queued = self.events_queued.notified();
+            let deliveries = self.lock().events.take(max, reclaim_after);
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if tokio::time::timeout_at(deadline, queued).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for delivery in deliveries {
+            if let Ok(id) = delivery.parse::<u64>() {
+                inner.events.pending.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {
+        Ok(self.lock().claims.get(customer).cloned())
+    }
+
+    async fn claim_customer(
+        &self,
+        customer: &str,
+        referral: Option<&Referral>,
+    ) -> Result<Option<Referral>, StoreError> {
+        Ok(self
+            .lock()
+            .claims
+            .entry(customer.to_owned())
+            .or_insert_with(|| referral.cloned())
+            .clone())
+    }
+
+    async fn load_book(
+        &self,
+        partner: &str,
+        customer: Option<&str>,
+        payment: Option<&str>,
+        applied: &str,
+    ) -> Result<BookView, StoreError> {
+        let inner = self.lock();
+        let Some(entry) = inner.books.get(partner) else {
+            return Ok(BookView::default());
+        };
+        Ok(BookView {
+            book: entry.book.clone(),
+            version: entry.version,
+            customer: customer.and_then(|c| entry.customers.get(c).cloned()),
+            payment: payment.and_then(|p| entry.payments.get(p).cloned()),
+            applied: entry.applied.contains(applied),
+        })
+    }
+
+    async fn commit_book(
+        &self,
+        partner: &str,
+        applied: &str,
+        version: u64,
+        changes: &Changes,
+    ) -> Result<Commit, StoreError> {
+        let mut inner = self.lock();
+        let entry = inner.books.entry(partner.to_owned()).or_default();
+        if entry.applied.contains(applied) {
+            return Ok(Commit::AlreadyApplied);
+        }
+        if entry.version != version {
+            return Ok(Commit::Conflict);
+        }
+        if let Some(book) = &changes.book {
+            entry.book = book.clone();
+        }
+        if let Some(customer) = &changes.customer {
+            entry
+                .customers
+                .insert(customer.id.clone(), customer.clone());
+        }
+        if let Some(payment) = &changes.payment {
+            entry.payments.insert(payment.id.clone(), payment.clone());
+        }
+        entry.ledger.extend(changes.entries.iter().cloned());
+        entry.applied.insert(applied.to_owned());
+        entry.version += 1;
+        Ok(Commit::Applied)
+    }
+
+    async fn ledger(
+        &self,
+        partner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let inner = self.lock();
+        let Some(entry) = inner.books.get(partner) else {
+            return Ok(Vec::new());
+        };
+        Ok(entry
+            .ledger
+            .iter()
+            .rev()
+            .filter(|e| before.is_none_or(|b| e.seq < b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
 
 /// Runs [`EmbeddedStore::expire`] once a minute until the store is dropped.
@@ -237,4 +403,37 @@ pub fn spawn_expiry(store: std::sync::Arc<EmbeddedStore>) {
             }
         }
     });
+}
+
+impl EventQueue {
+    /// Events left unacknowledged for `reclaim_after` first, then new ones.
+    fn take(&mut self, max: usize, reclaim_after: Duration) -> Vec<Delivery> {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        for (id, (event, taken)) in self.pending.iter_mut() {
+            if deliveries.len() == max {
+                return deliveries;
+            }
+            if now.duration_since(*taken) >= reclaim_after {
+                *taken = now;
+                deliveries.push(Delivery {
+                    delivery: id.to_string(),
+                    event: event.clone(),
+                });
+            }
+        }
+        while deliveries.len() < max {
+            let Some(event) = self.ready.pop_front() else {
+                break;
+            };
+            self.next_delivery += 1;
+            self.pending
+                .insert(self.next_delivery, (event.clone(), now));
+            deliveries.push(Delivery {
+                delivery: self.next_delivery.to_string(),
+                event,
+            });
+        }
+        deliveries
+    }
 }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::book::{Book, Changes, Customer, LedgerEntry, Payment, Referral};
 use crate::cookie::{ClickId, VisitorId};
+use crate::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,43 @@ pub struct ClickCount {
     pub clicks: u64,
 }
 
+/// What `enqueue_events` did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Enqueued {
+    pub accepted: usize,
+    /// Events whose id was seen before (ever), or twice in the batch.
+    pub duplicates: usize,
+}
+
+/// An event handed to a worker, acknowledged by `delivery` once applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub delivery: String,
+    pub event: Event,
+}
+
+/// A partner's book with what one event needs from it, and the version to
+/// commit against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BookView {
+    pub book: Book,
+    pub version: u64,
+    pub customer: Option<Customer>,
+    pub payment: Option<Payment>,
+    /// Whether the event (or payout) was applied already.
+    pub applied: bool,
+}
+
+/// How `commit_book` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Applied,
+    /// The id was applied before: nothing changed.
+    AlreadyApplied,
+    /// The book moved since it was loaded: load it again and retry.
+    Conflict,
+}
+
 /// Where partners, campaigns, clicks and report counters live.
 ///
 /// Behaviour is the same for every implementation and is tested once for all
@@ -142,4 +181,57 @@ pub trait Store: Send + Sync + 'static {
         partner: &PartnerId,
         cells: &[CounterCell],
     ) -> Result<u64, StoreError>;
+
+    /// Queues events for the worker. An id seen before, ever, is a
+    /// duplicate and is not queued again.
+    async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError>;
+    /// Up to `max` events for `consumer`: new ones, and ones another
+    /// consumer took but did not acknowledge for `reclaim_after`. Waits up
+    /// to `wait` when there are none.
+    async fn next_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: std::time::Duration,
+        reclaim_after: std::time::Duration,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError>;
+
+    /// The customer's claim: `Some(None)` for a customer that signed up
+    /// without a valid click, `None` for one never seen.
+    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError>;
+    /// Claims the customer for `referral` (or for nobody) unless it was
+    /// claimed before; answers the claim that holds.
+    async fn claim_customer(
+        &self,
+        customer: &str,
+        referral: Option<&Referral>,
+    ) -> Result<Option<Referral>, StoreError>;
+
+    /// The partner's book with the customer and payment named, and whether
+    /// `applied` (an event or payout id) was applied to it already.
+    async fn load_book(
+        &self,
+        partner: &str,
+        customer: Option<&str>,
+        payment: Option<&str>,
+        applied: &str,
+    ) -> Result<BookView, StoreError>;
+    /// Applies `changes` and records `applied`, all or nothing, if the book
+    /// is still at `version`.
+    async fn commit_book(
+        &self,
+        partner: &str,
+        applied: &str,
+        version: u64,
+        changes: &Changes,
+    ) -> Result<Commit, StoreError>;
+    /// Ledger entries newest first, those before `before` (a `seq`) when
+    /// given.
+    async fn ledger(
+        &self,
+        partner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
 }

@@ -15,9 +15,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Campaign, CatalogSnapshot, Click, ClickCount, CounterCell, Partner, Store, StoreError,
+    BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
+    Enqueued, Partner, Store, StoreError,
 };
+use crate::book::{Changes, LedgerEntry, Referral};
 use crate::cookie::{ClickId, VisitorId};
+use crate::events::Event;
 use crate::ids::PartnerId;
 
 /// How long a command may wait for its answer: a store that does not answer
@@ -74,6 +77,35 @@ for i = 1, #KEYS do
     redis.call('SET', KEYS[i], at .. ':' .. ARGV[3 * i - 1], 'EXAT', ARGV[3 * i])
   end
 end
+return 1";
+
+/// Queues events whose id was never seen. KEYS: the id set, the stream.
+/// ARGV, two per event: id, event JSON.
+const ENQUEUE_EVENTS: &str = r"
+local accepted = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[2], '*', 'e', ARGV[i + 1])
+    accepted = accepted + 1
+  end
+end
+return accepted";
+
+/// Applies one event's (or payout's) changes to a partner's book with the
+/// record that it was applied, if the book is still at the version read.
+/// KEYS: applied set, version, book, customers, payments, ledger.
+/// ARGV: applied id, expected version, book JSON or '', customer id,
+/// customer JSON or '', payment id, payment JSON or '', ledger entries...
+/// Answers 1 applied, 0 applied before, -1 the book moved.
+const COMMIT_BOOK: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return -1 end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[5], ARGV[6], ARGV[7]) end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
 return 1";
 
 /// KEYS: partners, tokens, version. ARGV: id, record, token hash.
@@ -163,6 +195,20 @@ mod keys {
         for byte in &digest[..16] {
             out.push_str(hex_str(&hex(*byte)));
         }
+    }
+
+    pub const EVENT_IDS: &str = "lc:{events}:ids";
+    pub const EVENT_STREAM: &str = "lc:{events}:stream";
+    pub const EVENT_GROUP: &str = "workers";
+
+    pub fn claim(out: &mut String, customer: &str) {
+        set(out, &["lc:{cu:", customer, "}:claim"]);
+    }
+
+    /// A key of a partner's book: `book`, `version`, `customers`,
+    /// `payments`, `ledger` or `applied`.
+    pub fn book(out: &mut String, partner: &str, part: &str) {
+        set(out, &["lc:{p:", partner, "}:", part]);
     }
 
     /// `day` is a UTC day as `YYYY-MM-DD`.
@@ -494,6 +540,8 @@ struct ClickScripts {
 
 pub struct RedisStore {
     connection: Connection,
+    enqueue_events: Script,
+    commit_book: Script,
     window_secs: u64,
     click_scripts: ClickScripts,
     insert_partner: Script,
@@ -544,6 +592,8 @@ impl RedisStore {
         };
         Ok(RedisStore {
             connection,
+            enqueue_events: Script::new(ENQUEUE_EVENTS),
+            commit_book: Script::new(COMMIT_BOOK),
             window_secs: window.as_secs(),
             click_scripts: ClickScripts {
                 records: Script::new(RECORD_CLICKS),
@@ -904,6 +954,266 @@ impl Store for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+
+    async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError> {
+        let mut invocation = self.enqueue_events.prepare_invoke();
+        invocation.key(keys::EVENT_IDS).key(keys::EVENT_STREAM);
+        for event in events {
+            invocation.arg(&event.id).arg(encode(event));
+        }
+        let accepted: usize = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(Enqueued {
+            accepted,
+            duplicates: events.len() - accepted,
+        })
+    }
+
+    async fn next_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        // The connection is shared with everything else, so reads never
+        // block on the server: an empty answer sleeps here instead.
+        let mut deliveries = match self.read_events(consumer, max, reclaim_after).await {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_event_group().await?;
+                self.read_events(consumer, max, reclaim_after).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)?;
+        if deliveries.is_empty() {
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+        }
+        deliveries.truncate(max);
+        Ok(deliveries)
+    }
+
+    async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("XACK")
+            .arg(keys::EVENT_STREAM)
+            .arg(keys::EVENT_GROUP)
+            .arg(deliveries)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::claim(k, customer)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.map(|r| decode(&r)).transpose()
+    }
+
+    async fn claim_customer(
+        &self,
+        customer: &str,
+        referral: Option<&Referral>,
+    ) -> Result<Option<Referral>, StoreError> {
+        let key = keys::owned(|k| keys::claim(k, customer));
+        // SET NX GET answers the claim that was there, if any.
+        let before: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(encode(&referral))
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match before {
+            Some(raw) => decode(&raw),
+            None => Ok(referral.cloned()),
+        }
+    }
+
+    async fn load_book(
+        &self,
+        partner: &str,
+        customer: Option<&str>,
+        payment: Option<&str>,
+        applied: &str,
+    ) -> Result<BookView, StoreError> {
+        let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
+        type Loaded = (
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+            bool,
+        );
+        let (book, version, customer, payment, applied): Loaded = redis::pipe()
+            .atomic()
+            .get(key("book"))
+            .get(key("version"))
+            .hget(key("customers"), customer.unwrap_or(""))
+            .hget(key("payments"), payment.unwrap_or(""))
+            .sismember(key("applied"), applied)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(BookView {
+            book: book.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
+            version: version.unwrap_or_default(),
+            customer: customer.map(|c| decode(&c)).transpose()?,
+            payment: payment.map(|p| decode(&p)).transpose()?,
+            applied,
+        })
+    }
+
+    async fn commit_book(
+        &self,
+        partner: &str,
+        applied: &str,
+        version: u64,
+        changes: &Changes,
+    ) -> Result<Commit, StoreError> {
+        let mut invocation = self.commit_book.prepare_invoke();
+        for part in [
+            "applied",
+            "version",
+            "book",
+            "customers",
+            "payments",
+            "ledger",
+        ] {
+            invocation.key(keys::owned(|k| keys::book(k, partner, part)));
+        }
+        let customer = changes.customer.as_ref();
+        let payment = changes.payment.as_ref();
+        invocation
+            .arg(applied)
+            .arg(version)
+            .arg(changes.book.as_ref().map(encode).unwrap_or_default())
+            .arg(customer.map_or("", |c| c.id.as_str()))
+            .arg(customer.map(encode).unwrap_or_default())
+            .arg(payment.map_or("", |p| p.id.as_str()))
+            .arg(payment.map(encode).unwrap_or_default());
+        for entry in &changes.entries {
+            invocation.arg(encode(entry));
+        }
+        let outcome: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(match outcome {
+            1 => Commit::Applied,
+            0 => Commit::AlreadyApplied,
+            _ => Commit::Conflict,
+        })
+    }
+
+    async fn ledger(
+        &self,
+        partner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let key = keys::owned(|k| keys::book(k, partner, "ledger"));
+        // Entry `seq` sits at index seq - 1: the list only grows, in order.
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let below = before.map_or(len + 1, |b| b.min(len + 1));
+        if below <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = below - 2;
+        let start = stop.saturating_sub(limit as u64 - 1);
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg(stop)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().rev().map(|r| decode(r)).collect()
+    }
+}
+
+impl RedisStore {
+    async fn create_event_group(&self) -> Result<(), StoreError> {
+        let created: Result<String, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(keys::EVENT_STREAM)
+            .arg(keys::EVENT_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match created {
+            Err(e) if !e.to_string().contains("BUSYGROUP") => Err(unavailable(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Entries idle in another consumer's hands first, then new ones.
+    async fn read_events(
+        &self,
+        consumer: &str,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Delivery>, redis::RedisError> {
+        let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(keys::EVENT_STREAM)
+            .arg(keys::EVENT_GROUP)
+            .arg(consumer)
+            .arg(reclaim_after.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut entries = claimed.claimed;
+        if entries.is_empty() {
+            let read: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(keys::EVENT_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("STREAMS")
+                .arg(keys::EVENT_STREAM)
+                .arg(">")
+                .query_async(&mut self.conn())
+                .await?;
+            entries = read
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .collect();
+        }
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let raw: String = entry.get("e")?;
+                match serde_json::from_str(&raw) {
+                    Ok(event) => Some(Delivery {
+                        delivery: entry.id,
+                        event,
+                    }),
+                    Err(e) => {
+                        tracing::error!(id = %entry.id, error = %e, "unreadable event in the stream");
+                        None
+                    }
+                }
+            })
+            .collect())
     }
 }
 

@@ -249,6 +249,47 @@ impl Drop for TestApp {
     }
 }
 
+/// A `lastclick worker` process, killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(extra: &[(&str, &str)]) -> WorkerProcess {
+        let mut env = base_env();
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let child = Command::new(binary())
+            .arg("worker")
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the lastclick binary starts");
+        WorkerProcess { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the worker stops wherever it is.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|part| part.strip_prefix(key))
