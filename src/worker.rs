@@ -25,6 +25,9 @@ const MAX_ATTEMPTS: usize = 1000;
 /// A signup this recent whose click is not found may name a click still in
 /// some instance's buffer: it is tried again later rather than settled.
 const CLICK_SETTLE_SECS: i64 = 120;
+/// An event for a customer with no signup yet, queued this recently, may
+/// have its signup in another worker's hands: it is tried again later.
+const SIGNUP_SETTLE_MS: i64 = 10_000;
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,7 @@ impl Worker {
             };
             let mut done = Vec::with_capacity(deliveries.len());
             for delivery in deliveries {
-                match self.apply(&delivery.event).await {
+                match self.apply(&delivery.event, delivery.queued_at_ms).await {
                     Ok(Outcome::NotYet) => {}
                     Ok(outcome) => {
                         self.metrics
@@ -128,8 +131,9 @@ impl Worker {
         }
     }
 
-    /// Applies one event to its partner's book, once.
-    pub async fn apply(&self, event: &Event) -> Result<Outcome, StoreError> {
+    /// Applies one event, queued at `queued_at_ms`, to its partner's book,
+    /// once.
+    pub async fn apply(&self, event: &Event, queued_at_ms: i64) -> Result<Outcome, StoreError> {
         let referral = match &event.kind {
             EventKind::Signup { attribution, .. } => {
                 let found = match self.store.customer_claim(&event.customer).await? {
@@ -152,7 +156,15 @@ impl Worker {
             }
             _ => match self.store.customer_claim(&event.customer).await? {
                 Some(Some(referral)) => referral,
-                _ => return Ok(Outcome::NoEffect),
+                Some(None) => return Ok(Outcome::NoEffect),
+                None => {
+                    let waiting = Utc::now().timestamp_millis() - queued_at_ms < SIGNUP_SETTLE_MS;
+                    return Ok(if waiting {
+                        Outcome::NotYet
+                    } else {
+                        Outcome::NoEffect
+                    });
+                }
             },
         };
         let payment = match &event.kind {

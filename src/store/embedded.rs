@@ -45,9 +45,11 @@ struct Inner {
 struct EventQueue {
     /// Every event id ever queued: ids are idempotency keys forever.
     seen: HashSet<String>,
-    ready: VecDeque<Event>,
-    /// Taken but not acknowledged: delivery id → (event, when taken).
-    pending: BTreeMap<u64, (Event, Instant)>,
+    /// Queued events with their queue time (unix ms).
+    ready: VecDeque<(Event, i64)>,
+    /// Taken but not acknowledged: delivery id → (event, queue time, when
+    /// taken).
+    pending: BTreeMap<u64, (Event, i64, Instant)>,
     next_delivery: u64,
 }
 
@@ -256,9 +258,10 @@ impl Store for EmbeddedStore {
         let mut enqueued = Enqueued::default();
         {
             let mut inner = self.lock();
+            let now_ms = Utc::now().timestamp_millis();
             for event in events {
                 if inner.events.seen.insert(event.id.clone()) {
-                    inner.events.ready.push_back(event.clone());
+                    inner.events.ready.push_back((event.clone(), now_ms));
                     enqueued.accepted += 1;
                 } else {
                     enqueued.duplicates += 1;
@@ -410,7 +413,7 @@ impl EventQueue {
     fn take(&mut self, max: usize, reclaim_after: Duration) -> Vec<Delivery> {
         let now = Instant::now();
         let mut deliveries = Vec::new();
-        for (id, (event, taken)) in self.pending.iter_mut() {
+        for (id, (event, queued_at_ms, taken)) in self.pending.iter_mut() {
             if deliveries.len() == max {
                 return deliveries;
             }
@@ -419,19 +422,21 @@ impl EventQueue {
                 deliveries.push(Delivery {
                     delivery: id.to_string(),
                     event: event.clone(),
+                    queued_at_ms: *queued_at_ms,
                 });
             }
         }
         while deliveries.len() < max {
-            let Some(event) = self.ready.pop_front() else {
+            let Some((event, queued_at_ms)) = self.ready.pop_front() else {
                 break;
             };
             self.next_delivery += 1;
             self.pending
-                .insert(self.next_delivery, (event.clone(), now));
+                .insert(self.next_delivery, (event.clone(), queued_at_ms, now));
             deliveries.push(Delivery {
                 delivery: self.next_delivery.to_string(),
                 event,
+                queued_at_ms,
             });
         }
         deliveries

@@ -111,6 +111,8 @@ pub struct Enqueued {
 pub struct Delivery {
     pub delivery: String,
     pub event: Event,
+    /// When the event was queued, in unix milliseconds.
+    pub queued_at_ms: i64,
 }
 
 /// A partner's book with what one event needs from it, and the version to

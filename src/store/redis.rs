@@ -1202,10 +1202,18 @@ impl RedisStore {
             .into_iter()
             .filter_map(|entry| {
                 let raw: String = entry.get("e")?;
+                // A stream entry id starts with its queue time in ms.
+                let queued_at_ms = entry
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or_default();
                 match serde_json::from_str(&raw) {
                     Ok(event) => Some(Delivery {
                         delivery: entry.id,
                         event,
+                        queued_at_ms,
                     }),
                     Err(e) => {
                         tracing::error!(id = %entry.id, error = %e, "unreadable event in the stream");

@@ -1,0 +1,184 @@
+//! Exactly-once on Redis: a worker killed with SIGKILL in the middle of
+//! thousands of events, and two workers on one stream, leave every balance
+//! and every ledger as if each event had been applied once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::{TestApp, WorkerProcess, ADMIN, MERCHANT};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+const PARTNERS: usize = 3;
+const CUSTOMERS: usize = 300;
+const PAYMENTS: usize = 10;
+
+/// Signups of every customer, then yearly payments small enough that no
+/// partner leaves bronze (so every rate is 20 % whatever the order), and
+/// refunds of some. Answers the events and each partner's expected
+/// commission total and ledger length.
+fn scenario(clicks: &[String], now: i64) -> (Vec<Value>, Vec<(Decimal, usize)>) {
+    let at = |s: i64| {
+        chrono::DateTime::from_timestamp(now + s, 0)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let mut events = Vec::new();
+    let mut expected = vec![(Decimal::ZERO, 0usize); PARTNERS];
+    for c in 0..CUSTOMERS {
+        events.push(
+            json!({"id": format!("s{c}"), "type": "signup", "customer": format!("c{c}"),
+            "at": at(c as i64), "billing": "referral",
+            "attribution": {"click_id": clicks[c % PARTNERS]}}),
+        );
+    }
+    for c in 0..CUSTOMERS {
+        for p in 0..PAYMENTS {
+            let cents = 1000 + ((c * 7 + p * 13) % 2000) as i64;
+            let amount = Decimal::new(cents, 2);
+            events.push(json!({"id": format!("p{c}_{p}"), "type": "payment",
+                "customer": format!("c{c}"), "at": at(1000 + p as i64), "amount": amount.to_string(),
+                "currency": "USD", "period": "year"}));
+            let commission = (amount * Decimal::new(20, 2))
+                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            expected[c % PARTNERS].0 += commission;
+            expected[c % PARTNERS].1 += 1;
+            if p == 0 && c % 10 == 0 {
+                events.push(json!({"id": format!("r{c}"), "type": "refund",
+                    "customer": format!("c{c}"), "at": at(2000), "payment": format!("p{c}_0"),
+                    "amount": amount.to_string(), "currency": "USD"}));
+                expected[c % PARTNERS].0 -= commission;
+                expected[c % PARTNERS].1 += 1;
+            }
+        }
+    }
+    (events, expected)
+}
+
+async fn setup(redis: &RedisServer) -> (TestApp, Vec<String>) {
+    let url = redis.url();
+    let app = TestApp::spawn_with(&[("LASTCLICK_REDIS__URL", url.as_str())]).await;
+    let mut clicks = Vec::new();
+    for p in 0..PARTNERS {
+        let id = format!("p{p}");
+        app.create_partner(&id).await;
+        clicks.push(
+            app.click(&format!("/r/{id}"), None, None)
+                .await
+                .param("lc_click")
+                .unwrap(),
+        );
+        app.report_when(&id, "", 1).await;
+    }
+    (app, clicks)
+}
+
+async fn post_all(app: &TestApp, events: &[Value]) {
+    for chunk in events.chunks(1000) {
+        let (status, body) = app
+            .send_json("POST", "/v1/events", Some(MERCHANT), json!(chunk))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+async fn available(app: &TestApp, partner: &str) -> Decimal {
+    let (_, body) = app
+        .get(&format!("/v1/partners/{partner}/balance"), Some(ADMIN))
+        .await;
+    body["balances"]
+        .as_array()
+        .and_then(|b| b.first())
+        .map(|b| b["available"].as_str().unwrap().parse().unwrap())
+        .unwrap_or_default()
+}
+
+async fn ledger_len(app: &TestApp, partner: &str) -> usize {
+    let mut count = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
+        let (_, page) = app
+            .get(
+                &format!("/v1/partners/{partner}/ledger?limit=500{query}"),
+                Some(ADMIN),
+            )
+            .await;
+        count += page["entries"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return count,
+        }
+    }
+}
+
+/// Waits until every partner's ledger has its expected length, then checks
+/// the balances to the cent.
+async fn assert_applied_once(app: &TestApp, expected: &[(Decimal, usize)]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (p, (total, entries)) in expected.iter().enumerate() {
+        let partner = format!("p{p}");
+        loop {
+            let len = ledger_len(app, &partner).await;
+            assert!(
+                len <= *entries,
+                "{partner}: {len} ledger entries, more than {entries}"
+            );
+            if len == *entries {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{partner}: only {len} of {entries} entries"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(available(app, &partner).await, *total, "{partner}");
+    }
+}
+
+const WORKER_ENV: [(&str, &str); 1] = [("LASTCLICK_WORKER__RECLAIM_AFTER", "1s")];
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_leaves_every_commission_applied_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
+    let (app, clicks) = setup(&redis).await;
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp());
+    assert!(events.len() > 3000);
+    let first = WorkerProcess::spawn(&env);
+    post_all(&app, &events).await;
+    // Kill it once it is under way, not before and not after.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while available(&app, "p0").await.is_zero() {
+        assert!(Instant::now() < deadline, "the first worker never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill();
+    assert!(
+        ledger_len(&app, "p0").await < expected[0].1,
+        "the first worker finished before it was killed; the test proves nothing"
+    );
+    let _second = WorkerProcess::spawn(&env);
+    assert_applied_once(&app, &expected).await;
+}
+
+#[tokio::test]
+async fn two_workers_on_one_stream_apply_each_event_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
+    let (app, clicks) = setup(&redis).await;
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp());
+    let _a = WorkerProcess::spawn(&env);
+    let _b = WorkerProcess::spawn(&env);
+    post_all(&app, &events).await;
+    assert_applied_once(&app, &expected).await;
+    // Sent again, every event is a duplicate and nothing moves.
+    post_all(&app, &events).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_applied_once(&app, &expected).await;
+}
