@@ -15,6 +15,7 @@
 //! - [`events`]: conversion events and their validation
 //! - [`book`]: a partner's customers, payments, ledger and balances, and
 //!   how one event or payout changes them
+//! - [`ingest`]: `lastclick ingest`, events from a JSON Lines file
 //! - [`money`]: currencies, commission rounding, ARR and tiers
 //! - [`report`]: the UTM performance report
 //! - [`link`]: affiliate links
@@ -33,6 +34,7 @@ pub mod config;
 pub mod cookie;
 pub mod events;
 pub mod ids;
+pub mod ingest;
 pub mod landing;
 pub mod link;
 pub mod metrics;

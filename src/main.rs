@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Queue conversion events from a JSON Lines file (one event per line),
+    /// validated as POST /v1/events validates them. Needs redis.url.
+    Ingest {
+        /// The JSON Lines file.
+        file: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Print an affiliate link built from the configuration.
     Link {
         /// Partner id.
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, check } => serve(config, check),
         Command::Worker { config } => worker(config),
+        Command::Ingest { file, config } => ingest(file, config),
         Command::Link {
             partner,
             campaign,
@@ -125,6 +134,42 @@ fn worker(path: Option<PathBuf>) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
+    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    if config.embedded() {
+        return Err("`redis.url`: ingest needs Redis; an embedded store lives inside one serve process, so post to its /v1/events instead".into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let summary = runtime.block_on(async {
+        let store = lastclick::serve::open_store(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        lastclick::ingest::ingest(store.as_ref(), &file)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    println!(
+        "accepted {}, duplicates {}, rejected {}",
+        summary.accepted,
+        summary.duplicates,
+        summary.rejected.len()
+    );
+    for rejected in &summary.rejected {
+        println!(
+            "line {}: {}: {}",
+            rejected.line, rejected.code, rejected.message
+        );
+    }
+    if summary.rejected.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} lines rejected", summary.rejected.len()))
+    }
 }
 
 async fn shutdown_signal() {

@@ -182,3 +182,71 @@ async fn two_workers_on_one_stream_apply_each_event_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_applied_once(&app, &expected).await;
 }
+
+#[tokio::test]
+async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
+    let (app, clicks) = setup(&redis).await;
+    let now = chrono::Utc::now().timestamp();
+    let at = chrono::DateTime::from_timestamp(now, 0)
+        .unwrap()
+        .to_rfc3339();
+    let lines = [
+        json!({"id": "s1", "type": "signup", "customer": "c1", "at": at, "billing": "referral",
+               "attribution": {"click_id": clicks[0]}})
+        .to_string(),
+        json!({"id": "p1", "type": "payment", "customer": "c1", "at": at, "amount": "50.00",
+               "currency": "USD", "period": "month"})
+        .to_string(),
+        r#"{"id": "p2", "type": "payment", "amount": 5}"#.to_owned(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let run = || {
+        let mut all = common::base_env();
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        std::process::Command::new(common::binary())
+            .arg("ingest")
+            .arg(&file)
+            .env_clear()
+            .envs(all)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(!first.status.success(), "a rejected line fails the run");
+    assert!(
+        stdout.contains("accepted 2, duplicates 0, rejected 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 3: "), "{stdout}");
+    let _worker = WorkerProcess::spawn(&env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while available(&app, "p0").await != Decimal::new(1000, 2) {
+        assert!(
+            Instant::now() < deadline,
+            "the ingested events were never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = run();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("accepted 0, duplicates 2, rejected 1"),
+        "{stdout}"
+    );
+
+    let embedded = std::process::Command::new(common::binary())
+        .arg("ingest")
+        .arg(&file)
+        .env_clear()
+        .envs(common::base_env())
+        .output()
+        .unwrap();
+    assert!(!embedded.status.success());
+    assert!(String::from_utf8_lossy(&embedded.stderr).contains("`redis.url`"));
+}
