@@ -16,7 +16,8 @@ use crate::store::Store;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn Store>,
-    pub clicks: ClickQueue,
+    /// The click queue, on `serve`; a worker has none.
+    pub clicks: Option<ClickQueue>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -28,12 +29,21 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// How long a scrape waits for the event queue's figures.
+const STATS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    // The queue depth is read at scrape time so the redirect never pays for it.
-    state
-        .metrics
-        .click_queue_depth
-        .set(state.clicks.depth() as i64);
+    // Queue depths are read at scrape time so the redirect never pays for them.
+    if let Some(clicks) = &state.clicks {
+        state.metrics.click_queue_depth.set(clicks.depth() as i64);
+    }
+    match tokio::time::timeout(STATS_TIMEOUT, state.store.event_queue_stats()).await {
+        Ok(Ok(stats)) => {
+            state.metrics.events_waiting.set(stats.waiting as i64);
+            state.metrics.events_pending.set(stats.pending as i64);
+        }
+        _ => state.metrics.count_store_error("event_queue_stats"),
+    }
     (
         [(
             header::CONTENT_TYPE,

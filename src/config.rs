@@ -187,6 +187,8 @@ pub struct Worker {
     /// over by another. Default 30s.
     #[serde(deserialize_with = "duration")]
     pub reclaim_after: Duration,
+    /// Where `lastclick worker` serves `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub click_queue_depth: IntGauge,
     pub clicks_dropped: IntCounter,
     pub clicks_written: IntCounter,
+    pub events_waiting: IntGauge,
+    pub events_pending: IntGauge,
     store_errors: IntCounterVec,
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
@@ -96,6 +98,16 @@ impl Metrics {
             &["currency"],
         )
         .expect("static metric definition");
+        let events_waiting = IntGauge::new(
+            "worker_lag_events",
+            "Conversion events queued and not yet taken by any worker.",
+        )
+        .expect("static metric definition");
+        let events_pending = IntGauge::new(
+            "worker_pending_events",
+            "Conversion events taken by a worker and not yet acknowledged.",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the build."),
             &["version"],
@@ -115,6 +127,8 @@ impl Metrics {
             Box::new(events_received.clone()),
             Box::new(events_processed.clone()),
             Box::new(commissions.clone()),
+            Box::new(events_waiting.clone()),
+            Box::new(events_pending.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -128,6 +142,8 @@ impl Metrics {
             click_queue_depth,
             clicks_dropped,
             clicks_written,
+            events_waiting,
+            events_pending,
             store_errors,
             events_received,
             events_processed,

@@ -144,7 +144,7 @@ pub async fn run(
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics,
         store,
-        clicks: click_queue,
+        clicks: Some(click_queue),
     }));
 
     let max_head = config.listen.max_header_bytes;
@@ -193,6 +193,7 @@ pub fn worker_settings(config: &Config) -> LoopSettings {
 /// it did not finish.
 pub async fn run_worker(
     config: Config,
+    admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     if config.embedded() {
@@ -205,12 +206,26 @@ pub async fn run_worker(
     let metrics = Arc::new(Metrics::new());
     let store = open_store(&config).await?;
     let (stop, stopped) = watch::channel(false);
+    let admin_service = TowerToHyperService::new(admin::router(AdminState {
+        metrics: Arc::clone(&metrics),
+        store: Arc::clone(&store),
+        clicks: None,
+    }));
+    let admin_loop = tokio::spawn(accept_loop(
+        admin,
+        admin_service,
+        config.listen.max_header_bytes,
+        stopped.clone(),
+    ));
     let worker = Worker::new(store, &config, metrics);
     let running = tokio::spawn(worker.run(worker_settings(&config), stopped));
     shutdown.await;
     tracing::info!("worker stopping");
     let _ = stop.send(true);
     let _ = running.await;
+    if let Ok(connections) = admin_loop.await {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await;
+    }
     Ok(())
 }
 

@@ -233,6 +233,10 @@ async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let applied = r#"lastclick_events_processed_total{outcome="applied",type="payment"}"#;
+    assert_eq!(_worker.metric(applied).await, 1.0);
+    assert_eq!(app.metric("lastclick_worker_lag_events").await, 0.0);
+    assert_eq!(app.metric("lastclick_worker_pending_events").await, 0.0);
     let again = run();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(

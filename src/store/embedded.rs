@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::{
     BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
-    Enqueued, Partner, Store, StoreError,
+    Enqueued, Partner, QueueStats, Store, StoreError,
 };
 use crate::book::{Book, Changes, Customer, LedgerEntry, Payment, Referral};
 use crate::cookie::{ClickId, VisitorId};
@@ -300,6 +300,14 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(())
+    }
+
+    async fn event_queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let inner = self.lock();
+        Ok(QueueStats {
+            waiting: inner.events.ready.len() as u64,
+            pending: inner.events.pending.len() as u64,
+        })
     }
 
     async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {

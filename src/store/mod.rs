@@ -127,6 +127,15 @@ pub struct BookView {
     pub applied: bool,
 }
 
+/// The event queue at a glance, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Queued, not yet taken by any worker.
+    pub waiting: u64,
+    /// Taken by a worker, not yet acknowledged.
+    pub pending: u64,
+}
+
 /// How `commit_book` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -198,6 +207,7 @@ pub trait Store: Send + Sync + 'static {
         reclaim_after: std::time::Duration,
     ) -> Result<Vec<Delivery>, StoreError>;
     async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError>;
+    async fn event_queue_stats(&self) -> Result<QueueStats, StoreError>;
 
     /// The customer's claim: `Some(None)` for a customer that signed up
     /// without a valid click, `None` for one never seen.

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
-    Enqueued, Partner, Store, StoreError,
+    Enqueued, Partner, QueueStats, Store, StoreError,
 };
 use crate::book::{Changes, LedgerEntry, Referral};
 use crate::cookie::{ClickId, VisitorId};
@@ -1008,6 +1008,43 @@ impl Store for RedisStore {
             .await
             .map(drop)
             .map_err(unavailable)
+    }
+
+    async fn event_queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let groups: Result<Vec<HashMap<String, Value>>, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys::EVENT_STREAM)
+            .query_async(&mut self.conn())
+            .await;
+        let groups = match groups {
+            // No stream yet: nothing was ever queued.
+            Err(e) if e.to_string().contains("no such key") => return Ok(QueueStats::default()),
+            other => other.map_err(unavailable)?,
+        };
+        let number = |group: &HashMap<String, Value>, field: &str| match group.get(field) {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        };
+        let stats = groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(Value::BulkString(n)) if n == keys::EVENT_GROUP.as_bytes()))
+            .map(|g| QueueStats {
+                waiting: number(g, "lag"),
+                pending: number(g, "pending"),
+            });
+        match stats {
+            Some(stats) => Ok(stats),
+            // No worker has read yet: everything queued is waiting.
+            None => redis::cmd("XLEN")
+                .arg(keys::EVENT_STREAM)
+                .query_async(&mut self.conn())
+                .await
+                .map(|waiting| QueueStats {
+                    waiting,
+                    pending: 0,
+                })
+                .map_err(unavailable),
+        }
     }
 
     async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {

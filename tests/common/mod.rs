@@ -28,6 +28,7 @@ pub fn base_env() -> Vec<(String, String)> {
     [
         ("LASTCLICK_LISTEN__HTTP", "127.0.0.1:0"),
         ("LASTCLICK_LISTEN__ADMIN", "127.0.0.1:0"),
+        ("LASTCLICK_WORKER__ADMIN", "127.0.0.1:0"),
         ("LASTCLICK_AUTH__ADMIN_TOKEN", ADMIN),
         ("LASTCLICK_AUTH__MERCHANT_TOKEN", MERCHANT),
         ("LASTCLICK_COOKIE__SECRETS", SECRET),
@@ -252,6 +253,8 @@ impl Drop for TestApp {
 /// A `lastclick worker` process, killed when dropped.
 pub struct WorkerProcess {
     child: Child,
+    /// The worker's admin listener, `http://…`.
+    pub admin: String,
 }
 
 impl WorkerProcess {
@@ -261,19 +264,33 @@ impl WorkerProcess {
             env.retain(|(key, _)| key != k);
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .arg("worker")
             .env_clear()
             .envs(env)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the lastclick binary starts");
-        WorkerProcess { child }
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout is piped"))
+            .read_line(&mut line)
+            .expect("reads the worker's first line");
+        let admin = field(&line, "admin=").unwrap_or_else(|| panic!("no admin line: {line:?}"));
+        WorkerProcess { child, admin }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// One series of the worker's `/metrics`, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .expect("worker metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     /// SIGKILL: the worker stops wherever it is.
