@@ -2,10 +2,12 @@
 //! signups to clicks, and applies each event to its partner's book exactly
 //! once (see `book` for what an event changes).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::book::{self, Changes, Referral, Rules};
@@ -14,7 +16,7 @@ use crate::cookie::{ClickId, CookieSigner, VisitorId};
 use crate::events::{AttributionRef, Event, EventKind};
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
-use crate::store::{Click, Commit, Store, StoreError};
+use crate::store::{Click, Commit, Delivery, Store, StoreError};
 
 /// Events taken from the queue at once.
 const BATCH: usize = 100;
@@ -22,6 +24,8 @@ const BATCH: usize = 100;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Commit attempts against a book that other workers keep moving.
 const MAX_ATTEMPTS: usize = 1000;
+/// Customers (claim step) or partners (book step) handled at once.
+const CONCURRENT: usize = 16;
 /// A signup this recent whose click is not found may name a click still in
 /// some instance's buffer: it is tried again later rather than settled.
 const CLICK_SETTLE_SECS: i64 = 120;
@@ -109,21 +113,7 @@ impl Worker {
                     continue;
                 }
             };
-            let mut done = Vec::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                match self.apply(&delivery.event, delivery.queued_at_ms).await {
-                    Ok(Outcome::NotYet) => {}
-                    Ok(outcome) => {
-                        self.metrics
-                            .count_event(delivery.event.kind.name(), outcome.label());
-                        done.push(delivery.delivery);
-                    }
-                    Err(e) => {
-                        self.metrics.count_store_error("apply_event");
-                        tracing::warn!(error = %e, event = %delivery.event.id, "event not applied; it will be retried");
-                    }
-                }
-            }
+            let done = self.apply_batch(deliveries).await;
             if let Err(e) = self.store.ack_events(&done).await {
                 self.metrics.count_store_error("ack_events");
                 tracing::warn!(error = %e, "acknowledgement failed; the events will be applied again, as duplicates");
@@ -131,9 +121,124 @@ impl Worker {
         }
     }
 
+    /// Applies a batch as if one event after the other, using the cores
+    /// and round trips it can: first each customer's claim (customers at
+    /// once, each customer's events in order), then each partner's book
+    /// (partners at once, each partner's events in delivery order, so that
+    /// ARR and tiers see them in that order). Answers the deliveries that
+    /// are finished; after an event that must wait, its customer's later
+    /// events wait too.
+    pub async fn apply_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
+        let claimed: Vec<(usize, Delivery, Claimed)> =
+            futures_util::stream::iter(by_customer(deliveries))
+                .map(|group| self.claim_in_order(group))
+                .buffer_unordered(CONCURRENT)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+        let mut done = Vec::new();
+        let mut by_partner: BTreeMap<String, Vec<(usize, Delivery, Referral)>> = BTreeMap::new();
+        for (index, delivery, claimed) in claimed {
+            match claimed {
+                Claimed::Referral(referral) => by_partner
+                    .entry(referral.partner.clone())
+                    .or_default()
+                    .push((index, delivery, referral)),
+                Claimed::Finished(outcome) => {
+                    self.metrics
+                        .count_event(delivery.event.kind.name(), outcome.label());
+                    done.push(delivery.delivery);
+                }
+                Claimed::Waiting => {}
+            }
+        }
+        let applied = futures_util::stream::iter(by_partner.into_values())
+            .map(|mut events| {
+                events.sort_by_key(|(index, ..)| *index);
+                self.apply_in_order(events)
+            })
+            .buffer_unordered(CONCURRENT)
+            .collect::<Vec<_>>()
+            .await;
+        done.extend(applied.into_iter().flatten());
+        done
+    }
+
+    /// The claim step of one customer's events, in order.
+    async fn claim_in_order(
+        &self,
+        group: Vec<(usize, Delivery)>,
+    ) -> Vec<(usize, Delivery, Claimed)> {
+        let mut out = Vec::with_capacity(group.len());
+        let mut blocked = false;
+        for (index, delivery) in group {
+            let claimed = if blocked {
+                Claimed::Waiting
+            } else {
+                match self
+                    .referral_for(&delivery.event, delivery.queued_at_ms)
+                    .await
+                {
+                    Ok(Ok(referral)) => Claimed::Referral(referral),
+                    Ok(Err(Outcome::NotYet)) => Claimed::Waiting,
+                    Ok(Err(outcome)) => Claimed::Finished(outcome),
+                    Err(e) => {
+                        self.metrics.count_store_error("apply_event");
+                        tracing::warn!(error = %e, event = %delivery.event.id, "event not applied; it will be retried");
+                        Claimed::Waiting
+                    }
+                }
+            };
+            blocked |= matches!(claimed, Claimed::Waiting);
+            out.push((index, delivery, claimed));
+        }
+        out
+    }
+
+    /// One partner's events in delivery order; a customer whose event must
+    /// wait has its later events wait too.
+    async fn apply_in_order(&self, events: Vec<(usize, Delivery, Referral)>) -> Vec<String> {
+        let mut done = Vec::with_capacity(events.len());
+        let mut blocked: Vec<String> = Vec::new();
+        for (_, delivery, referral) in events {
+            let event = &delivery.event;
+            if blocked.contains(&event.customer) {
+                continue;
+            }
+            match self.apply_to_book(event, &referral).await {
+                Ok(Outcome::NotYet) => blocked.push(event.customer.clone()),
+                Ok(outcome) => {
+                    self.metrics.count_event(event.kind.name(), outcome.label());
+                    done.push(delivery.delivery);
+                }
+                Err(e) => {
+                    self.metrics.count_store_error("apply_event");
+                    tracing::warn!(error = %e, event = %event.id, "event not applied; it will be retried");
+                    blocked.push(event.customer.clone());
+                }
+            }
+        }
+        done
+    }
+
     /// Applies one event, queued at `queued_at_ms`, to its partner's book,
     /// once.
     pub async fn apply(&self, event: &Event, queued_at_ms: i64) -> Result<Outcome, StoreError> {
+        match self.referral_for(event, queued_at_ms).await? {
+            Ok(referral) => self.apply_to_book(event, &referral).await,
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// The partner an event's customer was referred by, claiming the
+    /// customer on its signup; or why the event goes no further.
+    async fn referral_for(
+        &self,
+        event: &Event,
+        queued_at_ms: i64,
+    ) -> Result<Result<Referral, Outcome>, StoreError> {
         let referral = match &event.kind {
             EventKind::Signup { attribution, .. } => {
                 let found = match self.store.customer_claim(&event.customer).await? {
@@ -142,7 +247,7 @@ impl Worker {
                         let resolved = match self.resolve(attribution, event.at).await? {
                             Resolution::Click(referral) => Some(referral),
                             Resolution::NoClick => None,
-                            Resolution::NotYet => return Ok(Outcome::NotYet),
+                            Resolution::NotYet => return Ok(Err(Outcome::NotYet)),
                         };
                         self.store
                             .claim_customer(&event.customer, resolved.as_ref())
@@ -151,22 +256,32 @@ impl Worker {
                 };
                 match found {
                     Some(referral) => referral,
-                    None => return Ok(Outcome::NoEffect),
+                    None => return Ok(Err(Outcome::NoEffect)),
                 }
             }
             _ => match self.store.customer_claim(&event.customer).await? {
                 Some(Some(referral)) => referral,
-                Some(None) => return Ok(Outcome::NoEffect),
+                Some(None) => return Ok(Err(Outcome::NoEffect)),
                 None => {
                     let waiting = Utc::now().timestamp_millis() - queued_at_ms < SIGNUP_SETTLE_MS;
-                    return Ok(if waiting {
+                    return Ok(Err(if waiting {
                         Outcome::NotYet
                     } else {
                         Outcome::NoEffect
-                    });
+                    }));
                 }
             },
         };
+        Ok(Ok(referral))
+    }
+
+    /// Applies an event of a customer `referral` names to the partner's
+    /// book, once.
+    async fn apply_to_book(
+        &self,
+        event: &Event,
+        referral: &Referral,
+    ) -> Result<Outcome, StoreError> {
         let payment = match &event.kind {
             EventKind::Refund { payment, .. } => Some(payment.as_str()),
             _ => None,
@@ -179,7 +294,7 @@ impl Worker {
             if view.applied {
                 return Ok(Outcome::Duplicate);
             }
-            let changes = match self.changes(event, &referral, &view) {
+            let changes = match self.changes(event, referral, &view) {
                 Ok(changes) => changes,
                 Err(outcome) => return Ok(outcome),
             };
@@ -317,6 +432,29 @@ impl Worker {
             self.metrics.count_commission(&entry.currency, amount);
         }
     }
+}
+
+/// Deliveries numbered in order and grouped by customer.
+fn by_customer(deliveries: Vec<Delivery>) -> Vec<Vec<(usize, Delivery)>> {
+    let mut groups: Vec<Vec<(usize, Delivery)>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (index, delivery) in deliveries.into_iter().enumerate() {
+        match group_of.get(&delivery.event.customer) {
+            Some(&g) => groups[g].push((index, delivery)),
+            None => {
+                group_of.insert(delivery.event.customer.clone(), groups.len());
+                groups.push(vec![(index, delivery)]);
+            }
+        }
+    }
+    groups
+}
+
+/// Where the claim step left an event.
+enum Claimed {
+    Referral(Referral),
+    Finished(Outcome),
+    Waiting,
 }
 
 /// What a signup's attribution leads to.

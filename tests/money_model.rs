@@ -20,7 +20,7 @@ use lastclick::metrics::Metrics;
 use lastclick::money::{Billing, Period};
 use lastclick::store::embedded::EmbeddedStore;
 use lastclick::store::redis::RedisStore;
-use lastclick::store::{Click, Partner, Store};
+use lastclick::store::{Click, Delivery, Partner, Store};
 use lastclick::worker::Worker;
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -418,6 +418,7 @@ async fn run_case(
     steps: Vec<Step>,
     swaps: Vec<usize>,
     repeats: Vec<(usize, usize)>,
+    batch: usize,
 ) {
     let case = format!("k{}", CASES.fetch_add(1, Ordering::Relaxed));
     let partners: Vec<String> = (0..PARTNERS).map(|p| format!("{case}p{p}")).collect();
@@ -452,9 +453,22 @@ async fn run_case(
     let worker = Worker::new(Arc::clone(&store), &config(), Arc::new(Metrics::new()));
     let mut model = Model::new();
     for event in &order {
-        // Queued long ago: nothing waits for a signup that may be in flight.
-        worker.apply(event, 0).await.unwrap();
         model.apply(event);
+    }
+    // Delivered in batches of `batch` as the worker's loop takes them;
+    // queued long ago, so nothing waits for a signup that may be in flight.
+    for (n, chunk) in order.chunks(batch).enumerate() {
+        let deliveries: Vec<Delivery> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, event)| Delivery {
+                delivery: format!("{n}-{i}"),
+                event: event.clone(),
+                queued_at_ms: 0,
+            })
+            .collect();
+        let done = worker.apply_batch(deliveries).await;
+        assert_eq!(done.len(), chunk.len(), "every event finishes");
     }
     let now = BASE + 200 * 24 * HOUR;
     let rules = lastclick::worker::rules(&config());
@@ -511,9 +525,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_embedded_store_matches_the_model((steps, swaps, repeats) in stream()) {
+    fn the_embedded_store_matches_the_model((steps, swaps, repeats) in stream(), batch in 1..50usize) {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new(Duration::from_secs(200 * 86_400)));
-        runtime().block_on(run_case(store, steps, swaps, repeats));
+        runtime().block_on(run_case(store, steps, swaps, repeats, batch));
     }
 }
 
@@ -534,9 +548,12 @@ fn redis_matches_the_model() {
         ..ProptestConfig::default()
     });
     runner
-        .run(&stream(), |(steps, swaps, repeats)| {
-            rt.block_on(run_case(Arc::clone(&store), steps, swaps, repeats));
-            Ok(())
-        })
+        .run(
+            &(stream(), 1..50usize),
+            |((steps, swaps, repeats), batch)| {
+                rt.block_on(run_case(Arc::clone(&store), steps, swaps, repeats, batch));
+                Ok(())
+            },
+        )
         .unwrap();
 }
