@@ -11,6 +11,9 @@ use crate::money::{minor_digits, Billing, Period};
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 1000;
+/// Largest amount accepted: far above any subscription, and small enough
+/// that sums and ARR (x 12) of many customers stay exact in `Decimal`.
+const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 /// Longest event, customer and payment id.
 const MAX_ID_LEN: usize = 128;
 
@@ -313,6 +316,12 @@ fn money_fields(object: &Map<String, Value>) -> Result<(Decimal, String), Invali
     if amount.is_zero() {
         return Err(invalid("invalid_amount", "`amount` must be above zero"));
     }
+    if amount > Decimal::from(MAX_AMOUNT) {
+        return Err(invalid(
+            "invalid_amount",
+            format!("`amount` must be at most {MAX_AMOUNT}"),
+        ));
+    }
     if amount.scale() > digits {
         return Err(invalid(
             "invalid_amount",
@@ -376,6 +385,8 @@ mod tests {
             json!("1.2.3"),
             json!("+1"),
             json!("99999999999999999999999999999999999"),
+            json!("1000000000000000.01"),
+            json!("79228162514264337593543950335"),
         ] {
             assert_eq!(code(payment(bad.clone(), "USD")), "invalid_amount", "{bad}");
         }
