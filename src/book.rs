@@ -142,6 +142,87 @@ pub struct Changes {
     pub customer: Option<Customer>,
     pub payment: Option<Payment>,
     pub entries: Vec<LedgerEntry>,
+    /// The customer's report cell (see [`conversion_cell`]) as it becomes.
+    pub conversions: Option<(String, ConversionCounts)>,
+}
+
+/// The conversion columns of one report cell: a partner's customers
+/// referred by clicks of one UTC day, campaign and term.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionCounts {
+    pub signups: u64,
+    /// Customers who paid at least once.
+    pub customers: u64,
+    /// Payments less refunds, per currency.
+    pub revenue: BTreeMap<String, Decimal>,
+    /// Commissions less clawbacks, per currency.
+    pub commission: BTreeMap<String, Decimal>,
+}
+
+impl ConversionCounts {
+    /// Adds what `changes` did, given the customer and payment as they were
+    /// before it.
+    pub fn record(
+        &mut self,
+        changes: &Changes,
+        customer_before: Option<&Customer>,
+        payment_before: Option<&Payment>,
+    ) {
+        if changes.customer.is_some() && customer_before.is_none() {
+            self.signups += 1;
+        }
+        let Some(after) = &changes.payment else {
+            return;
+        };
+        let currency = after.currency.clone();
+        let (revenue, commission) = match payment_before {
+            None => {
+                let first = customer_before.is_some_and(|c| c.latest_payment.is_none());
+                self.customers += u64::from(first);
+                (after.amount, after.commission)
+            }
+            Some(before) => (
+                before.refunded - after.refunded,
+                before.clawed_back - after.clawed_back,
+            ),
+        };
+        *self.revenue.entry(currency.clone()).or_default() += revenue;
+        *self.commission.entry(currency).or_default() += commission;
+    }
+
+    /// Adds another cell's counts (a report row sums its cells).
+    pub fn add(&mut self, other: &ConversionCounts) {
+        self.signups += other.signups;
+        self.customers += other.customers;
+        for (currency, amount) in &other.revenue {
+            *self.revenue.entry(currency.clone()).or_default() += amount;
+        }
+        for (currency, amount) in &other.commission {
+            *self.commission.entry(currency.clone()).or_default() += amount;
+        }
+    }
+}
+
+/// The report cell of a referred customer: `day\tcampaign\tterm`, the UTC
+/// day of its click.
+pub fn conversion_cell(referral: &Referral) -> String {
+    let day = DateTime::from_timestamp(referral.click_at, 0)
+        .unwrap_or_default()
+        .date_naive();
+    format!(
+        "{day}\t{}\t{}",
+        referral.campaign,
+        referral.term.as_deref().unwrap_or("")
+    )
+}
+
+/// Parses a cell key back into (day, campaign, term).
+pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, String)> {
+    let mut parts = key.splitn(3, '\t');
+    let day = parts.next()?.parse().ok()?;
+    let campaign = parts.next()?.to_owned();
+    let term = parts.next()?.to_owned();
+    Some((day, campaign, term))
 }
 
 /// The rules of the program, from the configuration.
@@ -393,6 +474,7 @@ pub fn payment(
             available_at,
         }),
         entries,
+        conversions: None,
     }
 }
 

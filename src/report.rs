@@ -1,11 +1,13 @@
-//! The UTM performance report: query parsing, grouping of the store's
-//! counters, and unique visitors as the union over each group's cells.
+//! The UTM performance report: query parsing, grouping of the store's click
+//! and conversion counters, unique visitors as the union over each group's
+//! cells, and the JSON and CSV forms.
 
 use std::collections::BTreeMap;
 
 use chrono::{Days, NaiveDate};
 use serde_json::{json, Map, Value};
 
+use crate::book::{parse_conversion_cell, ConversionCounts};
 use crate::ids::PartnerId;
 use crate::store::{CounterCell, Store, StoreError};
 
@@ -117,9 +119,18 @@ pub struct Row {
     pub day: Option<NaiveDate>,
     pub clicks: u64,
     pub unique_visitors: u64,
+    pub conversions: ConversionCounts,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a report row gathers before unique visitors are counted.
+#[derive(Default)]
+struct Group {
+    clicks: u64,
+    cells: Vec<CounterCell>,
+    conversions: ConversionCounts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub partner: PartnerId,
     pub query: ReportQuery,
@@ -134,28 +145,46 @@ pub async fn build(
     query: &ReportQuery,
 ) -> Result<Report, StoreError> {
     let counts = store.click_counts(partner, query.from, query.to).await?;
-    let mut groups: BTreeMap<RowKey, (u64, Vec<CounterCell>)> = BTreeMap::new();
+    let conversions = store
+        .conversion_counts(partner.as_str(), query.from, query.to)
+        .await?;
+    let row_key = |day: NaiveDate, campaign: &str, term: &str| RowKey {
+        campaign: query
+            .groups(Dimension::Campaign)
+            .then(|| campaign.to_owned()),
+        term: query.groups(Dimension::Term).then(|| term.to_owned()),
+        day: query.groups(Dimension::Day).then_some(day),
+    };
+    let mut groups: BTreeMap<RowKey, Group> = BTreeMap::new();
     for count in &counts {
         let cell = &count.cell;
-        let key = RowKey {
-            campaign: query
-                .groups(Dimension::Campaign)
-                .then(|| cell.campaign.clone()),
-            term: query.groups(Dimension::Term).then(|| cell.term.clone()),
-            day: query.groups(Dimension::Day).then_some(cell.day),
+        let group = groups
+            .entry(row_key(cell.day, &cell.campaign, &cell.term))
+            .or_default();
+        group.clicks += count.clicks;
+        group.cells.push(cell.clone());
+    }
+    let mut total_conversions = ConversionCounts::default();
+    for (cell, counts) in &conversions {
+        let Some((day, campaign, term)) = parse_conversion_cell(cell) else {
+            continue;
         };
-        let group = groups.entry(key).or_default();
-        group.0 += count.clicks;
-        group.1.push(cell.clone());
+        groups
+            .entry(row_key(day, &campaign, &term))
+            .or_default()
+            .conversions
+            .add(counts);
+        total_conversions.add(counts);
     }
     let mut rows = Vec::with_capacity(groups.len());
-    for (key, (clicks, cells)) in groups {
+    for (key, group) in groups {
         rows.push(Row {
             campaign: key.campaign,
             term: key.term,
             day: key.day,
-            clicks,
-            unique_visitors: store.unique_visitors(partner, &cells).await?,
+            clicks: group.clicks,
+            unique_visitors: store.unique_visitors(partner, &group.cells).await?,
+            conversions: group.conversions,
         });
     }
     let all_cells: Vec<CounterCell> = counts.iter().map(|c| c.cell.clone()).collect();
@@ -165,6 +194,7 @@ pub async fn build(
         day: None,
         clicks: counts.iter().map(|c| c.clicks).sum(),
         unique_visitors: store.unique_visitors(partner, &all_cells).await?,
+        conversions: total_conversions,
     };
     Ok(Report {
         partner: partner.clone(),
@@ -187,9 +217,27 @@ impl Row {
         if query.groups(Dimension::Day) {
             row.insert("day".into(), json!(self.day));
         }
+        self.insert_counts(&mut row);
+        Value::Object(row)
+    }
+
+    fn insert_counts(&self, row: &mut Map<String, Value>) {
+        let c = &self.conversions;
         row.insert("clicks".into(), json!(self.clicks));
         row.insert("unique_visitors".into(), json!(self.unique_visitors));
-        Value::Object(row)
+        row.insert("signups".into(), json!(c.signups));
+        row.insert("conversion_rate".into(), json!(self.conversion_rate()));
+        row.insert("customers".into(), json!(c.customers));
+        row.insert("revenue".into(), json!(c.revenue));
+        row.insert("commission".into(), json!(c.commission));
+    }
+
+    /// Signups per click, to 4 places; `None` without clicks.
+    pub fn conversion_rate(&self) -> Option<f64> {
+        (self.clicks > 0).then(|| {
+            let rate = self.conversions.signups as f64 / self.clicks as f64;
+            (rate * 10_000.0).round() / 10_000.0
+        })
     }
 }
 
@@ -205,18 +253,190 @@ impl Report {
                 Dimension::Day => "day",
             })
             .collect();
+        let totals = self.totals.totals_json();
         json!({
             "partner": self.partner,
             "from": self.query.from,
             "to": self.query.to,
             "group_by": group_by,
             "rows": self.rows.iter().map(|r| r.to_json(&self.query)).collect::<Vec<_>>(),
-            "totals": {
-                "clicks": self.totals.clicks,
-                "unique_visitors": self.totals.unique_visitors,
-            },
+            "totals": totals,
         })
     }
+
+    /// Every currency with revenue or commission in the report, sorted.
+    fn currencies(&self) -> Vec<String> {
+        self.totals.currencies()
+    }
+
+    /// RFC 4180 CSV: a header, one line per row, then the totals (labelled
+    /// `total` in the first column); one revenue and one commission column
+    /// per currency.
+    pub fn to_csv(&self) -> String {
+        let dims = &self.query.group_by;
+        let currencies = self.currencies();
+        let mut header: Vec<String> = if dims.is_empty() {
+            vec!["row".into()]
+        } else {
+            dims.iter()
+                .map(|d| dimension_column(*d).to_owned())
+                .collect()
+        };
+        header.extend(count_columns(&currencies));
+        let mut out = String::new();
+        push_line(&mut out, &header);
+        // Without dimensions the one row is the totals.
+        let rows = if dims.is_empty() {
+            &[][..]
+        } else {
+            &self.rows[..]
+        };
+        for row in rows {
+            let mut fields: Vec<String> = dims.iter().map(|d| row.dimension(*d)).collect();
+            fields.extend(row.csv_counts(&currencies));
+            push_line(&mut out, &fields);
+        }
+        let mut totals = vec!["total".to_owned()];
+        totals.extend((1..dims.len()).map(|_| String::new()));
+        totals.extend(self.totals.csv_counts(&currencies));
+        push_line(&mut out, &totals);
+        out
+    }
+}
+
+/// The sum of several partners' totals.
+pub fn sum_totals(reports: &[Report]) -> Row {
+    let mut totals = Row {
+        campaign: None,
+        term: None,
+        day: None,
+        clicks: 0,
+        unique_visitors: 0,
+        conversions: ConversionCounts::default(),
+    };
+    for report in reports {
+        totals.clicks += report.totals.clicks;
+        totals.unique_visitors += report.totals.unique_visitors;
+        totals.conversions.add(&report.totals.conversions);
+    }
+    totals
+}
+
+/// Several partners' reports as one CSV: a `partner` column first, then
+/// each partner's rows and totals, then the sum of all.
+pub fn all_to_csv(reports: &[Report], totals: &Row) -> String {
+    let currencies = totals.currencies();
+    let dims: Vec<Dimension> = reports
+        .first()
+        .map(|r| r.query.group_by.clone())
+        .unwrap_or_default();
+    let mut header = vec!["partner".to_owned()];
+    header.extend(dims.iter().map(|d| dimension_column(*d).to_owned()));
+    header.extend(count_columns(&currencies));
+    let mut out = String::new();
+    push_line(&mut out, &header);
+    for report in reports {
+        for row in &report.rows {
+            let mut fields = vec![report.partner.to_string()];
+            fields.extend(dims.iter().map(|d| row.dimension(*d)));
+            fields.extend(row.csv_counts(&currencies));
+            push_line(&mut out, &fields);
+        }
+    }
+    let mut last = vec!["total".to_owned()];
+    last.extend(dims.iter().map(|_| String::new()));
+    last.extend(totals.csv_counts(&currencies));
+    push_line(&mut out, &last);
+    out
+}
+
+fn dimension_column(dimension: Dimension) -> &'static str {
+    match dimension {
+        Dimension::Campaign => "utm_campaign",
+        Dimension::Term => "utm_term",
+        Dimension::Day => "day",
+    }
+}
+
+fn count_columns(currencies: &[String]) -> Vec<String> {
+    let mut columns: Vec<String> = [
+        "clicks",
+        "unique_visitors",
+        "signups",
+        "conversion_rate",
+        "customers",
+    ]
+    .map(String::from)
+    .to_vec();
+    columns.extend(currencies.iter().map(|c| format!("revenue_{c}")));
+    columns.extend(currencies.iter().map(|c| format!("commission_{c}")));
+    columns
+}
+
+impl Row {
+    /// The totals object of the JSON form.
+    pub fn totals_json(&self) -> Value {
+        let mut totals = Map::new();
+        self.insert_counts(&mut totals);
+        Value::Object(totals)
+    }
+
+    fn currencies(&self) -> Vec<String> {
+        let c = &self.conversions;
+        let mut all: Vec<String> = c
+            .revenue
+            .keys()
+            .chain(c.commission.keys())
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    fn dimension(&self, dimension: Dimension) -> String {
+        match dimension {
+            Dimension::Campaign => self.campaign.clone().unwrap_or_default(),
+            Dimension::Term => self.term.clone().unwrap_or_default(),
+            Dimension::Day => self.day.map(|d| d.to_string()).unwrap_or_default(),
+        }
+    }
+
+    fn csv_counts(&self, currencies: &[String]) -> Vec<String> {
+        let c = &self.conversions;
+        let mut fields = vec![
+            self.clicks.to_string(),
+            self.unique_visitors.to_string(),
+            c.signups.to_string(),
+            self.conversion_rate()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            c.customers.to_string(),
+        ];
+        let money = |map: &BTreeMap<String, rust_decimal::Decimal>, currency: &String| {
+            map.get(currency).map(|a| a.to_string()).unwrap_or_default()
+        };
+        fields.extend(currencies.iter().map(|cur| money(&c.revenue, cur)));
+        fields.extend(currencies.iter().map(|cur| money(&c.commission, cur)));
+        fields
+    }
+}
+
+/// Appends one CSV line, quoting fields as RFC 4180 asks (CRLF endings).
+fn push_line(out: &mut String, fields: &[String]) {
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if field.contains([',', '"', '\r', '\n']) {
+            out.push('"');
+            out.push_str(&field.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(field);
+        }
+    }
+    out.push_str("\r\n");
 }
 
 #[cfg(test)]

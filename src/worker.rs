@@ -286,18 +286,31 @@ impl Worker {
             EventKind::Refund { payment, .. } => Some(payment.as_str()),
             _ => None,
         };
+        let cell = book::conversion_cell(referral);
         for _ in 0..MAX_ATTEMPTS {
             let view = self
                 .store
-                .load_book(&referral.partner, Some(&event.customer), payment, &event.id)
+                .load_book(
+                    &referral.partner,
+                    Some(&event.customer),
+                    payment,
+                    Some(&cell),
+                    &event.id,
+                )
                 .await?;
             if view.applied {
                 return Ok(Outcome::Duplicate);
             }
-            let changes = match self.changes(event, referral, &view) {
+            let mut changes = match self.changes(event, referral, &view) {
                 Ok(changes) => changes,
                 Err(outcome) => return Ok(outcome),
             };
+            // The report's counters move in the same step as the money.
+            let mut counts = view.conversions.clone();
+            counts.record(&changes, view.customer.as_ref(), view.payment.as_ref());
+            if counts != view.conversions {
+                changes.conversions = Some((cell.clone(), counts));
+            }
             match self
                 .store
                 .commit_book(&referral.partner, &event.id, view.version, &changes)

@@ -473,7 +473,7 @@ async fn run_case(
     let now = BASE + 200 * 24 * HOUR;
     let rules = lastclick::worker::rules(&config());
     for (p, id) in partners.iter().enumerate() {
-        let view = store.load_book(id, None, None, "").await.unwrap();
+        let view = store.load_book(id, None, None, None, "").await.unwrap();
         assert_eq!(
             view.book.arr.normalize(),
             model.arr(p).normalize(),

@@ -28,7 +28,7 @@ pub async fn balance(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(partner.id.as_str(), None, None, "")
+        .load_book(partner.id.as_str(), None, None, None, "")
         .await?;
     Ok(Json(Balances {
         balances: view.book.balances(Utc::now()),
@@ -116,7 +116,7 @@ pub async fn payout(
     for _ in 0..MAX_ATTEMPTS {
         let view = state
             .store
-            .load_book(partner.id.as_str(), None, None, &id)
+            .load_book(partner.id.as_str(), None, None, None, &id)
             .await?;
         let changes = book::payout(
             &view.book,

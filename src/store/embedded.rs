@@ -13,7 +13,10 @@ use super::{
     BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
     Enqueued, Partner, QueueStats, Store, StoreError,
 };
-use crate::book::{Book, Changes, Customer, LedgerEntry, Payment, Referral};
+use crate::book::{
+    parse_conversion_cell, Book, Changes, ConversionCounts, Customer, LedgerEntry, Payment,
+    Referral,
+};
 use crate::cookie::{ClickId, VisitorId};
 use crate::events::Event;
 use crate::ids::{CampaignSlug, PartnerId};
@@ -61,6 +64,7 @@ struct PartnerBook {
     payments: HashMap<String, Payment>,
     ledger: Vec<LedgerEntry>,
     applied: HashSet<String>,
+    conversions: BTreeMap<String, ConversionCounts>,
 }
 
 /// Exact distinct visitors: memory grows with visitors per cell, which one
@@ -332,6 +336,7 @@ impl Store for EmbeddedStore {
         partner: &str,
         customer: Option<&str>,
         payment: Option<&str>,
+        cell: Option<&str>,
         applied: &str,
     ) -> Result<BookView, StoreError> {
         let inner = self.lock();
@@ -344,6 +349,9 @@ impl Store for EmbeddedStore {
             customer: customer.and_then(|c| entry.customers.get(c).cloned()),
             payment: payment.and_then(|p| entry.payments.get(p).cloned()),
             applied: entry.applied.contains(applied),
+            conversions: cell
+                .and_then(|c| entry.conversions.get(c).cloned())
+                .unwrap_or_default(),
         })
     }
 
@@ -374,9 +382,32 @@ impl Store for EmbeddedStore {
             entry.payments.insert(payment.id.clone(), payment.clone());
         }
         entry.ledger.extend(changes.entries.iter().cloned());
+        if let Some((cell, counts)) = &changes.conversions {
+            entry.conversions.insert(cell.clone(), counts.clone());
+        }
         entry.applied.insert(applied.to_owned());
         entry.version += 1;
         Ok(Commit::Applied)
+    }
+
+    async fn conversion_counts(
+        &self,
+        partner: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+        let inner = self.lock();
+        let Some(entry) = inner.books.get(partner) else {
+            return Ok(Vec::new());
+        };
+        Ok(entry
+            .conversions
+            .iter()
+            .filter(|(cell, _)| {
+                parse_conversion_cell(cell).is_some_and(|(day, ..)| day >= from && day <= to)
+            })
+            .map(|(cell, counts)| (cell.clone(), counts.clone()))
+            .collect())
     }
 
     async fn ledger(

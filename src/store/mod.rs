@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::book::{Book, Changes, Customer, LedgerEntry, Payment, Referral};
+use crate::book::{Book, Changes, ConversionCounts, Customer, LedgerEntry, Payment, Referral};
 use crate::cookie::{ClickId, VisitorId};
 use crate::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
@@ -125,6 +125,8 @@ pub struct BookView {
     pub payment: Option<Payment>,
     /// Whether the event (or payout) was applied already.
     pub applied: bool,
+    /// The report cell asked for, as it is.
+    pub conversions: ConversionCounts,
 }
 
 /// The event queue at a glance, for metrics.
@@ -227,6 +229,7 @@ pub trait Store: Send + Sync + 'static {
         partner: &str,
         customer: Option<&str>,
         payment: Option<&str>,
+        cell: Option<&str>,
         applied: &str,
     ) -> Result<BookView, StoreError>;
     /// Applies `changes` and records `applied`, all or nothing, if the book
@@ -238,6 +241,14 @@ pub trait Store: Send + Sync + 'static {
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError>;
+    /// Every report cell of the partner's conversions whose day is from
+    /// `from` to `to`, by cell key (see `book::conversion_cell`).
+    async fn conversion_counts(
+        &self,
+        partner: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, ConversionCounts)>, StoreError>;
     /// Ledger entries newest first, those before `before` (a `seq`) when
     /// given.
     async fn ledger(

@@ -18,7 +18,7 @@ use super::{
     BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
     Enqueued, Partner, QueueStats, Store, StoreError,
 };
-use crate::book::{Changes, LedgerEntry, Referral};
+use crate::book::{parse_conversion_cell, Changes, ConversionCounts, LedgerEntry, Referral};
 use crate::cookie::{ClickId, VisitorId};
 use crate::events::Event;
 use crate::ids::PartnerId;
@@ -93,9 +93,10 @@ return accepted";
 
 /// Applies one event's (or payout's) changes to a partner's book with the
 /// record that it was applied, if the book is still at the version read.
-/// KEYS: applied set, version, book, customers, payments, ledger.
-/// ARGV: applied id, expected version, book JSON or '', customer id,
-/// customer JSON or '', payment id, payment JSON or '', ledger entries...
+/// KEYS: applied set, version, book, customers, payments, ledger,
+/// conversions. ARGV: applied id, expected version, book JSON or '',
+/// customer id, customer JSON or '', payment id, payment JSON or '', report
+/// cell, cell JSON or '', ledger entries...
 /// Answers 1 applied, 0 applied before, -1 the book moved.
 const COMMIT_BOOK: &str = r"
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
@@ -103,7 +104,8 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return 
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[5], ARGV[6], ARGV[7]) end
-for i = 8, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[8], ARGV[9]) end
+for i = 10, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[2])
 return 1";
@@ -1082,6 +1084,7 @@ impl Store for RedisStore {
         partner: &str,
         customer: Option<&str>,
         payment: Option<&str>,
+        cell: Option<&str>,
         applied: &str,
     ) -> Result<BookView, StoreError> {
         let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
@@ -1091,14 +1094,16 @@ impl Store for RedisStore {
             Option<String>,
             Option<String>,
             bool,
+            Option<String>,
         );
-        let (book, version, customer, payment, applied): Loaded = redis::pipe()
+        let (book, version, customer, payment, applied, conversions): Loaded = redis::pipe()
             .atomic()
             .get(key("book"))
             .get(key("version"))
             .hget(key("customers"), customer.unwrap_or(""))
             .hget(key("payments"), payment.unwrap_or(""))
             .sismember(key("applied"), applied)
+            .hget(key("conversions"), cell.unwrap_or(""))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -1108,6 +1113,10 @@ impl Store for RedisStore {
             customer: customer.map(|c| decode(&c)).transpose()?,
             payment: payment.map(|p| decode(&p)).transpose()?,
             applied,
+            conversions: conversions
+                .map(|c| decode(&c))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -1126,6 +1135,7 @@ impl Store for RedisStore {
             "customers",
             "payments",
             "ledger",
+            "conversions",
         ] {
             invocation.key(keys::owned(|k| keys::book(k, partner, part)));
         }
@@ -1139,6 +1149,10 @@ impl Store for RedisStore {
             .arg(customer.map(encode).unwrap_or_default())
             .arg(payment.map_or("", |p| p.id.as_str()))
             .arg(payment.map(encode).unwrap_or_default());
+        let cell = changes.conversions.as_ref();
+        invocation
+            .arg(cell.map_or("", |(key, _)| key.as_str()))
+            .arg(cell.map(|(_, counts)| encode(counts)).unwrap_or_default());
         for entry in &changes.entries {
             invocation.arg(encode(entry));
         }
@@ -1151,6 +1165,28 @@ impl Store for RedisStore {
             0 => Commit::AlreadyApplied,
             _ => Commit::Conflict,
         })
+    }
+
+    async fn conversion_counts(
+        &self,
+        partner: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+        let cells: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::owned(|k| keys::book(k, partner, "conversions")))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut counts = Vec::new();
+        for (cell, raw) in cells {
+            let in_range =
+                parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to);
+            if in_range {
+                counts.push((cell, decode(&raw)?));
+            }
+        }
+        Ok(counts)
     }
 
     async fn ledger(
