@@ -1,0 +1,221 @@
+//! End-to-end: the UTM performance report's figures from a scripted
+//! scenario (clicks on several campaigns and terms, signups, payments and a
+//! refund), in JSON and CSV, on the embedded store and on Redis.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::{TestApp, WorkerProcess, ADMIN, MERCHANT};
+use serde_json::{json, Value};
+
+struct Setup {
+    app: TestApp,
+    _worker: Option<WorkerProcess>,
+    _redis: Option<RedisServer>,
+}
+
+async fn embedded() -> Setup {
+    Setup {
+        app: TestApp::spawn().await,
+        _worker: None,
+        _redis: None,
+    }
+}
+
+async fn redis() -> Setup {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [("LASTCLICK_REDIS__URL", url.as_str())];
+    Setup {
+        app: TestApp::spawn_with(&env).await,
+        _worker: Some(WorkerProcess::spawn(&env)),
+        _redis: Some(redis),
+    }
+}
+
+fn at(offset: i64) -> String {
+    chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + offset, 0)
+        .unwrap()
+        .to_rfc3339()
+}
+
+/// Clicks `path` as a new visitor; answers the click id.
+async fn click(app: &TestApp, path: &str) -> String {
+    let redirect = app.click(path, None, None).await;
+    assert_eq!(redirect.status, 302, "{path}");
+    redirect.param("lc_click").unwrap()
+}
+
+fn signup(customer: &str, click_id: &str) -> Value {
+    json!({"id": format!("s_{customer}"), "type": "signup", "customer": customer, "at": at(0),
+           "billing": "referral", "attribution": {"click_id": click_id}})
+}
+
+fn payment(id: &str, customer: &str, amount: &str, currency: &str) -> Value {
+    json!({"id": id, "type": "payment", "customer": customer, "at": at(10), "amount": amount,
+           "currency": currency, "period": "month"})
+}
+
+fn row<'r>(report: &'r Value, campaign: &str, term: Option<&str>) -> &'r Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["utm_campaign"] == campaign && r["utm_term"] == json!(term))
+        .unwrap_or_else(|| panic!("no row {campaign}/{term:?} in {report}"))
+}
+
+async fn the_report_joins_clicks_and_conversions(setup: Setup) {
+    let app = &setup.app;
+    let partner_token = app.create_partner("acme").await;
+    app.create_partner("rival").await;
+    app.create_campaign("acme", json!({"slug": "c1", "name": "spring"}))
+        .await;
+    app.create_campaign("acme", json!({"slug": "c2", "name": "summer"}))
+        .await;
+    let a1 = click(app, "/r/acme/c1?utm_term=a").await;
+    let a2 = click(app, "/r/acme/c1?utm_term=a").await;
+    click(app, "/r/acme/c1?utm_term=a").await;
+    click(app, "/r/acme/c1").await;
+    let s1 = click(app, "/r/acme/c2").await;
+    click(app, "/r/acme/c2").await;
+    let d1 = click(app, "/r/acme").await;
+    click(app, "/r/acme/c1?utm_term=x%2C%22y%22").await;
+    app.report_when("acme", "", 8).await;
+
+    let events = json!([
+        signup("cus1", &a1),
+        signup("cus2", &a2),
+        signup("cus3", &s1),
+        signup("cus4", &d1),
+        payment("p1", "cus1", "100.00", "USD"),
+        payment("p2", "cus1", "50.00", "USD"),
+        payment("p3", "cus2", "30.00", "EUR"),
+        payment("p4", "cus4", "1000", "JPY"),
+        {"id": "r1", "type": "refund", "customer": "cus1", "at": at(20), "payment": "p1",
+         "amount": "40.00", "currency": "USD"},
+    ]);
+    let (status, body) = app
+        .send_json("POST", "/v1/events", Some(MERCHANT), events)
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (status, report) = app
+            .get("/v1/partners/acme/report", Some(&partner_token))
+            .await;
+        assert_eq!(status, 200, "{report}");
+        if report["totals"]["commission"]["USD"] == "22.00" && report["totals"]["customers"] == 3 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conversions never reached the report: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let spring_a = row(&report, "spring", Some("a"));
+    assert_eq!(spring_a["clicks"], 3);
+    assert_eq!(spring_a["unique_visitors"], 3);
+    assert_eq!(spring_a["signups"], 2);
+    assert_eq!(spring_a["conversion_rate"], 0.6667);
+    assert_eq!(spring_a["customers"], 2);
+    assert_eq!(
+        spring_a["revenue"],
+        json!({"EUR": "30.00", "USD": "110.00"})
+    );
+    assert_eq!(
+        spring_a["commission"],
+        json!({"EUR": "6.00", "USD": "22.00"})
+    );
+    let summer = row(&report, "summer", None);
+    assert_eq!(
+        (summer["clicks"].as_u64(), summer["signups"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(summer["customers"], 0);
+    assert_eq!(summer["revenue"], json!({}));
+    let plain = row(&report, "default_link", None);
+    assert_eq!(plain["revenue"], json!({"JPY": "1000"}));
+    assert_eq!(plain["commission"], json!({"JPY": "200"}));
+    assert_eq!(row(&report, "spring", None)["signups"], 0);
+    let totals = &report["totals"];
+    assert_eq!(totals["clicks"], 8);
+    assert_eq!(totals["signups"], 4);
+    assert_eq!(totals["conversion_rate"], 0.5);
+    assert_eq!(
+        totals["revenue"],
+        json!({"EUR": "30.00", "JPY": "1000", "USD": "110.00"})
+    );
+
+    // CSV, asked for either way, RFC 4180 quoted.
+    let csv = |query: &'static str, accept: Option<&'static str>| async move {
+        let mut req = reqwest::Client::new()
+            .get(app.url(&format!("/v1/partners/acme/report{query}")))
+            .bearer_auth(ADMIN);
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/csv"), "{kind}");
+        response.text().await.unwrap()
+    };
+    let text = csv("?format=csv", None).await;
+    assert_eq!(text, csv("", Some("text/csv")).await);
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(
+        lines[0],
+        "utm_campaign,utm_term,clicks,unique_visitors,signups,conversion_rate,customers,\
+         revenue_EUR,revenue_JPY,revenue_USD,commission_EUR,commission_JPY,commission_USD"
+    );
+    assert!(
+        lines.contains(&"spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"spring,\"x,\"\"y\"\"\",1,1,0,0,0,,,,,,"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"total,,8,8,4,0.5,3,30.00,1000,110.00,6.00,200,22.00"),
+        "{text}"
+    );
+
+    // By day, and across partners for the admin.
+    let (_, by_day) = app
+        .get("/v1/partners/acme/report?group_by=day", Some(ADMIN))
+        .await;
+    assert_eq!(by_day["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(by_day["rows"][0]["signups"], 4);
+    let (status, all) = app.get("/v1/report", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["partners"].as_array().unwrap().len(), 2);
+    assert_eq!(all["totals"]["clicks"], 8);
+    let (status, _) = app.get("/v1/report", Some(&partner_token)).await;
+    assert_eq!(status, 403);
+    let (status, body) = app
+        .get("/v1/partners/acme/report?format=xml", Some(ADMIN))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_format"))
+    );
+}
+
+#[tokio::test]
+async fn embedded_store_report() {
+    the_report_joins_clicks_and_conversions(embedded().await).await;
+}
+
+#[tokio::test]
+async fn redis_store_report() {
+    the_report_joins_clicks_and_conversions(redis().await).await;
+}
