@@ -12,6 +12,7 @@
 //! - [`store`]: the `Store` trait and the embedded store
 //! - [`auth`]: bearer tokens and roles
 //! - [`api`]: the `/v1` JSON API
+//! - [`dashboard`]: `GET /dashboard`, the partner dashboard page
 //! - [`events`]: conversion events and their validation
 //! - [`book`]: a partner's customers, payments, ledger and balances, and
 //!   how one event or payout changes them
@@ -32,6 +33,7 @@ pub mod cache;
 pub mod clicks;
 pub mod config;
 pub mod cookie;
+pub mod dashboard;
 pub mod events;
 pub mod ids;
 pub mod ingest;

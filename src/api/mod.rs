@@ -81,6 +81,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/partners/{id}/payouts", post(money::payout))
         .route("/v1/events", post(events::create))
         .route("/v1/report", get(report::all_partners))
+        .route("/dashboard", get(crate::dashboard::page))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
