@@ -201,6 +201,28 @@ async fn the_report_joins_clicks_and_conversions(setup: Setup) {
     assert_eq!(all["totals"]["clicks"], 8);
     let (status, _) = app.get("/v1/report", Some(&partner_token)).await;
     assert_eq!(status, 403);
+    let all_csv = reqwest::Client::new()
+        .get(app.url("/v1/report?format=csv"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = all_csv.split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("partner,utm_campaign,utm_term,clicks,"),
+        "{all_csv}"
+    );
+    assert!(
+        lines.contains(&"acme,spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00"),
+        "{all_csv}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("total,,,8,8,4,")),
+        "{all_csv}"
+    );
     let (status, body) = app
         .get("/v1/partners/acme/report?format=xml", Some(ADMIN))
         .await;
