@@ -9,12 +9,14 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hmac::{Hmac, Mac};
 use lastclick::cache::RouteCache;
 use lastclick::clicks;
-use lastclick::cookie::CookieSigner;
+use lastclick::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VisitorId};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
 use lastclick::landing::LandingPolicy;
 use lastclick::metrics::Metrics;
-use lastclick::redirect::{RedirectRequest, RedirectSettings, Redirector};
-use lastclick::store::{Campaign, CatalogSnapshot, Partner};
+use lastclick::redirect::{
+    build_location, parse_path, RedirectRequest, RedirectSettings, Redirector, UtmParams,
+};
+use lastclick::store::{Campaign, CatalogSnapshot, Click, Partner};
 use sha2::Sha256;
 
 const NOW: i64 = 1_795_000_000;
@@ -23,6 +25,26 @@ fn redirector() -> (Redirector, clicks::ClickReceiver) {
     let policy = LandingPolicy::new(&["www.example.com".to_owned()], false);
     let default_landing = policy.parse("https://www.example.com/signup").unwrap();
     let routes = Arc::new(RouteCache::new(policy, default_landing));
+    routes.apply(catalog());
+    let (queue, receiver) = clicks::queue(1024, Arc::new(Metrics::new()));
+    let redirector = Redirector::new(
+        routes,
+        CookieSigner::new(&["bench-secret-0123456789"]),
+        queue,
+        RedirectSettings {
+            cookie_name: "lc_attr".into(),
+            cookie_domain: String::new(),
+            cookie_secure: true,
+            window_secs: 10_368_000,
+            dedup_secs: 30,
+            default_location: "https://www.example.com/signup".into(),
+        },
+    );
+    (redirector, receiver)
+}
+
+/// 1,000 partners, one with a campaign.
+fn catalog() -> CatalogSnapshot {
     let partners = (0..1000)
         .map(|i| Partner {
             id: PartnerId::parse(&format!("partner{i}")).unwrap(),
@@ -43,26 +65,11 @@ fn redirector() -> (Redirector, clicks::ClickReceiver) {
         utm_term: None,
         created_at: Utc::now(),
     }];
-    routes.apply(CatalogSnapshot {
+    CatalogSnapshot {
         version: 1,
         partners,
         campaigns,
-    });
-    let (queue, receiver) = clicks::queue(1024, Arc::new(Metrics::new()));
-    let redirector = Redirector::new(
-        routes,
-        CookieSigner::new(&["bench-secret-0123456789"]),
-        queue,
-        RedirectSettings {
-            cookie_name: "lc_attr".into(),
-            cookie_domain: String::new(),
-            cookie_secure: true,
-            window_secs: 10_368_000,
-            dedup_secs: 30,
-            default_location: "https://www.example.com/signup".into(),
-        },
-    );
-    (redirector, receiver)
+    }
 }
 
 fn request<'a>(
@@ -146,5 +153,91 @@ fn bench_redirect(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_redirect);
+/// The pieces of a counted redirect on their own, so that a regression
+/// shows where it comes from.
+fn bench_pieces(c: &mut Criterion) {
+    let (redirector, mut receiver) = redirector();
+    let (queue, mut queued) = clicks::queue(1024, Arc::new(Metrics::new()));
+    let routes = redirector_routes();
+    let signer = CookieSigner::new(&["bench-secret-0123456789"]);
+    let earlier = redirector.handle(&request("/r/partner3", None, &[], BROWSER));
+    receiver.try_take();
+    let cookie_header = format!(
+        "_ga=GA1.2.3; {}",
+        earlier.set_cookie.unwrap().split(';').next().unwrap()
+    );
+    let mut group = c.benchmark_group("pieces");
+
+    group.bench_function("route_path", |b| {
+        b.iter(|| {
+            let (partner, slug) = parse_path(black_box("/r/partner7/spring")).unwrap();
+            let route = routes.get(partner).unwrap();
+            black_box(route.campaign(slug).name.len())
+        })
+    });
+    group.bench_function("parse_and_verify_cookie", |b| {
+        b.iter(|| {
+            let value = find_cookie(black_box(cookie_header.as_bytes()), "lc_attr").unwrap();
+            signer.verify(value).is_some()
+        })
+    });
+    let attribution = Attribution {
+        click_id: ClickId([1; 16]),
+        visitor_id: VisitorId([2; 16]),
+        partner: "partner7",
+        campaign: "spring.sale",
+        term: Some("sidebar"),
+        trial_days: 30,
+        discount: 20,
+        clicked_at: NOW,
+    };
+    let mut out = String::with_capacity(512);
+    group.bench_function("sign_cookie", |b| {
+        b.iter(|| {
+            out.clear();
+            signer.sign_into(black_box(&attribution), &mut out);
+            out.len()
+        })
+    });
+    let route = routes.get("partner7").unwrap();
+    let campaign = route.campaign(Some("spring"));
+    let query = "utm_term=sidebar&utm_content=banner";
+    group.bench_function("parse_utm_and_build_location", |b| {
+        b.iter(|| {
+            let utm = UtmParams::parse(black_box(Some(query)));
+            let term = utm.term();
+            build_location(&route, campaign, &utm, term, Some(ClickId([1; 16]))).len()
+        })
+    });
+    group.bench_function("bot_check_browser", |b| {
+        b.iter(|| redirector.is_bot(black_box(Some(BROWSER))))
+    });
+    let partner: Arc<str> = Arc::from("partner7");
+    let name: Arc<str> = Arc::from("spring.sale");
+    group.bench_function("enqueue_click", |b| {
+        b.iter(|| {
+            queue.push(Click {
+                click_id: ClickId([1; 16]),
+                visitor_id: VisitorId([2; 16]),
+                partner: Arc::clone(&partner),
+                campaign: Arc::clone(&name),
+                term: Some("sidebar".into()),
+                at: NOW,
+            });
+            queued.try_take()
+        })
+    });
+    group.finish();
+}
+
+/// A route cache like the redirector's, for the pieces on their own.
+fn redirector_routes() -> Arc<RouteCache> {
+    let policy = LandingPolicy::new(&["www.example.com".to_owned()], false);
+    let default_landing = policy.parse("https://www.example.com/signup").unwrap();
+    let routes = Arc::new(RouteCache::new(policy, default_landing));
+    routes.apply(catalog());
+    routes
+}
+
+criterion_group!(benches, bench_redirect, bench_pieces);
 criterion_main!(benches);

@@ -128,7 +128,7 @@ pub struct Redirector {
 
 /// The utm_* values a visitor's URL may bring.
 #[derive(Default)]
-struct UtmParams<'q> {
+pub struct UtmParams<'q> {
     source: Option<Cow<'q, str>>,
     medium: Option<Cow<'q, str>>,
     term: Option<Cow<'q, str>>,
@@ -136,8 +136,13 @@ struct UtmParams<'q> {
 }
 
 impl<'q> UtmParams<'q> {
+    /// The visitor's `utm_term`, if it carried an acceptable one.
+    pub fn term(&self) -> Option<&str> {
+        self.term.as_deref()
+    }
+
     /// Keeps the first acceptable value of each; ignores everything else.
-    fn parse(query: Option<&'q str>) -> Self {
+    pub fn parse(query: Option<&'q str>) -> Self {
         let mut utm = UtmParams::default();
         let Some(query) = query else { return utm };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -301,7 +306,8 @@ impl Redirector {
         }
     }
 
-    fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
+    /// Whether the user agent names a known bot (one pass over it).
+    pub fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
         user_agent.is_some_and(|ua| self.bots.is_match(ua))
     }
 
@@ -343,7 +349,7 @@ impl Redirector {
 /// The campaign's landing with the redirect's parameters appended; every
 /// value from the request is percent-encoded, so nothing can break out of
 /// its parameter, the URL or the header.
-fn build_location(
+pub fn build_location(
     partner: &PartnerRoute,
     campaign: &CampaignRoute,
     utm: &UtmParams<'_>,

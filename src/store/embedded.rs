@@ -91,6 +91,35 @@ impl EmbeddedStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn record_clicks_now(&self, clicks: &[Click]) {
+        let mut inner = self.lock();
+        for click in clicks {
+            // A click written twice (a retried batch) counts once.
+            if inner.clicks.insert(click.click_id, click.clone()).is_some() {
+                continue;
+            }
+            // Last click wins by click time, whatever order clicks arrive in.
+            let newer = match inner.last_clicks.get(&click.visitor_id) {
+                Some(latest) => inner.clicks.get(latest).is_none_or(|l| l.at <= click.at),
+                None => true,
+            };
+            if newer {
+                inner.last_clicks.insert(click.visitor_id, click.click_id);
+            }
+            let cell = CounterCell {
+                day: click.day(),
+                campaign: click.campaign.to_string(),
+                term: click.term.as_deref().unwrap_or("").to_owned(),
+            };
+            let counter = inner
+                .counters
+                .entry((click.partner.to_string(), cell))
+                .or_default();
+            counter.clicks += 1;
+            counter.visitors.insert(click.visitor_id);
+        }
+    }
+
     /// Drops click records and counters older than the window.
     pub fn expire(&self, now_unix: i64) {
         let horizon = now_unix - self.window.as_secs() as i64;
@@ -183,31 +212,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        for click in clicks {
-            // A click written twice (a retried batch) counts once.
-            if inner.clicks.insert(click.click_id, click.clone()).is_some() {
-                continue;
-            }
-            // Last click wins by click time, whatever order clicks arrive in.
-            let newer = match inner.last_clicks.get(&click.visitor_id) {
-                Some(latest) => inner.clicks.get(latest).is_none_or(|l| l.at <= click.at),
-                None => true,
-            };
-            if newer {
-                inner.last_clicks.insert(click.visitor_id, click.click_id);
-            }
-            let cell = CounterCell {
-                day: click.day(),
-                campaign: click.campaign.to_string(),
-                term: click.term.as_deref().unwrap_or("").to_owned(),
-            };
-            let counter = inner
-                .counters
-                .entry((click.partner.to_string(), cell))
-                .or_default();
-            counter.clicks += 1;
-            counter.visitors.insert(click.visitor_id);
+        // A batch can take milliseconds when a map grows (it rehashes), and
+        // redirects share this thread: on the multi-threaded runtime the
+        // thread's other tasks move to another thread meanwhile, so the
+        // operating system keeps serving them.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.record_clicks_now(clicks));
+        } else {
+            self.record_clicks_now(clicks);
         }
         Ok(())
     }
@@ -440,7 +454,8 @@ pub fn spawn_expiry(store: std::sync::Arc<EmbeddedStore>) {
         loop {
             tick.tick().await;
             match weak.upgrade() {
-                Some(store) => store.expire(Utc::now().timestamp()),
+                // Scanning every map takes a while: off the request path.
+                Some(store) => tokio::task::block_in_place(|| store.expire(Utc::now().timestamp())),
                 None => return,
             }
         }
