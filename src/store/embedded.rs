@@ -17,7 +17,7 @@ use crate::book::{
     parse_conversion_cell, Book, Changes, ConversionCounts, Customer, LedgerEntry, Payment,
     Referral,
 };
-use crate::cookie::{ClickId, VisitorId};
+use crate::cookie::{ClickId, IdHashing, VisitorId};
 use crate::events::Event;
 use crate::ids::{CampaignSlug, PartnerId};
 
@@ -36,8 +36,8 @@ struct Inner {
     partners: BTreeMap<PartnerId, Partner>,
     tokens: HashMap<String, PartnerId>,
     campaigns: BTreeMap<(PartnerId, CampaignSlug), Campaign>,
-    clicks: HashMap<ClickId, Click>,
-    last_clicks: HashMap<VisitorId, ClickId>,
+    clicks: HashMap<ClickId, Click, IdHashing>,
+    last_clicks: HashMap<VisitorId, ClickId, IdHashing>,
     counters: BTreeMap<(String, CounterCell), Counter>,
     events: EventQueue,
     claims: HashMap<String, Option<Referral>>,
@@ -72,7 +72,7 @@ struct PartnerBook {
 #[derive(Default)]
 struct Counter {
     clicks: u64,
-    visitors: HashSet<VisitorId>,
+    visitors: HashSet<VisitorId, IdHashing>,
 }
 
 impl EmbeddedStore {
@@ -263,7 +263,7 @@ impl Store for EmbeddedStore {
         cells: &[CounterCell],
     ) -> Result<u64, StoreError> {
         let inner = self.lock();
-        let mut union: HashSet<VisitorId> = HashSet::new();
+        let mut union: HashSet<VisitorId, IdHashing> = HashSet::default();
         for cell in cells {
             if let Some(counter) = inner.counters.get(&(partner.to_string(), cell.clone())) {
                 union.extend(counter.visitors.iter().copied());
