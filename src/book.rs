@@ -714,6 +714,42 @@ mod tests {
         changes
     }
 
+    /// Signs up customer `id` on `day` and answers it.
+    fn new_customer(
+        book: &mut Book,
+        rules: &Rules,
+        id: &str,
+        billing: Billing,
+        day: i64,
+    ) -> Customer {
+        apply(book, |b| signup(b, rules, id, referral(), billing, at(day)))
+            .customer
+            .unwrap()
+    }
+
+    /// A monthly USD payment `id` of `amount` on `day`.
+    fn pay(
+        book: &mut Book,
+        rules: &Rules,
+        customer: &Customer,
+        id: &str,
+        amount: &str,
+        day: i64,
+    ) -> Changes {
+        apply(book, |b| {
+            payment(
+                b,
+                rules,
+                customer,
+                id,
+                d(amount),
+                "USD",
+                Period::Month,
+                at(day),
+            )
+        })
+    }
+
     #[test]
     fn twelve_monthly_payments_of_1000_at_20_percent_earn_2400() {
         let rules = rules(0);
@@ -749,23 +785,8 @@ mod tests {
     fn the_rate_is_locked_at_signup_and_new_tiers_apply_to_new_customers() {
         let rules = rules(0);
         let mut book = Book::default();
-        let first = apply(&mut book, |b| {
-            signup(b, &rules, "c1", referral(), Billing::Reseller, at(0))
-        })
-        .customer
-        .unwrap();
-        let paid = apply(&mut book, |b| {
-            payment(
-                b,
-                &rules,
-                &first,
-                "p1",
-                d("1000"),
-                "USD",
-                Period::Month,
-                at(1),
-            )
-        });
+        let first = new_customer(&mut book, &rules, "c1", Billing::Reseller, 0);
+        let paid = pay(&mut book, &rules, &first, "p1", "1000", 1);
         assert_eq!(book.arr, d("12000"));
         assert_eq!(paid.entries.len(), 0, "resellers earn no commission");
         let second = signup(&book, &rules, "c2", referral(), Billing::Referral, at(2));
@@ -794,23 +815,8 @@ mod tests {
     fn cancel_leaves_arr_and_refunds_claw_back_even_after_payout() {
         let rules = rules(0);
         let mut book = Book::default();
-        let customer = apply(&mut book, |b| {
-            signup(b, &rules, "c1", referral(), Billing::Referral, at(0))
-        })
-        .customer
-        .unwrap();
-        let paid = apply(&mut book, |b| {
-            payment(
-                b,
-                &rules,
-                &customer,
-                "p1",
-                d("300"),
-                "USD",
-                Period::Month,
-                at(1),
-            )
-        });
+        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
+        let paid = pay(&mut book, &rules, &customer, "p1", "300", 1);
         let payment_record = paid.payment.unwrap();
         assert_eq!(payment_record.commission, d("60"));
         apply(&mut book, |b| {
@@ -832,25 +838,10 @@ mod tests {
     fn partial_refunds_claw_back_exactly_the_commission_in_total() {
         let rules = rules(0);
         let mut book = Book::default();
-        let customer = apply(&mut book, |b| {
-            signup(b, &rules, "c1", referral(), Billing::Referral, at(0))
-        })
-        .customer
-        .unwrap();
-        let mut record = apply(&mut book, |b| {
-            payment(
-                b,
-                &rules,
-                &customer,
-                "p1",
-                d("10.01"),
-                "USD",
-                Period::Month,
-                at(1),
-            )
-        })
-        .payment
-        .unwrap();
+        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
+        let mut record = pay(&mut book, &rules, &customer, "p1", "10.01", 1)
+            .payment
+            .unwrap();
         for (i, part) in ["3.33", "3.33", "3.35", "5"].iter().enumerate() {
             record = apply(&mut book, |b| {
                 refund(b, &record, &format!("r{i}"), d(part), at(2))
@@ -866,23 +857,8 @@ mod tests {
     fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
         let rules = rules(30);
         let mut book = Book::default();
-        let customer = apply(&mut book, |b| {
-            signup(b, &rules, "c1", referral(), Billing::Referral, at(0))
-        })
-        .customer
-        .unwrap();
-        apply(&mut book, |b| {
-            payment(
-                b,
-                &rules,
-                &customer,
-                "p1",
-                d("200"),
-                "USD",
-                Period::Month,
-                at(1),
-            )
-        });
+        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
+        pay(&mut book, &rules, &customer, "p1", "200", 1);
         let balance = &book.balances(at(2))[0];
         assert_eq!((balance.pending, balance.available), (d("40"), d("0")));
         assert_eq!(
@@ -897,18 +873,7 @@ mod tests {
                 minimum: d("50")
             }
         );
-        apply(&mut book, |b| {
-            payment(
-                b,
-                &rules,
-                &customer,
-                "p2",
-                d("50"),
-                "USD",
-                Period::Month,
-                at(2),
-            )
-        });
+        pay(&mut book, &rules, &customer, "p2", "50", 2);
         // 40 + 10 available from day 32.
         assert_eq!(
             payout(&book, &rules, false, "po", "USD", at(40)).unwrap_err(),

@@ -8,37 +8,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::redis_server::RedisServer;
-use common::{TestApp, WorkerProcess, ADMIN, MERCHANT};
+use common::{Stack, TestApp, ADMIN, MERCHANT};
 use serde_json::{json, Value};
 
 const DAY: i64 = 86_400;
-
-/// A running service, and the Redis and worker behind it when there are.
-struct Setup {
-    app: TestApp,
-    _worker: Option<WorkerProcess>,
-    _redis: Option<RedisServer>,
-}
-
-async fn embedded() -> Setup {
-    Setup {
-        app: TestApp::spawn().await,
-        _worker: None,
-        _redis: None,
-    }
-}
-
-async fn redis() -> Setup {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let env = [("LASTCLICK_REDIS__URL", url.as_str())];
-    Setup {
-        app: TestApp::spawn_with(&env).await,
-        _worker: Some(WorkerProcess::spawn(&env)),
-        _redis: Some(redis),
-    }
-}
 
 async fn post_events(app: &TestApp, events: Value) -> (u16, Value) {
     app.send_json("POST", "/v1/events", Some(MERCHANT), events)
@@ -93,7 +66,17 @@ async fn usd_when(app: &TestApp, partner: &str, field: &str, expected: &str) -> 
     }
 }
 
-async fn payments_earn_commission_once_and_pay_out(setup: Setup) {
+async fn payout_usd(app: &TestApp) -> (u16, Value) {
+    app.send_json(
+        "POST",
+        "/v1/partners/acme/payouts",
+        Some(ADMIN),
+        json!({"currency": "USD"}),
+    )
+    .await
+}
+
+async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
     let app = &setup.app;
     app.create_partner("acme").await;
     let click = app.click("/r/acme", None, None).await;
@@ -156,14 +139,7 @@ async fn payments_earn_commission_once_and_pay_out(setup: Setup) {
     assert_eq!(seen, 12);
 
     // A payout takes the whole available balance.
-    let (status, paid) = app
-        .send_json(
-            "POST",
-            "/v1/partners/acme/payouts",
-            Some(ADMIN),
-            json!({"currency": "USD"}),
-        )
-        .await;
+    let (status, paid) = payout_usd(app).await;
     assert_eq!(status, 201, "{paid}");
     assert_eq!(paid["amount"], "-2400.00");
     let usd = usd_when(app, "acme", "paid", "2400.00").await;
@@ -174,19 +150,12 @@ async fn payments_earn_commission_once_and_pay_out(setup: Setup) {
         "at": rfc3339(now + DAY), "payment": "p0", "amount": "1000.00", "currency": "USD"});
     assert_eq!(post_events(app, refund).await.0, 202);
     usd_when(app, "acme", "available", "-200.00").await;
-    let (status, refused) = app
-        .send_json(
-            "POST",
-            "/v1/partners/acme/payouts",
-            Some(ADMIN),
-            json!({"currency": "USD"}),
-        )
-        .await;
+    let (status, refused) = payout_usd(app).await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["error"]["code"], "nothing_available");
 }
 
-async fn signups_count_only_inside_the_window(setup: Setup) {
+async fn signups_count_only_inside_the_window(setup: Stack) {
     let app = &setup.app;
     app.create_partner("acme").await;
     let click = app.click("/r/acme", None, None).await;
@@ -278,7 +247,7 @@ async fn signups_count_only_inside_the_window(setup: Setup) {
     assert_eq!(customers, ["by_visitor", "last_second", "skew_edge"]);
 }
 
-async fn the_rate_is_locked_at_signup_and_tiers_follow_arr(setup: Setup) {
+async fn the_rate_is_locked_at_signup_and_tiers_follow_arr(setup: Stack) {
     let app = &setup.app;
     app.create_partner("acme").await;
     let click_id = app
@@ -319,7 +288,7 @@ async fn the_rate_is_locked_at_signup_and_tiers_follow_arr(setup: Setup) {
     }
 }
 
-async fn bad_events_are_refused_whole_and_roles_hold(setup: Setup) {
+async fn bad_events_are_refused_whole_and_roles_hold(setup: Stack) {
     let app = &setup.app;
     let partner_token = app.create_partner("acme").await;
     app.create_partner("rival").await;
@@ -411,7 +380,7 @@ async fn bad_events_are_refused_whole_and_roles_hold(setup: Setup) {
 }
 
 macro_rules! money_suite {
-    ($store:ident, $setup:ident) => {
+    ($store:ident, $setup:path) => {
         mod $store {
             use super::*;
 
@@ -438,5 +407,5 @@ macro_rules! money_suite {
     };
 }
 
-money_suite!(embedded_store, embedded);
-money_suite!(redis_store, redis);
+money_suite!(embedded_store, Stack::embedded);
+money_suite!(redis_store, Stack::redis);

@@ -6,34 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_server::RedisServer;
-use common::{TestApp, WorkerProcess, ADMIN, MERCHANT};
+use common::{Stack, TestApp, ADMIN, MERCHANT};
 use serde_json::{json, Value};
-
-struct Setup {
-    app: TestApp,
-    _worker: Option<WorkerProcess>,
-    _redis: Option<RedisServer>,
-}
-
-async fn embedded() -> Setup {
-    Setup {
-        app: TestApp::spawn().await,
-        _worker: None,
-        _redis: None,
-    }
-}
-
-async fn redis() -> Setup {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let env = [("LASTCLICK_REDIS__URL", url.as_str())];
-    Setup {
-        app: TestApp::spawn_with(&env).await,
-        _worker: Some(WorkerProcess::spawn(&env)),
-        _redis: Some(redis),
-    }
-}
 
 fn at(offset: i64) -> String {
     chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + offset, 0)
@@ -67,7 +41,7 @@ fn row<'r>(report: &'r Value, campaign: &str, term: Option<&str>) -> &'r Value {
         .unwrap_or_else(|| panic!("no row {campaign}/{term:?} in {report}"))
 }
 
-async fn the_report_joins_clicks_and_conversions(setup: Setup) {
+async fn the_report_joins_clicks_and_conversions(setup: Stack) {
     let app = &setup.app;
     let partner_token = app.create_partner("acme").await;
     app.create_partner("rival").await;
@@ -234,10 +208,10 @@ async fn the_report_joins_clicks_and_conversions(setup: Setup) {
 
 #[tokio::test]
 async fn embedded_store_report() {
-    the_report_joins_clicks_and_conversions(embedded().await).await;
+    the_report_joins_clicks_and_conversions(Stack::embedded().await).await;
 }
 
 #[tokio::test]
 async fn redis_store_report() {
-    the_report_joins_clicks_and_conversions(redis().await).await;
+    the_report_joins_clicks_and_conversions(Stack::redis().await).await;
 }

@@ -49,6 +49,29 @@ pub fn base_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The base environment with `extra` set on top.
+pub fn env_with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = base_env();
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+/// Starts `lastclick SUBCOMMAND` with the test environment and `extra`,
+/// its stdout piped (it prints its addresses there).
+fn start(subcommand: &str, extra: &[(&str, &str)]) -> Child {
+    Command::new(binary())
+        .arg(subcommand)
+        .env_clear()
+        .envs(env_with(extra))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the lastclick binary starts")
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_lastclick")
 }
@@ -59,19 +82,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> TestApp {
-        let mut env = base_env();
-        for (k, v) in extra {
-            env.retain(|(key, _)| key != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the lastclick binary starts");
+        let mut child = start("serve", extra);
         let stdout = child.stdout.take().expect("stdout is piped");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
@@ -250,6 +261,34 @@ impl Drop for TestApp {
     }
 }
 
+/// A running service: embedded, or on its own Redis with one worker.
+pub struct Stack {
+    pub app: TestApp,
+    _worker: Option<WorkerProcess>,
+    _redis: Option<redis_server::RedisServer>,
+}
+
+impl Stack {
+    pub async fn embedded() -> Stack {
+        Stack {
+            app: TestApp::spawn().await,
+            _worker: None,
+            _redis: None,
+        }
+    }
+
+    pub async fn redis() -> Stack {
+        let redis = redis_server::RedisServer::start();
+        let url = redis.url();
+        let env = [("LASTCLICK_REDIS__URL", url.as_str())];
+        Stack {
+            app: TestApp::spawn_with(&env).await,
+            _worker: Some(WorkerProcess::spawn(&env)),
+            _redis: Some(redis),
+        }
+    }
+}
+
 /// A `lastclick worker` process, killed when dropped.
 pub struct WorkerProcess {
     child: Child,
@@ -259,19 +298,7 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(extra: &[(&str, &str)]) -> WorkerProcess {
-        let mut env = base_env();
-        for (k, v) in extra {
-            env.retain(|(key, _)| key != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let mut child = Command::new(binary())
-            .arg("worker")
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the lastclick binary starts");
+        let mut child = start("worker", extra);
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout is piped"))
             .read_line(&mut line)
