@@ -63,9 +63,7 @@ pub async fn partner_report(
 ) -> Result<Response, ApiError> {
     let format = format(query.as_deref(), &headers)?;
     let query = parse_query(query.as_deref(), &state)?;
-    if state.store.partner(&scope.id).await?.is_none() {
-        return Err(ApiError::NotFound("partner"));
-    }
+    state.existing_partner(&scope.id).await?;
     let report = report::build(state.store.as_ref(), &scope.id, &query).await?;
     Ok(match format {
         Format::Json => Json(report.to_json()).into_response(),
