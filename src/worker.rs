@@ -482,7 +482,7 @@ fn referral_of(click: Click) -> Referral {
     Referral {
         partner: click.partner.to_string(),
         campaign: click.campaign.to_string(),
-        term: click.term.map(String::from),
+        term: click.term.as_deref().map(String::from),
         click_at: click.at,
     }
 }

@@ -2,7 +2,7 @@
 //! instance on a bare machine and for tests.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,8 +37,10 @@ struct Inner {
     tokens: HashMap<String, PartnerId>,
     campaigns: BTreeMap<(PartnerId, CampaignSlug), Campaign>,
     clicks: HashMap<ClickId, Click, IdHashing>,
-    last_clicks: HashMap<VisitorId, ClickId, IdHashing>,
-    counters: BTreeMap<(String, CounterCell), Counter>,
+    /// Each visitor's latest click and its time.
+    last_clicks: HashMap<VisitorId, (ClickId, i64), IdHashing>,
+    /// Per partner, then per cell.
+    counters: HashMap<Arc<str>, HashMap<CellKey, Counter>>,
     events: EventQueue,
     claims: HashMap<String, Option<Referral>>,
     books: HashMap<String, PartnerBook>,
@@ -67,6 +69,41 @@ struct PartnerBook {
     conversions: BTreeMap<String, ConversionCounts>,
 }
 
+/// A counter cell keyed by the click's own `Arc`s, so counting a click
+/// allocates nothing and compares pointers before bytes.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CellKey {
+    day: NaiveDate,
+    campaign: Arc<str>,
+    term: Option<Arc<str>>,
+}
+
+impl CellKey {
+    fn of(click: &Click) -> Self {
+        CellKey {
+            day: click.day(),
+            campaign: Arc::clone(&click.campaign),
+            term: click.term.clone().filter(|t| !t.is_empty()),
+        }
+    }
+
+    fn from_cell(cell: &CounterCell) -> Self {
+        CellKey {
+            day: cell.day,
+            campaign: cell.campaign.as_str().into(),
+            term: (!cell.term.is_empty()).then(|| cell.term.as_str().into()),
+        }
+    }
+
+    fn to_cell(&self) -> CounterCell {
+        CounterCell {
+            day: self.day,
+            campaign: self.campaign.to_string(),
+            term: self.term.as_deref().unwrap_or("").to_owned(),
+        }
+    }
+}
+
 /// Exact distinct visitors: memory grows with visitors per cell, which one
 /// machine's worth of traffic over the window affords.
 #[derive(Default)]
@@ -93,28 +130,31 @@ impl EmbeddedStore {
 
     fn record_clicks_now(&self, clicks: &[Click]) {
         let mut inner = self.lock();
+        let Inner {
+            clicks: records,
+            last_clicks,
+            counters,
+            ..
+        } = &mut *inner;
         for click in clicks {
             // A click written twice (a retried batch) counts once.
-            if inner.clicks.insert(click.click_id, click.clone()).is_some() {
+            if records.insert(click.click_id, click.clone()).is_some() {
                 continue;
             }
             // Last click wins by click time, whatever order clicks arrive in.
-            let newer = match inner.last_clicks.get(&click.visitor_id) {
-                Some(latest) => inner.clicks.get(latest).is_none_or(|l| l.at <= click.at),
-                None => true,
+            last_clicks
+                .entry(click.visitor_id)
+                .and_modify(|latest| {
+                    if latest.1 <= click.at {
+                        *latest = (click.click_id, click.at);
+                    }
+                })
+                .or_insert((click.click_id, click.at));
+            let cells = match counters.get_mut(&*click.partner) {
+                Some(cells) => cells,
+                None => counters.entry(Arc::clone(&click.partner)).or_default(),
             };
-            if newer {
-                inner.last_clicks.insert(click.visitor_id, click.click_id);
-            }
-            let cell = CounterCell {
-                day: click.day(),
-                campaign: click.campaign.to_string(),
-                term: click.term.as_deref().unwrap_or("").to_owned(),
-            };
-            let counter = inner
-                .counters
-                .entry((click.partner.to_string(), cell))
-                .or_default();
+            let counter = cells.entry(CellKey::of(click)).or_default();
             counter.clicks += 1;
             counter.visitors.insert(click.visitor_id);
         }
@@ -128,14 +168,11 @@ impl EmbeddedStore {
             .date_naive();
         let mut inner = self.lock();
         inner.clicks.retain(|_, c| c.at >= horizon);
-        let Inner {
-            clicks,
-            last_clicks,
-            counters,
-            ..
-        } = &mut *inner;
-        last_clicks.retain(|_, id| clicks.contains_key(id));
-        counters.retain(|(_, cell), _| cell.day >= oldest_day);
+        inner.last_clicks.retain(|_, (_, at)| *at >= horizon);
+        inner.counters.retain(|_, cells| {
+            cells.retain(|cell, _| cell.day >= oldest_day);
+            !cells.is_empty()
+        });
     }
 }
 
@@ -235,7 +272,7 @@ impl Store for EmbeddedStore {
         Ok(inner
             .last_clicks
             .get(visitor)
-            .and_then(|id| inner.clicks.get(id))
+            .and_then(|(id, _)| inner.clicks.get(id))
             .cloned())
     }
 
@@ -246,15 +283,19 @@ impl Store for EmbeddedStore {
         to: NaiveDate,
     ) -> Result<Vec<ClickCount>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .counters
+        let Some(cells) = inner.counters.get(partner.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let mut counts: Vec<ClickCount> = cells
             .iter()
-            .filter(|((p, cell), _)| p == partner.as_str() && cell.day >= from && cell.day <= to)
-            .map(|((_, cell), counter)| ClickCount {
-                cell: cell.clone(),
+            .filter(|(cell, _)| cell.day >= from && cell.day <= to)
+            .map(|(cell, counter)| ClickCount {
+                cell: cell.to_cell(),
                 clicks: counter.clicks,
             })
-            .collect())
+            .collect();
+        counts.sort_unstable_by(|a, b| a.cell.cmp(&b.cell));
+        Ok(counts)
     }
 
     async fn unique_visitors(
@@ -263,9 +304,12 @@ impl Store for EmbeddedStore {
         cells: &[CounterCell],
     ) -> Result<u64, StoreError> {
         let inner = self.lock();
+        let Some(counters) = inner.counters.get(partner.as_str()) else {
+            return Ok(0);
+        };
         let mut union: HashSet<VisitorId, IdHashing> = HashSet::default();
         for cell in cells {
-            if let Some(counter) = inner.counters.get(&(partner.to_string(), cell.clone())) {
+            if let Some(counter) = counters.get(&CellKey::from_cell(cell)) {
                 union.extend(counter.visitors.iter().copied());
             }
         }

@@ -67,7 +67,7 @@ pub struct Click {
     pub partner: Arc<str>,
     /// `utm_campaign`: the campaign's name or `default_link`.
     pub campaign: Arc<str>,
-    pub term: Option<Box<str>>,
+    pub term: Option<Arc<str>>,
     /// Unix seconds.
     pub at: i64,
 }
