@@ -8,6 +8,8 @@
 //! - [`cookie`]: the signed attribution cookie, click and visitor ids
 //! - [`cache`]: the in-process route cache the redirect reads
 //! - [`redirect`]: the hot path, `/r/{partner}[/{campaign}]`
+//! - [`edge`]: public connections: redirects straight off the socket, the
+//!   rest through hyper
 //! - [`clicks`]: the bounded click queue and its batch flusher
 //! - [`store`]: the `Store` trait and the embedded store
 //! - [`auth`]: bearer tokens and roles
@@ -34,6 +36,7 @@ pub mod clicks;
 pub mod config;
 pub mod cookie;
 pub mod dashboard;
+pub mod edge;
 pub mod events;
 pub mod ids;
 pub mod ingest;

@@ -2,23 +2,15 @@
 //! API together, serves the public and admin listeners, and shuts down
 //! gracefully (stop accepting, finish in-flight requests, flush clicks).
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
-use axum::http::{HeaderValue, Method, Request, Response, StatusCode};
-use axum::Router;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
@@ -27,8 +19,9 @@ use crate::cache::{run_refresher, RouteCache};
 use crate::clicks::{self, FlushSettings};
 use crate::config::Config;
 use crate::cookie::CookieSigner;
+use crate::edge::{self, PublicInner, PublicService};
 use crate::metrics::Metrics;
-use crate::redirect::{RedirectRequest, RedirectSettings, Redirector};
+use crate::redirect::{RedirectSettings, Redirector};
 use crate::store::embedded::{spawn_expiry, EmbeddedStore};
 use crate::store::redis::RedisStore;
 use crate::store::Store;
@@ -36,8 +29,6 @@ use crate::worker::{LoopSettings, Worker};
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most `Cookie` headers read from one request.
-const MAX_COOKIE_HEADERS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -148,13 +139,21 @@ pub async fn run(
     }));
 
     let max_head = config.listen.max_header_bytes;
+    let public_stop = accepting.clone();
     let public_loop = tokio::spawn(accept_loop(
         public,
-        public_service,
-        max_head,
         accepting.clone(),
+        move |stream, watcher| {
+            edge::serve_connection(
+                stream,
+                public_service.clone(),
+                watcher,
+                public_stop.clone(),
+                max_head,
+            )
+        },
     ));
-    let admin_loop = tokio::spawn(accept_loop(admin, admin_service, max_head, accepting));
+    let admin_loop = tokio::spawn(admin_loop(admin, admin_service, max_head, accepting));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -211,7 +210,7 @@ pub async fn run_worker(
         store: Arc::clone(&store),
         clicks: None,
     }));
-    let admin_loop = tokio::spawn(accept_loop(
+    let admin_loop = tokio::spawn(admin_loop(
         admin,
         admin_service,
         config.listen.max_header_bytes,
@@ -246,20 +245,33 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     Ok(Arc::new(store))
 }
 
-/// Accepts connections until told to stop; returns the live connections so
-/// the caller can wait for them to finish.
-async fn accept_loop<S>(
+/// The admin listener: every connection served by hyper.
+fn admin_loop(
     listener: TcpListener,
-    service: S,
-    max_header_bytes: usize,
+    service: TowerToHyperService<axum::Router>,
+    max_head: usize,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = GracefulShutdown> {
+    accept_loop(listener, stop, move |stream, watcher| {
+        let connection =
+            edge::http1_builder(max_head).serve_connection(TokioIo::new(stream), service.clone());
+        async move {
+            let _ = watcher.watch(connection).await;
+        }
+    })
+}
+
+/// Accepts connections until told to stop, serving each with `serve`
+/// (given the stream and a watcher for graceful shutdown); returns the live
+/// connections so the caller can wait for them to finish.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    serve: F,
 ) -> GracefulShutdown
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    F: Fn(TcpStream, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let connections = GracefulShutdown::new();
     loop {
@@ -276,114 +288,7 @@ where
             _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(max_header_bytes)
-            .serve_connection(TokioIo::new(stream), service.clone());
-        let watched = connections.watch(connection);
-        tokio::spawn(async move {
-            let _ = watched.await;
-        });
+        tokio::spawn(serve(stream, connections.watcher()));
     }
     connections
-}
-
-/// The public listener: redirects answered directly, everything else by
-/// the API router.
-#[derive(Clone)]
-struct PublicService(Arc<PublicInner>);
-
-struct PublicInner {
-    redirector: Redirector,
-    metrics: Arc<Metrics>,
-    api: Router,
-}
-
-impl hyper::service::Service<Request<Incoming>> for PublicService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let path = req.uri().path();
-        if path.starts_with("/r/") || path == "/r" {
-            let response = self.0.redirect(&req);
-            return Box::pin(std::future::ready(Ok(response)));
-        }
-        let api = self.0.api.clone();
-        Box::pin(async move { api.oneshot(req.map(Body::new)).await })
-    }
-}
-
-impl PublicInner {
-    fn redirect(&self, req: &Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let head = req.method() == Method::HEAD;
-        if !head && req.method() != Method::GET {
-            return method_not_allowed();
-        }
-        let mut cookies: [&[u8]; MAX_COOKIE_HEADERS] = [&[]; MAX_COOKIE_HEADERS];
-        let mut n = 0;
-        for value in req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .take(MAX_COOKIE_HEADERS)
-        {
-            cookies[n] = value.as_bytes();
-            n += 1;
-        }
-        let answer = self.redirector.handle(&RedirectRequest {
-            head,
-            path: req.uri().path(),
-            query: req.uri().query(),
-            cookies: &cookies[..n],
-            user_agent: req.headers().get(USER_AGENT).map(HeaderValue::as_bytes),
-            now: unix_now(),
-        });
-        self.metrics.count_redirect(answer.outcome);
-        let location = match answer.location {
-            std::borrow::Cow::Borrowed(fixed) => HeaderValue::from_static(fixed),
-            // Built from validated URLs and percent-encoded values, so always
-            // a valid header; should that ever break, land on the default.
-            std::borrow::Cow::Owned(built) => HeaderValue::try_from(built)
-                .unwrap_or_else(|_| HeaderValue::from_static(self.redirector.default_location())),
-        };
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::FOUND;
-        let headers = response.headers_mut();
-        headers.insert(LOCATION, location);
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // Explicit even for HEAD, where hyper would leave it out: clients
-        // that cannot tell a HEAD answer then still know it has no body.
-        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        if let Some(cookie) = answer
-            .set_cookie
-            .and_then(|c| HeaderValue::try_from(c).ok())
-        {
-            headers.insert(SET_COOKIE, cookie);
-        }
-        self.metrics
-            .redirect_seconds
-            .observe(started.elapsed().as_secs_f64());
-        response
-    }
-}
-
-fn method_not_allowed() -> Response<Body> {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
-        .headers_mut()
-        .insert("allow", HeaderValue::from_static("GET, HEAD"));
-    response
-}
-
-/// The wall clock in unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
