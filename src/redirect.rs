@@ -42,6 +42,53 @@ const BOT_MARKERS: [&str; 24] = [
     "headlesschrome",
 ];
 
+/// Every marker above contains one of these.
+const BOT_HINTS: [&str; 11] = [
+    "bot",
+    "crawler",
+    "spider",
+    "slack-imgproxy",
+    "facebook",
+    "whatsapp",
+    "skypeuripreview",
+    "embedly",
+    "pinterest",
+    "yandex",
+    "headlesschrome",
+];
+
+/// Finds the bot markers in a user agent, ignoring ASCII case.
+struct BotCheck {
+    markers: AhoCorasick,
+    /// [`BOT_HINTS`]: one SIMD pass over a user agent (lower-cased on the
+    /// stack) clears most browsers; `None` where the CPU has no SIMD.
+    hints: Option<aho_corasick::packed::Searcher>,
+}
+
+impl BotCheck {
+    fn new() -> Self {
+        BotCheck {
+            markers: AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(BOT_MARKERS)
+                .expect("the bot markers are valid patterns"),
+            hints: aho_corasick::packed::Searcher::new(BOT_HINTS),
+        }
+    }
+
+    fn matches(&self, user_agent: &[u8]) -> bool {
+        let mut lower = [0u8; 256];
+        if let (Some(hints), Some(lower)) = (&self.hints, lower.get_mut(..user_agent.len())) {
+            lower.copy_from_slice(user_agent);
+            lower.make_ascii_lowercase();
+            if hints.find(&*lower).is_none() {
+                return false;
+            }
+        }
+        self.markers.is_match(user_agent)
+    }
+}
+
 /// Longest accepted utm_* value, in characters; longer values are ignored.
 pub const MAX_UTM_CHARS: usize = 128;
 
@@ -117,7 +164,7 @@ pub struct RedirectSettings {
 pub struct Redirector {
     routes: Arc<RouteCache>,
     signer: CookieSigner,
-    bots: AhoCorasick,
+    bots: BotCheck,
     clicks: ClickQueue,
     cookie_name: Box<str>,
     /// `; Max-Age=…; Path=/; HttpOnly; SameSite=Lax[; Secure][; Domain=…]`
@@ -142,10 +189,22 @@ impl<'q> UtmParams<'q> {
     }
 
     /// Keeps the first acceptable value of each; ignores everything else.
+    /// Only the pairs that may be utm_* ones are decoded.
     pub fn parse(query: Option<&'q str>) -> Self {
         let mut utm = UtmParams::default();
         let Some(query) = query else { return utm };
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for pair in query.split('&') {
+            let raw_key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            let plain = matches!(
+                raw_key,
+                "utm_source" | "utm_medium" | "utm_term" | "utm_content"
+            );
+            if !plain && !raw_key.contains(['%', '+']) {
+                continue;
+            }
+            let Some((key, value)) = form_urlencoded::parse(pair.as_bytes()).next() else {
+                continue;
+            };
             let slot = match key.as_ref() {
                 "utm_source" => &mut utm.source,
                 "utm_medium" => &mut utm.medium,
@@ -198,14 +257,10 @@ impl Redirector {
             attributes.push_str("; Domain=");
             attributes.push_str(&settings.cookie_domain);
         }
-        let bots = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(BOT_MARKERS)
-            .expect("the bot markers are valid patterns");
         Redirector {
             routes,
             signer,
-            bots,
+            bots: BotCheck::new(),
             clicks,
             cookie_name: settings.cookie_name.into(),
             cookie_attributes: attributes.into(),
@@ -308,7 +363,7 @@ impl Redirector {
 
     /// Whether the user agent names a known bot (one pass over it).
     pub fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
-        user_agent.is_some_and(|ua| self.bots.is_match(ua))
+        user_agent.is_some_and(|ua| self.bots.matches(ua))
     }
 
     fn earlier_cookie(&self, headers: &[&[u8]]) -> Option<VerifiedCookie> {
@@ -403,6 +458,36 @@ mod tests {
         assert_eq!(parse_path("/r/a%2Fb"), None);
         assert_eq!(parse_path("/r/..%2F"), None);
         assert_eq!(parse_path("/x/acme"), None);
+    }
+
+    #[test]
+    fn utm_keys_may_be_encoded_and_other_pairs_are_skipped() {
+        let utm = UtmParams::parse(Some("a=1&&utm%5Fterm=x+y&utm_source&utm_source=s%21&b"));
+        assert_eq!(utm.term(), Some("x y"));
+        assert_eq!(utm.source.as_deref(), Some("s!"));
+        let first = UtmParams::parse(Some("utm_term=one&utm_term=two"));
+        assert_eq!(first.term(), Some("one"));
+    }
+
+    #[test]
+    fn every_bot_marker_contains_a_hint() {
+        for marker in BOT_MARKERS {
+            assert!(BOT_HINTS.iter().any(|h| marker.contains(h)), "{marker}");
+        }
+    }
+
+    #[test]
+    fn bots_are_found_in_any_case_and_any_length() {
+        let bots = BotCheck::new();
+        let browser = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0";
+        assert!(!bots.matches(browser.as_bytes()));
+        assert!(bots.matches(b"Mozilla/5.0 (compatible; GoogleBot/2.1)"));
+        assert!(bots.matches(b"FACEBOOKEXTERNALHIT/1.1"));
+        let long = format!("{}{}", "x".repeat(300), "Slackbot-LinkExpanding");
+        assert!(bots.matches(long.as_bytes()));
+        assert!(!bots.matches("x".repeat(300).as_bytes()));
+        // A hint alone is not a marker.
+        assert!(!bots.matches(b"Mozilla/5.0 robotics-lab"));
     }
 
     #[test]
