@@ -150,12 +150,12 @@ fn write_request(out: &mut Vec<u8>, partners: u32, cookie: &str) {
     } else {
         format!("/r/p{partner}?utm_source=newsletter")
     };
-    let agent = if roll % 10 == 0 { BOT } else { BROWSER };
+    let agent = if roll.is_multiple_of(10) { BOT } else { BROWSER };
     out.extend_from_slice(
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\n")
             .as_bytes(),
     );
-    if roll % 4 == 0 && !cookie.is_empty() {
+    if roll.is_multiple_of(4) && !cookie.is_empty() {
         out.extend_from_slice(format!("Cookie: _ga=GA1.2.3.4; lc_attr={cookie}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
