@@ -150,7 +150,11 @@ fn write_request(out: &mut Vec<u8>, partners: u32, cookie: &str) {
     } else {
         format!("/r/p{partner}?utm_source=newsletter")
     };
-    let agent = if roll.is_multiple_of(10) { BOT } else { BROWSER };
+    let agent = if roll.is_multiple_of(10) {
+        BOT
+    } else {
+        BROWSER
+    };
     out.extend_from_slice(
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: {agent}\r\n")
             .as_bytes(),
