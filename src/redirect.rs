@@ -194,16 +194,22 @@ impl<'q> UtmParams<'q> {
         let mut utm = UtmParams::default();
         let Some(query) = query else { return utm };
         for pair in query.split('&') {
-            let raw_key = pair.split_once('=').map_or(pair, |(key, _)| key);
-            let plain = matches!(
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let plain_key = matches!(
                 raw_key,
                 "utm_source" | "utm_medium" | "utm_term" | "utm_content"
             );
-            if !plain && !raw_key.contains(['%', '+']) {
+            let encoded = |text: &str| text.contains(['%', '+']);
+            if !plain_key && !encoded(raw_key) {
                 continue;
             }
-            let Some((key, value)) = form_urlencoded::parse(pair.as_bytes()).next() else {
-                continue;
+            let (key, value) = if plain_key && !encoded(raw_value) {
+                (Cow::Borrowed(raw_key), Cow::Borrowed(raw_value))
+            } else {
+                match form_urlencoded::parse(pair.as_bytes()).next() {
+                    Some(decoded) => decoded,
+                    None => continue,
+                }
             };
             let slot = match key.as_ref() {
                 "utm_source" => &mut utm.source,
