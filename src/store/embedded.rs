@@ -47,6 +47,9 @@ struct Inner {
 }
 
 const CLICK_SHARDS: usize = 64;
+/// Clicks written between two yields to the runtime: some tens of
+/// microseconds of work.
+const RECORD_SLICE: usize = 64;
 
 /// The click records and visitors' latest clicks whose ids fall in one
 /// shard.
@@ -183,18 +186,38 @@ impl EmbeddedStore {
         }
     }
 
-    /// Drops click records and counters older than the window, one shard
-    /// at a time.
+    /// Drops click records and counters older than the window.
     pub fn expire(&self, now_unix: i64) {
-        let horizon = now_unix - self.window.as_secs() as i64;
-        let oldest_day = chrono::DateTime::from_timestamp(horizon, 0)
+        for shard in 0..CLICK_SHARDS {
+            self.expire_shard(shard, now_unix);
+        }
+        self.expire_counters(now_unix);
+    }
+
+    /// The same, one shard at a time, letting redirects run in between.
+    pub async fn expire_gradually(&self, now_unix: i64) {
+        for shard in 0..CLICK_SHARDS {
+            self.expire_shard(shard, now_unix);
+            tokio::task::yield_now().await;
+        }
+        self.expire_counters(now_unix);
+    }
+
+    fn horizon(&self, now_unix: i64) -> i64 {
+        now_unix - self.window.as_secs() as i64
+    }
+
+    fn expire_shard(&self, shard: usize, now_unix: i64) {
+        let horizon = self.horizon(now_unix);
+        let mut shard = relock(&self.click_shards[shard]);
+        shard.clicks.retain(|_, c| c.at >= horizon);
+        shard.last_clicks.retain(|_, (_, at)| *at >= horizon);
+    }
+
+    fn expire_counters(&self, now_unix: i64) {
+        let oldest_day = chrono::DateTime::from_timestamp(self.horizon(now_unix), 0)
             .unwrap_or_default()
             .date_naive();
-        for shard in self.click_shards.iter() {
-            let mut shard = relock(shard);
-            shard.clicks.retain(|_, c| c.at >= horizon);
-            shard.last_clicks.retain(|_, (_, at)| *at >= horizon);
-        }
         relock(&self.counters).retain(|_, cells| {
             cells.retain(|cell, _| cell.day >= oldest_day);
             !cells.is_empty()
@@ -281,16 +304,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
-        // A batch can take milliseconds when a map grows (it rehashes), and
-        // redirects share this thread: on the multi-threaded runtime the
-        // thread's other tasks move to another thread meanwhile, so the
-        // operating system keeps serving them.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            tokio::task::block_in_place(|| self.record_clicks_now(clicks));
-        } else {
-            self.record_clicks_now(clicks);
+        // Redirects share this thread: a batch is written a slice at a time,
+        // letting them run in between, so none waits behind a whole batch.
+        for slice in clicks.chunks(RECORD_SLICE) {
+            self.record_clicks_now(slice);
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
@@ -526,8 +544,7 @@ pub fn spawn_expiry(store: std::sync::Arc<EmbeddedStore>) {
         loop {
             tick.tick().await;
             match weak.upgrade() {
-                // Scanning every map takes a while: off the request path.
-                Some(store) => tokio::task::block_in_place(|| store.expire(Utc::now().timestamp())),
+                Some(store) => store.expire_gradually(Utc::now().timestamp()).await,
                 None => return,
             }
         }
