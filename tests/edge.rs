@@ -32,17 +32,7 @@ impl Answer {
 fn answers(mut raw: &[u8]) -> Vec<Answer> {
     let mut out = Vec::new();
     while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let (status, headers) = common::parse_head(&String::from_utf8_lossy(&raw[..end]));
         let body: usize = headers
             .iter()
             .find(|(k, _)| k == "content-length")

@@ -10,18 +10,7 @@ const ALLOWED: [&str; 2] = ["https://www.example.com/", "https://promo.example.c
 /// Parses a raw HTTP/1.1 answer into status and header lines.
 fn parse_answer(raw: &[u8]) -> (u16, Vec<(String, String)>) {
     let text = String::from_utf8_lossy(raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers)
+    common::parse_head(text.split("\r\n\r\n").next().unwrap_or(""))
 }
 
 fn assert_safe(name: &str, raw: &[u8]) {

@@ -360,6 +360,22 @@ pub fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
     answer
 }
 
+/// Parses an HTTP/1.1 answer's head (without the blank line) into status
+/// and header lines, names in lower case.
+pub fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
 /// A redirect as the visitor's browser sees it.
 #[derive(Debug)]
 pub struct Redirect {
