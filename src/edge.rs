@@ -223,42 +223,24 @@ impl Redirects {
         let mut answered: u64 = 0;
         let mut answered_at_last_check: u64 = 0;
         loop {
-            // Every complete head already read is answered, in order, and
-            // the answers leave in one write.
-            let mut consumed = 0;
-            let mut hand_off = false;
-            let mut last = false;
-            while !last {
-                match answer_one(service, &self.read[consumed..], &mut self.write) {
-                    Step::Answered(len) => {
-                        consumed += len;
-                        answered += 1;
-                    }
-                    Step::AnsweredLast(len) => {
-                        consumed += len;
-                        last = true;
-                    }
-                    Step::Partial => break,
-                    Step::HandOff => {
-                        hand_off = true;
-                        break;
-                    }
-                }
-            }
-            self.read.drain(..consumed);
+            let (count, next) = self.answer_buffered(service);
+            answered += count;
             if !self.write.is_empty() {
                 if self.stream.write_all(&self.write).await.is_err() {
                     return Next::Close;
                 }
                 self.write.clear();
             }
-            if last {
-                let _ = self.stream.shutdown().await;
-                return Next::Close;
+            match next {
+                Buffered::ReadMore => {}
+                Buffered::Close => {
+                    let _ = self.stream.shutdown().await;
+                    return Next::Close;
+                }
+                Buffered::HandOff => return Next::HandOff,
             }
-            // hyper answers what is not a plain redirect, including heads
-            // over the size limit (431) and malformed ones (400).
-            if hand_off || self.read.len() >= max_head_bytes {
+            // hyper answers heads over the size limit (431).
+            if self.read.len() >= max_head_bytes {
                 return Next::HandOff;
             }
             if stopping && self.read.is_empty() {
@@ -284,6 +266,41 @@ impl Redirects {
             }
         }
     }
+
+    /// Answers every complete head already read, in order, into the write
+    /// buffer (so the answers leave in one write); returns how many, and
+    /// what comes next.
+    fn answer_buffered(&mut self, service: &PublicInner) -> (u64, Buffered) {
+        let mut consumed = 0;
+        let mut count = 0;
+        let next = loop {
+            match answer_one(service, &self.read[consumed..], &mut self.write) {
+                Step::Answered(len) => {
+                    consumed += len;
+                    count += 1;
+                }
+                Step::AnsweredLast(len) => {
+                    consumed += len;
+                    count += 1;
+                    break Buffered::Close;
+                }
+                Step::Partial => break Buffered::ReadMore,
+                // hyper answers what is not a plain redirect, malformed heads
+                // included (400).
+                Step::HandOff => break Buffered::HandOff,
+            }
+        };
+        self.read.drain(..consumed);
+        (count, next)
+    }
+}
+
+/// What the buffered requests leave to do.
+enum Buffered {
+    ReadMore,
+    /// The last one asked to close the connection.
+    Close,
+    HandOff,
 }
 
 /// Answers the request at the start of `buf` into `out` if it is a plain
