@@ -223,7 +223,7 @@ impl Redirects {
         let mut answered: u64 = 0;
         let mut answered_at_last_check: u64 = 0;
         loop {
-            let (count, next) = self.answer_buffered(service);
+            let (count, next) = self.answer_buffered(service, max_head_bytes);
             answered += count;
             if !self.write.is_empty() {
                 if self.stream.write_all(&self.write).await.is_err() {
@@ -270,11 +270,12 @@ impl Redirects {
     /// Answers every complete head already read, in order, into the write
     /// buffer (so the answers leave in one write); returns how many, and
     /// what comes next.
-    fn answer_buffered(&mut self, service: &PublicInner) -> (u64, Buffered) {
+    fn answer_buffered(&mut self, service: &PublicInner, max_head_bytes: usize) -> (u64, Buffered) {
         let mut consumed = 0;
         let mut count = 0;
         let next = loop {
-            match answer_one(service, &self.read[consumed..], &mut self.write) {
+            let buf = &self.read[consumed..];
+            match answer_one(service, buf, max_head_bytes, &mut self.write) {
                 Step::Answered(len) => {
                     consumed += len;
                     count += 1;
@@ -304,14 +305,16 @@ enum Buffered {
 }
 
 /// Answers the request at the start of `buf` into `out` if it is a plain
-/// redirect.
-fn answer_one(service: &PublicInner, buf: &[u8], out: &mut Vec<u8>) -> Step {
+/// redirect whose head fits `max_head_bytes`.
+fn answer_one(service: &PublicInner, buf: &[u8], max_head_bytes: usize, out: &mut Vec<u8>) -> Step {
     if buf.is_empty() {
         return Step::Partial;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
+        // hyper refuses a head over the limit (431), however it arrived.
+        Ok(httparse::Status::Complete(len)) if len > max_head_bytes => return Step::HandOff,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Step::Partial,
         Err(_) => return Step::HandOff,

@@ -182,3 +182,21 @@ async fn requests_the_fast_path_does_not_take_are_still_answered() {
         assert_eq!(got.first().map(|a| a.status), Some(status), "{name}: {got:?}");
     }
 }
+
+#[tokio::test]
+async fn a_head_over_the_limit_is_refused_however_it_arrives() {
+    let app = TestApp::spawn().await;
+    app.create_partner("acme").await;
+    // 17,000 bytes against the 16 KiB limit, in two writes: the second
+    // completes the head in the same read that crosses the limit.
+    let mut head = b"GET /r/acme HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: ".to_vec();
+    head.resize(17_000 - 4, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    let mut stream = connect(&app);
+    stream.write_all(&head[..15_500]).expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&head[15_500..]).expect("write");
+    let got = answers(&read_all(stream));
+    let status = got.first().map_or(0, |a| a.status);
+    assert!(status == 431 || status == 0, "answered {status}");
+}
