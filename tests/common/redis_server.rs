@@ -22,19 +22,25 @@ fn binary(name: &str) -> PathBuf {
     panic!("{name} is not installed: run scripts/test, which installs it (apt-get install redis-server)");
 }
 
-/// A port that is free now, and whose cluster bus port (+10000) is too.
+/// A port that is free now, and whose cluster bus port (+10000) is too,
+/// both below the ephemeral range. A client that keeps reconnecting to a
+/// stopped server's port inside that range can be handed the very same
+/// port as its own and connect to itself, and the restarted server then
+/// finds its port taken.
 fn free_port() -> u16 {
-    for _ in 0..200 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let high = ephemeral_low.saturating_sub(10_000).max(11_000);
+    for _ in 0..500 {
+        let port = 10_000 + rand::random::<u16>() % (high - 10_000);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
             return port;
         }
     }
-    panic!("no free port pair");
+    panic!("no free port pair below {high}");
 }
 
 /// Sends one inline command and returns the raw reply.
