@@ -367,7 +367,8 @@ impl Redirector {
         }
     }
 
-    /// Whether the user agent names a known bot (one pass over it).
+    /// Whether the user agent names a known bot: a SIMD prefilter, then
+    /// the full match only for user agents that pass it.
     pub fn is_bot(&self, user_agent: Option<&[u8]>) -> bool {
         user_agent.is_some_and(|ua| self.bots.matches(ua))
     }
