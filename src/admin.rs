@@ -44,6 +44,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         }
         _ => state.metrics.count_store_error("event_queue_stats"),
     }
+    match tokio::time::timeout(STATS_TIMEOUT, state.store.parked_count()).await {
+        Ok(Ok(parked)) => state.metrics.events_parked.set(parked as i64),
+        _ => state.metrics.count_store_error("parked_count"),
+    }
     (
         [(
             header::CONTENT_TYPE,

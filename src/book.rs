@@ -1,98 +1,42 @@
-//! A partner's book: its referred customers, their payments, the ledger and
-//! the balances, and the pure functions that apply one event or one payout
-//! to it. Stores keep books; this module decides what changes.
+//! A partner's book: its balances, ARR, signups and ledger, and the pure
+//! function that applies a batch of events to it so that the result
+//! depends only on the set of events, never on the order they came in.
+//!
+//! How: each customer's money is derived from all of its events in
+//! event-time order (`customer`); the partner keeps its ARR history and
+//! signups by event time (`History`), so the tier at any moment, and hence
+//! each customer's locked rate, can be recomputed when an earlier event
+//! arrives late. What the ledger should hold is compared with what it holds,
+//! and the difference is posted as new entries: the ledger only grows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Tier;
-use crate::money::{self, arr_share, commission, minor_digits, Billing, Period};
-
-const DAY_SECS: i64 = 86_400;
-
-/// Where a referred customer came from: fixed when the customer is first
-/// claimed, so a redelivered signup resolves the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Referral {
-    pub partner: String,
-    pub campaign: String,
-    pub term: Option<String>,
-    /// Unix seconds of the click.
-    pub click_at: i64,
-}
-
-/// A referred customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Customer {
-    pub id: String,
-    pub referral: Referral,
-    pub billing: Billing,
-    /// The partner's rate when the customer signed up, kept for life.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub rate: Decimal,
-    pub signed_up_at: i64,
-    pub cancelled_at: Option<i64>,
-    /// The latest payment by time: it sets the customer's ARR share.
-    pub latest_payment: Option<LatestPayment>,
-    /// What the customer adds to the partner's ARR now.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub arr_share: Decimal,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LatestPayment {
-    pub at: i64,
-    pub id: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
-    pub period: Period,
-}
-
-/// A payment of a referred customer, kept for refunds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Payment {
-    pub id: String,
-    pub customer: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub amount: Decimal,
-    pub currency: String,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub commission: Decimal,
-    /// Refunded so far, at most `amount`.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub refunded: Decimal,
-    /// Commission clawed back so far.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub clawed_back: Decimal,
-    /// When its commission became or becomes available.
-    pub available_at: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    Commission,
-    Clawback,
-    Payout,
-}
+use crate::customer::{
+    ConversionCounts, Customer, Derived, EntryKind, EventKey, PaymentEvent, Referral, RefundEvent,
+    Signup, Terms,
+};
+use crate::events::{Event, EventKind};
+use crate::money::{self, minor_digits};
 
 /// One line of the ledger. Amounts are signed: commissions add, clawbacks
-/// and payouts take away.
+/// and payouts take away; adjustments correct an earlier line of the same
+/// `id` either way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// Position in the partner's ledger, from 1; pages count down from it.
     pub seq: u64,
-    /// The event (commission, clawback) or payout that made it.
+    /// The event (commission, clawback, adjustment) or payout that made it.
     pub id: String,
     pub kind: EntryKind,
     pub customer: Option<String>,
-    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
+    /// The event's time (a payout's: when it was made).
     pub at: DateTime<Utc>,
     pub available_at: DateTime<Utc>,
 }
@@ -100,107 +44,207 @@ pub struct LedgerEntry {
 /// The running totals of one currency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CurrencyTotals {
-    /// Commissions less clawbacks already available, less payouts.
-    #[serde(with = "rust_decimal::serde::str")]
+    /// Amounts already available when posted, less payouts.
     pub available: Decimal,
     /// Paid out so far.
-    #[serde(with = "rust_decimal::serde::str")]
     pub paid: Decimal,
-    /// Amounts not yet available: (available at, amount).
-    pub held: Vec<(i64, String)>,
+    /// Amounts that were not available when posted: (unix ms, amount).
+    pub held: Vec<(i64, Decimal)>,
 }
 
-/// A partner's money summary: what every event reads and writes.
+/// A partner's money summary: what every batch reads and writes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Book {
-    #[serde(with = "rust_decimal::serde::str")]
     pub arr: Decimal,
-    /// Signup times of the partner's referred customers.
+    /// Signup times (unix ms) of the partner's referred customers.
     pub signups: Vec<i64>,
     pub totals: BTreeMap<String, CurrencyTotals>,
     /// Entries written so far; the next gets `entries + 1`.
     pub entries: u64,
+    /// The latest event applied: an event before it is late, and may
+    /// change what came after it.
+    pub latest: Option<EventKey>,
+}
+
+/// A signup as the partner's history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignupRecord {
+    pub customer: String,
+    pub rate: Decimal,
+}
+
+/// The partner's ARR changes and signups by event time: enough to know its
+/// tier at any moment. Stored as one field per change, so an in-order
+/// batch writes its few fields without reading the rest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    pub arr: BTreeMap<EventKey, Decimal>,
+    pub signups: BTreeMap<EventKey, SignupRecord>,
+}
+
+/// A change to the stored history: a field set or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryField {
+    Set(String, String),
+    Delete(String),
+}
+
+impl History {
+    fn arr_field(key: &EventKey) -> String {
+        format!("a\t{}\t{}", key.at, key.id)
+    }
+
+    fn signup_field(key: &EventKey) -> String {
+        format!("s\t{}\t{}", key.at, key.id)
+    }
+
+    /// Rebuilds the history from its stored fields.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut history = History::default();
+        for (field, value) in fields {
+            let mut parts = field.splitn(3, '\t');
+            let (Some(kind), Some(at), Some(id)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(at) = at.parse() else { continue };
+            let key = EventKey {
+                at,
+                id: id.to_owned(),
+            };
+            match kind {
+                "a" => {
+                    if let Ok(change) = value.parse() {
+                        history.arr.insert(key, change);
+                    }
+                }
+                "s" => {
+                    if let Some((customer, rate)) = value.split_once('\t') {
+                        if let Ok(rate) = rate.parse() {
+                            let customer = customer.to_owned();
+                            history.signups.insert(key, SignupRecord { customer, rate });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        history
+    }
 }
 
 /// A balance as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Balance {
     pub currency: String,
-    #[serde(with = "rust_decimal::serde::str")]
     pub pending: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
     pub available: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
     pub paid: Decimal,
 }
 
-/// What one event or payout changes in a book, applied atomically with the
-/// record that it was applied.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Changes {
-    pub book: Option<Book>,
-    pub customer: Option<Customer>,
-    pub payment: Option<Payment>,
-    pub entries: Vec<LedgerEntry>,
-    /// The customer's report cell (see [`conversion_cell`]) as it becomes.
-    pub conversions: Option<(String, ConversionCounts)>,
+/// The rules of the program, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub tiers: Vec<Tier>,
+    pub hold_days: u32,
+    /// Smallest payout per currency; a currency not listed is never paid.
+    pub payout_minimum: BTreeMap<String, Decimal>,
 }
 
-/// The conversion columns of one report cell: a partner's customers
-/// referred by clicks of one UTC day, campaign and term.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConversionCounts {
-    pub signups: u64,
-    /// Customers who paid at least once.
-    pub customers: u64,
-    /// Payments less refunds, per currency.
-    pub revenue: BTreeMap<String, Decimal>,
-    /// Commissions less clawbacks, per currency.
-    pub commission: BTreeMap<String, Decimal>,
-}
-
-impl ConversionCounts {
-    /// Adds what `changes` did, given the customer and payment as they were
-    /// before it.
-    pub fn record(
-        &mut self,
-        changes: &Changes,
-        customer_before: Option<&Customer>,
-        payment_before: Option<&Payment>,
-    ) {
-        if changes.customer.is_some() && customer_before.is_none() {
-            self.signups += 1;
+impl Rules {
+    fn terms(&self) -> Terms<'_> {
+        Terms {
+            hold_days: self.hold_days,
+            arr_currency: arr_currency(self),
         }
-        let Some(after) = &changes.payment else {
-            return;
-        };
-        let currency = after.currency.clone();
-        let (revenue, commission) = match payment_before {
-            None => {
-                let first = customer_before.is_some_and(|c| c.latest_payment.is_none());
-                self.customers += u64::from(first);
-                (after.amount, after.commission)
+    }
+}
+
+/// The currency ARR and tiers are measured in: USD when payouts list it,
+/// else the first one payouts list.
+pub fn arr_currency(rules: &Rules) -> &str {
+    rules
+        .payout_minimum
+        .keys()
+        .find(|c| c.as_str() == "USD")
+        .or_else(|| rules.payout_minimum.keys().next())
+        .map_or("USD", String::as_str)
+}
+
+impl CurrencyTotals {
+    /// Moves what has matured by `now` (unix ms) from held to available.
+    fn settle(&mut self, now: i64) {
+        let (matured, held): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(at, _)| *at <= now);
+        self.held = held;
+        self.available += matured.iter().map(|(_, amount)| amount).sum::<Decimal>();
+    }
+
+    fn credit(&mut self, amount: Decimal, available_at: i64, now: i64) {
+        if available_at <= now {
+            self.available += amount;
+        } else {
+            self.held.push((available_at, amount));
+        }
+    }
+
+    fn pending_at(&self, now: i64) -> (Decimal, Decimal) {
+        let mut pending = Decimal::ZERO;
+        let mut matured = Decimal::ZERO;
+        for (at, amount) in &self.held {
+            if *at <= now {
+                matured += amount;
+            } else {
+                pending += amount;
             }
-            Some(before) => (
-                before.refunded - after.refunded,
-                before.clawed_back - after.clawed_back,
-            ),
-        };
-        *self.revenue.entry(currency.clone()).or_default() += revenue;
-        *self.commission.entry(currency).or_default() += commission;
+        }
+        (pending, matured)
+    }
+}
+
+impl Book {
+    pub fn balances(&self, now: DateTime<Utc>) -> Vec<Balance> {
+        self.totals
+            .iter()
+            .map(|(currency, totals)| {
+                let (pending, matured) = totals.pending_at(now.timestamp_millis());
+                // Shown in the currency's minor unit: "0.00", not "0".
+                let digits = minor_digits(currency).unwrap_or(2);
+                let shown = |mut amount: Decimal| {
+                    amount.rescale(digits);
+                    amount
+                };
+                Balance {
+                    currency: currency.clone(),
+                    pending: shown(pending),
+                    available: shown(totals.available + matured),
+                    paid: shown(totals.paid),
+                }
+            })
+            .collect()
     }
 
-    /// Adds another cell's counts (a report row sums its cells).
-    pub fn add(&mut self, other: &ConversionCounts) {
-        self.signups += other.signups;
-        self.customers += other.customers;
-        for (currency, amount) in &other.revenue {
-            *self.revenue.entry(currency.clone()).or_default() += amount;
-        }
-        for (currency, amount) in &other.commission {
-            *self.commission.entry(currency.clone()).or_default() += amount;
+    pub fn tier<'r>(&self, rules: &'r Rules, at: DateTime<Utc>) -> &'r Tier {
+        let recent = money::signups_within(&self.signups, at, 12) > 0;
+        money::tier_for(&rules.tiers, self.arr, recent)
+    }
+
+    fn entry(&mut self, id: &str, kind: EntryKind, customer: Option<&str>) -> LedgerEntry {
+        self.entries += 1;
+        LedgerEntry {
+            seq: self.entries,
+            id: id.to_owned(),
+            kind,
+            customer: customer.map(str::to_owned),
+            amount: Decimal::ZERO,
+            currency: String::new(),
+            at: DateTime::default(),
+            available_at: DateTime::default(),
         }
     }
+}
+
+fn time(unix_ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(unix_ms).unwrap_or_default()
 }
 
 /// The report cell of a referred customer: `day\tcampaign\tterm`, the UTC
@@ -225,17 +269,465 @@ pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, St
     Some((day, campaign, term))
 }
 
-/// The rules of the program, from the configuration.
-#[derive(Debug, Clone)]
-pub struct Rules {
-    pub tiers: Vec<Tier>,
-    pub hold_days: u32,
-    /// Smallest payout per currency; a currency not listed is never paid.
-    pub payout_minimum: BTreeMap<String, Decimal>,
+// ---- applying a batch ----------------------------------------------------
+
+/// What to load of a partner's book for a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BookRequest {
+    pub customers: BTreeSet<String>,
+    pub cells: BTreeSet<String>,
+    /// Event (or payout) ids: which of them were applied already.
+    pub applied: BTreeSet<String>,
+    pub history: bool,
 }
 
-fn dec(text: &str) -> Decimal {
-    text.parse().unwrap_or_default()
+/// A partner's book as loaded for a request, with the version to commit
+/// against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BookView {
+    pub book: Book,
+    pub version: u64,
+    /// The requested customers that exist.
+    pub customers: BTreeMap<String, Customer>,
+    /// The requested report cells (missing ones are empty).
+    pub cells: BTreeMap<String, ConversionCounts>,
+    /// The requested ids that were applied.
+    pub applied: BTreeSet<String>,
+    /// Loaded when requested.
+    pub history: Option<History>,
+}
+
+/// Everything a batch changes, written all or nothing with the ids it
+/// applied.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub book: Book,
+    pub customers: Vec<Customer>,
+    pub cells: Vec<(String, ConversionCounts)>,
+    pub history: Vec<HistoryField>,
+    pub entries: Vec<LedgerEntry>,
+    pub applied: Vec<String>,
+}
+
+/// What became of one event in the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Applied,
+    /// Applied before, or a second signup of the customer: nothing changed.
+    Duplicate,
+    /// Kept, without effect until its predecessor (the customer's signup,
+    /// the refunded payment) arrives.
+    Parked,
+}
+
+/// An event of a customer the partner claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub event: &'a Event,
+    pub referral: &'a Referral,
+}
+
+/// The outcome of [`apply`]: the changes, or more to load first.
+#[derive(Debug)]
+pub enum Applied {
+    Done(Changes, Vec<(String, Effect)>),
+    Load(BookRequest),
+}
+
+/// The request that loads what `events` need.
+pub fn request_for(events: &[Incoming<'_>]) -> BookRequest {
+    let mut request = BookRequest::default();
+    for incoming in events {
+        request.customers.insert(incoming.event.customer.clone());
+        request.cells.insert(conversion_cell(incoming.referral));
+        request.applied.insert(incoming.event.id.clone());
+    }
+    request
+}
+
+/// Applies `events` to the book `view` was loaded as (for `request`).
+/// Answers [`Applied::Load`] when a late event needs more of the book: the
+/// history, or customers whose rates it changes.
+pub fn apply(
+    view: &BookView,
+    request: &BookRequest,
+    events: &[Incoming<'_>],
+    rules: &Rules,
+    now_ms: i64,
+) -> Applied {
+    let mut needed = request.clone();
+    let base = request_for(events);
+    needed.customers.extend(base.customers);
+    needed.cells.extend(base.cells);
+    needed.applied.extend(base.applied);
+    let mut run = BatchRun {
+        rules,
+        book: view.book.clone(),
+        customers: view.customers.clone(),
+        cells: &view.cells,
+        history: view.history.clone(),
+        derived: HashMap::new(),
+        fields: BTreeMap::new(),
+        needed,
+    };
+    if run.needed != *request {
+        return Applied::Load(run.needed);
+    }
+    let mut sorted: Vec<&Incoming<'_>> = events.iter().collect();
+    sorted.sort_by_key(|i| (i.event.at.timestamp_millis(), i.event.id.as_str()));
+    let mut applied: HashSet<&str> = HashSet::new();
+    let mut effects = Vec::with_capacity(events.len());
+    for incoming in sorted {
+        let id = incoming.event.id.as_str();
+        if view.applied.contains(id) || !applied.insert(id) {
+            effects.push((id.to_owned(), Effect::Duplicate));
+            continue;
+        }
+        match run.take(incoming) {
+            Ok(effect) => effects.push((id.to_owned(), effect)),
+            Err(()) => return Applied::Load(run.needed),
+        }
+    }
+    let changes = run.finish(now_ms, applied);
+    for (id, effect) in &mut effects {
+        if *effect == Effect::Applied && changes.1.contains(id.as_str()) {
+            *effect = Effect::Parked;
+        }
+    }
+    Applied::Done(changes.0, effects)
+}
+
+/// The state of one batch.
+struct BatchRun<'r> {
+    rules: &'r Rules,
+    book: Book,
+    customers: BTreeMap<String, Customer>,
+    /// The report cells as loaded.
+    cells: &'r BTreeMap<String, ConversionCounts>,
+    history: Option<History>,
+    /// Customers derived in this batch, by id.
+    derived: HashMap<String, Derived>,
+    /// History fields to write, by field.
+    fields: BTreeMap<String, Option<String>>,
+    needed: BookRequest,
+}
+
+impl<'r> BatchRun<'r> {
+    /// Takes one event into its customer's record. Err: load `needed`.
+    fn take(&mut self, incoming: &Incoming<'_>) -> Result<Effect, ()> {
+        let event = incoming.event;
+        let key = EventKey {
+            at: event.at.timestamp_millis(),
+            id: event.id.clone(),
+        };
+        let late = self.book.latest.as_ref().is_some_and(|l| &key < l);
+        if late && self.history.is_none() {
+            self.needed.history = true;
+            return Err(());
+        }
+        let customer = self
+            .customers
+            .entry(event.customer.clone())
+            .or_insert_with(|| Customer::new(&event.customer, incoming.referral.clone()));
+        if customer.holds(&event.id) {
+            return Ok(Effect::Duplicate);
+        }
+        let mut from = None;
+        match &event.kind {
+            EventKind::Signup { billing, .. } => {
+                // The customer's earliest signup counts; a later one
+                // changes nothing, and an earlier one arriving late
+                // replaces it.
+                match customer.signup.as_ref().map(|s| s.key.clone()) {
+                    Some(first) if first < key => return Ok(Effect::Duplicate),
+                    Some(replaced) => self.forget_signup(&replaced),
+                    None => {}
+                }
+                let rate = rate_at(&self.book, self.history.as_ref(), &key, self.rules, late);
+                self.customers
+                    .get_mut(&event.customer)
+                    .expect("inserted above")
+                    .signup = Some(Signup {
+                    key: key.clone(),
+                    billing: *billing,
+                    rate,
+                });
+                self.book.signups.push(key.at);
+                self.record_signup(&key, &event.customer, rate);
+                from = Some(key.clone());
+            }
+            EventKind::Payment {
+                amount,
+                currency,
+                period,
+            } => customer.payments.push(PaymentEvent {
+                key: key.clone(),
+                amount: *amount,
+                currency: currency.clone(),
+                period: *period,
+            }),
+            EventKind::Refund {
+                payment,
+                amount,
+                currency,
+            } => customer.refunds.push(RefundEvent {
+                key: key.clone(),
+                payment: payment.clone(),
+                amount: *amount,
+                currency: currency.clone(),
+            }),
+            EventKind::Cancel => customer.cancels.push(key.clone()),
+        }
+        let moved = self.refresh(&event.customer);
+        if late {
+            let from = match (from, moved) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(from) = from {
+                self.rerate_after(&from)?;
+            }
+        }
+        if !late {
+            self.book.latest = Some(key);
+        }
+        Ok(Effect::Applied)
+    }
+
+    /// Takes a signup out of the book and its history, for an earlier one
+    /// of the same customer.
+    fn forget_signup(&mut self, key: &EventKey) {
+        if let Some(at) = self.book.signups.iter().position(|s| *s == key.at) {
+            self.book.signups.swap_remove(at);
+        }
+        self.fields.insert(History::signup_field(key), None);
+        if let Some(history) = &mut self.history {
+            history.signups.remove(key);
+        }
+    }
+
+    fn record_signup(&mut self, key: &EventKey, customer: &str, rate: Decimal) {
+        let record = SignupRecord {
+            customer: customer.to_owned(),
+            rate,
+        };
+        self.fields.insert(
+            History::signup_field(key),
+            Some(format!("{customer}\t{rate}")),
+        );
+        if let Some(history) = &mut self.history {
+            history.signups.insert(key.clone(), record);
+        }
+    }
+
+    /// Derives a customer again and moves the partner's ARR with it.
+    /// Answers the earliest moment its ARR changes moved, if any.
+    fn refresh(&mut self, id: &str) -> Option<EventKey> {
+        let customer = self.customers.get_mut(id).expect("loaded");
+        let derived = customer.derive(self.rules.terms());
+        self.book.arr += derived.arr_share - customer.arr_share;
+        customer.arr_share = derived.arr_share;
+        let before: BTreeMap<&EventKey, Decimal> =
+            customer.arr_points.iter().map(|(k, v)| (k, *v)).collect();
+        let after: BTreeMap<&EventKey, Decimal> =
+            derived.arr_points.iter().map(|(k, v)| (k, *v)).collect();
+        let mut moved: Option<EventKey> = None;
+        for key in before.keys().chain(after.keys()) {
+            let (old, new) = (before.get(key), after.get(key));
+            if old == new {
+                continue;
+            }
+            if moved.as_ref().is_none_or(|m| *key < m) {
+                moved = Some((*key).clone());
+            }
+            let field = History::arr_field(key);
+            self.fields.insert(field, new.map(Decimal::to_string));
+            if let Some(history) = &mut self.history {
+                match new {
+                    Some(change) => history.arr.insert((*key).clone(), *change),
+                    None => history.arr.remove(*key),
+                };
+            }
+        }
+        customer.arr_points = derived.arr_points.clone();
+        self.derived.insert(id.to_owned(), derived);
+        moved
+    }
+
+    /// Recomputes the rate of every customer who signed up after `from`,
+    /// in time order, now that what came before them changed. A changed
+    /// rate changes that customer's ARR after its signup, which later
+    /// signups then see.
+    fn rerate_after(&mut self, from: &EventKey) -> Result<(), ()> {
+        let later: Vec<EventKey> = self
+            .history
+            .as_ref()
+            .expect("loaded for a late event")
+            .signups
+            .range((
+                std::ops::Bound::Excluded(from.clone()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut arr_before = Decimal::ZERO;
+        let mut summed_to: Option<EventKey> = None;
+        for key in later {
+            let history = self.history.as_ref().expect("loaded");
+            // ARR strictly before this signup: what was summed so far plus
+            // the changes since. Changes only ever move at or after the
+            // signup being looked at, so the running sum stays right.
+            let lower = match &summed_to {
+                Some(k) => std::ops::Bound::Included(k.clone()),
+                None => std::ops::Bound::Unbounded,
+            };
+            arr_before += history
+                .arr
+                .range((lower, std::ops::Bound::Excluded(key.clone())))
+                .map(|(_, v)| *v)
+                .sum::<Decimal>();
+            summed_to = Some(key.clone());
+            let rate = tier_rate(history, &key, arr_before, self.rules);
+            let record = &history.signups[&key];
+            if record.rate == rate {
+                continue;
+            }
+            let customer = record.customer.clone();
+            if !self.needed.customers.contains(&customer) {
+                self.needed.customers.insert(customer);
+                return Err(());
+            }
+            let Some(loaded) = self.customers.get_mut(&customer) else {
+                continue; // a signup without its record: nothing to rerate
+            };
+            let cell = conversion_cell(&loaded.referral);
+            if !self.needed.cells.contains(&cell) {
+                self.needed.cells.insert(cell);
+                return Err(());
+            }
+            if let Some(signup) = &mut loaded.signup {
+                signup.rate = rate;
+            }
+            self.record_signup(&key, &customer, rate);
+            self.refresh(&customer);
+        }
+        Ok(())
+    }
+
+    /// Posts what each customer of the batch is owed beyond what the ledger
+    /// holds, and moves the report cells with them. Answers the changes
+    /// and the ids of events that stay parked.
+    fn finish(mut self, now_ms: i64, applied: HashSet<&str>) -> (Changes, HashSet<String>) {
+        let mut entries = Vec::new();
+        let mut cells: BTreeMap<String, ConversionCounts> = BTreeMap::new();
+        let mut parked = HashSet::new();
+        let mut ids: Vec<&String> = self.derived.keys().collect();
+        ids.sort();
+        let mut customers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let derived = &self.derived[id];
+            let customer = self.customers.get_mut(id).expect("derived from it");
+            for (source, owed) in &derived.owed {
+                let posted = customer.posted.get(source).copied();
+                let change = owed.amount - posted.unwrap_or_default();
+                if change.is_zero() {
+                    continue;
+                }
+                let kind = if posted.is_some() {
+                    EntryKind::Adjustment
+                } else {
+                    owed.kind
+                };
+                let mut entry = self.book.entry(source, kind, Some(id));
+                entry.amount = change;
+                entry.currency = owed.currency.clone();
+                entry.at = time(owed.at);
+                entry.available_at = time(owed.available_at);
+                self.book
+                    .totals
+                    .entry(owed.currency.clone())
+                    .or_default()
+                    .credit(change, owed.available_at, now_ms);
+                customer.posted.insert(source.clone(), owed.amount);
+                entries.push(entry);
+            }
+            if derived.counts != customer.counts {
+                let cell_key = conversion_cell(&customer.referral);
+                let loaded = self.cells;
+                let cell = cells
+                    .entry(cell_key.clone())
+                    .or_insert_with(|| loaded.get(&cell_key).cloned().unwrap_or_default());
+                cell.replace(&customer.counts, &derived.counts);
+                customer.counts = derived.counts.clone();
+            }
+            parked.extend(derived.parked.iter().map(|(id, _)| id.clone()));
+            customers.push(customer.clone());
+        }
+        let changes = Changes {
+            book: self.book,
+            customers,
+            cells: cells.into_iter().collect(),
+            history: self
+                .fields
+                .into_iter()
+                .map(|(field, value)| match value {
+                    Some(v) => HistoryField::Set(field, v),
+                    None => HistoryField::Delete(field),
+                })
+                .collect(),
+            entries,
+            applied: applied.into_iter().map(str::to_owned).collect(),
+        };
+        (changes, parked)
+    }
+}
+
+/// The rate of a customer signing up at `key`: the partner's tier then,
+/// before counting the customer.
+fn rate_at(
+    book: &Book,
+    history: Option<&History>,
+    key: &EventKey,
+    rules: &Rules,
+    late: bool,
+) -> Decimal {
+    match history {
+        Some(history) if late => {
+            let arr_before = history.arr.range(..key.clone()).map(|(_, v)| *v).sum();
+            tier_rate(history, key, arr_before, rules)
+        }
+        // In order: every ARR change and signup so far came before it.
+        _ => book.tier(rules, time(key.at)).rate,
+    }
+}
+
+fn tier_rate(history: &History, key: &EventKey, arr_before: Decimal, rules: &Rules) -> Decimal {
+    let since = money::months_before(key.at, 12);
+    let recent = history
+        .signups
+        .range(..key.clone())
+        .next_back()
+        .is_some_and(|(k, _)| k.at > since);
+    money::tier_for(&rules.tiers, arr_before, recent).rate
+}
+
+// ---- payouts and status --------------------------------------------------
+
+/// Why a payout is refused: the 422 reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayoutRefusal {
+    #[error("the partner has no paypal_email")]
+    NoPaypalEmail,
+    #[error("{0} cannot be paid out (no payout.minimum for it)")]
+    CurrencyNotPaid(String),
+    #[error("the available balance {available} {currency} is below the minimum {minimum}")]
+    BelowMinimum {
+        currency: String,
+        available: Decimal,
+        minimum: Decimal,
+    },
+    #[error("there is no positive available balance in {0}")]
+    NothingAvailable(String),
 }
 
 impl PayoutRefusal {
@@ -249,307 +741,57 @@ impl PayoutRefusal {
     }
 }
 
-impl CurrencyTotals {
-    /// Moves what has matured by `now` from held to available.
-    fn settle(&mut self, now: i64) {
-        let (matured, held): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(at, _)| *at <= now);
-        self.held = held;
-        self.available += matured
-            .iter()
-            .map(|(_, amount)| dec(amount))
-            .sum::<Decimal>();
-    }
-
-    fn credit(&mut self, amount: Decimal, available_at: i64, now: i64) {
-        if available_at <= now {
-            self.available += amount;
-        } else {
-            self.held.push((available_at, amount.to_string()));
-        }
-    }
-
-    fn pending_at(&self, now: i64) -> (Decimal, Decimal) {
-        let mut pending = Decimal::ZERO;
-        let mut matured = Decimal::ZERO;
-        for (at, amount) in &self.held {
-            if *at <= now {
-                matured += dec(amount);
-            } else {
-                pending += dec(amount);
-            }
-        }
-        (pending, matured)
-    }
-}
-
-impl Book {
-    pub fn balances(&self, now: DateTime<Utc>) -> Vec<Balance> {
-        self.totals
-            .iter()
-            .map(|(currency, totals)| {
-                let (pending, matured) = totals.pending_at(now.timestamp());
-                // Shown in the currency's minor unit: "0.00", not "0".
-                let digits = minor_digits(currency).unwrap_or(2);
-                let shown = |mut amount: Decimal| {
-                    amount.rescale(digits);
-                    amount
-                };
-                Balance {
-                    currency: currency.clone(),
-                    pending: shown(pending),
-                    available: shown(totals.available + matured),
-                    paid: shown(totals.paid),
-                }
-            })
-            .collect()
-    }
-
-    /// Whether the partner had a new customer in the 12 months up to `at`.
-    fn recent_customer(&self, at: DateTime<Utc>) -> bool {
-        money::signups_within(&self.signups, at, 12) > 0
-    }
-
-    pub fn tier<'r>(&self, rules: &'r Rules, at: DateTime<Utc>) -> &'r Tier {
-        money::tier_for(&rules.tiers, self.arr, self.recent_customer(at))
-    }
-
-    #[allow(clippy::too_many_arguments)] // one per column of the entry
-    fn entry(
-        &mut self,
-        id: &str,
-        kind: EntryKind,
-        customer: Option<&str>,
-        amount: Decimal,
-        currency: &str,
-        at: i64,
-        available_at: i64,
-    ) -> LedgerEntry {
-        self.entries += 1;
-        LedgerEntry {
-            seq: self.entries,
-            id: id.to_owned(),
-            kind,
-            customer: customer.map(str::to_owned),
-            amount,
-            currency: currency.to_owned(),
-            at: time(at),
-            available_at: time(available_at),
-        }
-    }
-}
-
-fn time(unix: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(unix, 0).unwrap_or_default()
-}
-
-/// A new referred customer. The rate is the partner's tier when the
-/// customer signs up, before counting the customer.
-pub fn signup(
+/// A payout of the whole available balance of `currency`: the book after
+/// it and its ledger entry.
+pub fn payout(
     book: &Book,
     rules: &Rules,
-    customer: &str,
-    referral: Referral,
-    billing: Billing,
-    at: DateTime<Utc>,
-) -> Changes {
-    let mut book = book.clone();
-    let rate = book.tier(rules, at).rate;
-    book.signups.push(at.timestamp());
-    Changes {
-        book: Some(book),
-        customer: Some(Customer {
-            id: customer.to_owned(),
-            referral,
-            billing,
-            rate,
-            signed_up_at: at.timestamp(),
-            cancelled_at: None,
-            latest_payment: None,
-            arr_share: Decimal::ZERO,
-        }),
-        ..Changes::default()
-    }
-}
-
-/// The customer's ARR share given its latest payment and cancellation.
-/// Only payments in `arr_currency` count: ARR and tiers are measured in one
-/// currency.
-fn customer_arr(customer: &Customer, arr_currency: &str) -> Decimal {
-    let Some(latest) = &customer.latest_payment else {
-        return Decimal::ZERO;
-    };
-    let cancelled = customer.cancelled_at.is_some_and(|c| c >= latest.at);
-    if cancelled || latest.currency != arr_currency {
-        return Decimal::ZERO;
-    }
-    arr_share(
-        latest.amount,
-        latest.period,
-        customer.billing,
-        customer.rate,
-    )
-}
-
-/// The currency ARR and tiers are measured in: the one payouts list first
-/// (USD by default).
-pub fn arr_currency(rules: &Rules) -> &str {
-    rules
-        .payout_minimum
-        .keys()
-        .find(|c| c.as_str() == "USD")
-        .or_else(|| rules.payout_minimum.keys().next())
-        .map_or("USD", String::as_str)
-}
-
-fn with_customer(book: &mut Book, mut customer: Customer, rules: &Rules) -> Customer {
-    let share = customer_arr(&customer, arr_currency(rules));
-    book.arr += share - customer.arr_share;
-    customer.arr_share = share;
-    customer
-}
-
-/// A payment: commission for a referral customer, and the customer's ARR
-/// share from its latest payment.
-#[allow(clippy::too_many_arguments)] // the payment event's fields
-pub fn payment(
-    book: &Book,
-    rules: &Rules,
-    customer: &Customer,
+    has_paypal_email: bool,
     id: &str,
-    amount: Decimal,
     currency: &str,
-    period: Period,
-    at: DateTime<Utc>,
-) -> Changes {
+    now: DateTime<Utc>,
+) -> Result<Changes, PayoutRefusal> {
+    if !has_paypal_email {
+        return Err(PayoutRefusal::NoPaypalEmail);
+    }
+    let minimum = *rules
+        .payout_minimum
+        .get(currency)
+        .ok_or_else(|| PayoutRefusal::CurrencyNotPaid(currency.to_owned()))?;
     let mut book = book.clone();
-    let mut updated = customer.clone();
-    let newer = updated
-        .latest_payment
-        .as_ref()
-        .is_none_or(|l| (l.at, l.id.as_str()) < (at.timestamp(), id));
-    if newer {
-        updated.latest_payment = Some(LatestPayment {
-            at: at.timestamp(),
-            id: id.to_owned(),
-            amount,
+    let totals = book.totals.entry(currency.to_owned()).or_default();
+    totals.settle(now.timestamp_millis());
+    let available = totals.available;
+    if available <= Decimal::ZERO {
+        return Err(PayoutRefusal::NothingAvailable(currency.to_owned()));
+    }
+    if available < minimum {
+        return Err(PayoutRefusal::BelowMinimum {
             currency: currency.to_owned(),
-            period,
+            available,
+            minimum,
         });
     }
-    let updated = with_customer(&mut book, updated, rules);
-    let digits = minor_digits(currency).unwrap_or(2);
-    let earned = match customer.billing {
-        Billing::Referral => commission(amount, customer.rate, digits),
-        Billing::Reseller => Decimal::ZERO,
-    };
-    let available_at = at.timestamp() + i64::from(rules.hold_days) * DAY_SECS;
-    let mut entries = Vec::new();
-    if !earned.is_zero() {
-        book.totals.entry(currency.to_owned()).or_default().credit(
-            earned,
-            available_at,
-            at.timestamp(),
-        );
-        entries.push(book.entry(
-            id,
-            EntryKind::Commission,
-            Some(&customer.id),
-            earned,
-            currency,
-            at.timestamp(),
-            available_at,
-        ));
-    }
-    Changes {
-        book: Some(book),
-        customer: Some(updated),
-        payment: Some(Payment {
-            id: id.to_owned(),
-            customer: customer.id.clone(),
-            amount,
-            currency: currency.to_owned(),
-            commission: earned,
-            refunded: Decimal::ZERO,
-            clawed_back: Decimal::ZERO,
-            available_at,
-        }),
-        entries,
-        conversions: None,
-    }
-}
-
-/// A refund claws back the refunded share of the payment's commission, even
-/// after payout; ARR is left as it is. Refunds beyond the payment's amount
-/// are capped at it.
-pub fn refund(
-    book: &Book,
-    payment: &Payment,
-    id: &str,
-    amount: Decimal,
-    at: DateTime<Utc>,
-) -> Changes {
-    let mut book = book.clone();
-    let mut updated = payment.clone();
-    let refunded = (updated.refunded + amount).min(updated.amount);
-    updated.refunded = refunded;
-    let digits = minor_digits(&payment.currency).unwrap_or(2);
-    // The clawback owed so far is the refunded share of the commission;
-    // taking the difference keeps partial refunds from drifting by rounding.
-    let owed = if refunded == updated.amount {
-        updated.commission
-    } else {
-        money::round_minor(updated.commission * refunded / updated.amount, digits)
-    };
-    let claw = owed - updated.clawed_back;
-    updated.clawed_back = owed;
-    let mut entries = Vec::new();
-    if !claw.is_zero() {
-        let available_at = payment.available_at;
-        book.totals
-            .entry(payment.currency.clone())
-            .or_default()
-            .credit(-claw, available_at, at.timestamp());
-        entries.push(book.entry(
-            id,
-            EntryKind::Clawback,
-            Some(&payment.customer),
-            -claw,
-            &payment.currency,
-            at.timestamp(),
-            available_at,
-        ));
-    }
-    Changes {
-        book: Some(book),
-        payment: Some(updated),
-        entries,
+    totals.available = Decimal::ZERO;
+    totals.paid += available;
+    let mut entry = book.entry(id, EntryKind::Payout, None);
+    entry.amount = -available;
+    entry.currency = currency.to_owned();
+    entry.at = now;
+    entry.available_at = now;
+    Ok(Changes {
+        book,
+        entries: vec![entry],
+        applied: vec![id.to_owned()],
         ..Changes::default()
-    }
-}
-
-/// A cancellation takes the customer out of ARR (until a later payment).
-pub fn cancel(book: &Book, rules: &Rules, customer: &Customer, at: DateTime<Utc>) -> Changes {
-    let mut book = book.clone();
-    let mut updated = customer.clone();
-    let later = updated.cancelled_at.is_none_or(|c| c < at.timestamp());
-    if later {
-        updated.cancelled_at = Some(at.timestamp());
-    }
-    let updated = with_customer(&mut book, updated, rules);
-    Changes {
-        book: Some(book),
-        customer: Some(updated),
-        ..Changes::default()
-    }
+    })
 }
 
 /// A partner's standing in the program, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProgramStatus {
     pub tier: String,
-    #[serde(with = "rust_decimal::serde::str")]
     pub rate: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
     pub arr: Decimal,
     pub arr_currency: String,
     pub next_tier: Option<NextTier>,
@@ -562,10 +804,8 @@ pub struct ProgramStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NextTier {
     pub name: String,
-    #[serde(with = "rust_decimal::serde::str")]
     pub min_arr: Decimal,
     /// ARR still missing, 0 when only a new customer is missing.
-    #[serde(with = "rust_decimal::serde::str")]
     pub arr_needed: Decimal,
     /// ARR reached as a share of the tier's threshold, 0 to 1.
     pub progress: f64,
@@ -609,289 +849,5 @@ impl Book {
     }
 }
 
-/// Why a payout is refused: the 422 reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PayoutRefusal {
-    #[error("the partner has no paypal_email")]
-    NoPaypalEmail,
-    #[error("{0} cannot be paid out (no payout.minimum for it)")]
-    CurrencyNotPaid(String),
-    #[error("the available balance {available} {currency} is below the minimum {minimum}")]
-    BelowMinimum {
-        currency: String,
-        available: Decimal,
-        minimum: Decimal,
-    },
-    #[error("there is no positive available balance in {0}")]
-    NothingAvailable(String),
-}
-
-/// A payout of the whole available balance of `currency`.
-pub fn payout(
-    book: &Book,
-    rules: &Rules,
-    has_paypal_email: bool,
-    id: &str,
-    currency: &str,
-    now: DateTime<Utc>,
-) -> Result<Changes, PayoutRefusal> {
-    if !has_paypal_email {
-        return Err(PayoutRefusal::NoPaypalEmail);
-    }
-    let minimum = *rules
-        .payout_minimum
-        .get(currency)
-        .ok_or_else(|| PayoutRefusal::CurrencyNotPaid(currency.to_owned()))?;
-    let mut book = book.clone();
-    let totals = book.totals.entry(currency.to_owned()).or_default();
-    totals.settle(now.timestamp());
-    let available = totals.available;
-    if available <= Decimal::ZERO {
-        return Err(PayoutRefusal::NothingAvailable(currency.to_owned()));
-    }
-    if available < minimum {
-        return Err(PayoutRefusal::BelowMinimum {
-            currency: currency.to_owned(),
-            available,
-            minimum,
-        });
-    }
-    totals.available = Decimal::ZERO;
-    totals.paid += available;
-    let at = now.timestamp();
-    let entry = book.entry(id, EntryKind::Payout, None, -available, currency, at, at);
-    Ok(Changes {
-        book: Some(book),
-        entries: vec![entry],
-        ..Changes::default()
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(text: &str) -> Decimal {
-        text.parse().unwrap()
-    }
-
-    fn rules(hold_days: u32) -> Rules {
-        let tier = |name: &str, min: &str, rate: &str, recent| Tier {
-            name: name.into(),
-            min_arr: d(min),
-            rate: d(rate),
-            needs_recent_customer: recent,
-        };
-        Rules {
-            tiers: vec![
-                tier("bronze", "0", "0.20", false),
-                tier("silver", "5000", "0.22", false),
-                tier("gold", "20000", "0.25", true),
-            ],
-            hold_days,
-            payout_minimum: [("USD".to_owned(), d("50"))].into(),
-        }
-    }
-
-    fn at(day: i64) -> DateTime<Utc> {
-        time(1_790_000_000 + day * DAY_SECS)
-    }
-
-    fn referral() -> Referral {
-        Referral {
-            partner: "acme".into(),
-            campaign: "spring".into(),
-            term: None,
-            click_at: at(0).timestamp(),
-        }
-    }
-
-    fn apply(book: &mut Book, change: impl FnOnce(&Book) -> Changes) -> Changes {
-        let changes = change(book);
-        if let Some(b) = &changes.book {
-            *book = b.clone();
-        }
-        changes
-    }
-
-    /// Signs up customer `id` on `day` and answers it.
-    fn new_customer(
-        book: &mut Book,
-        rules: &Rules,
-        id: &str,
-        billing: Billing,
-        day: i64,
-    ) -> Customer {
-        apply(book, |b| signup(b, rules, id, referral(), billing, at(day)))
-            .customer
-            .unwrap()
-    }
-
-    /// A monthly USD payment `id` of `amount` on `day`.
-    fn pay(
-        book: &mut Book,
-        rules: &Rules,
-        customer: &Customer,
-        id: &str,
-        amount: &str,
-        day: i64,
-    ) -> Changes {
-        apply(book, |b| {
-            payment(
-                b,
-                rules,
-                customer,
-                id,
-                d(amount),
-                "USD",
-                Period::Month,
-                at(day),
-            )
-        })
-    }
-
-    #[test]
-    fn twelve_monthly_payments_of_1000_at_20_percent_earn_2400() {
-        let rules = rules(0);
-        let mut book = Book::default();
-        let c = apply(&mut book, |b| {
-            signup(b, &rules, "c1", referral(), Billing::Referral, at(0))
-        });
-        let mut customer = c.customer.unwrap();
-        assert_eq!(customer.rate, d("0.20"));
-        for month in 0..12 {
-            let id = format!("p{month}");
-            let changes = apply(&mut book, |b| {
-                payment(
-                    b,
-                    &rules,
-                    &customer,
-                    &id,
-                    d("1000"),
-                    "USD",
-                    Period::Month,
-                    at(month * 30),
-                )
-            });
-            customer = changes.customer.unwrap();
-        }
-        let balance = &book.balances(at(400))[0];
-        assert_eq!(balance.available, d("2400"));
-        assert_eq!(book.arr, d("9600"));
-        assert_eq!(book.entries, 12);
-    }
-
-    #[test]
-    fn the_rate_is_locked_at_signup_and_new_tiers_apply_to_new_customers() {
-        let rules = rules(0);
-        let mut book = Book::default();
-        let first = new_customer(&mut book, &rules, "c1", Billing::Reseller, 0);
-        let paid = pay(&mut book, &rules, &first, "p1", "1000", 1);
-        assert_eq!(book.arr, d("12000"));
-        assert_eq!(paid.entries.len(), 0, "resellers earn no commission");
-        let second = signup(&book, &rules, "c2", referral(), Billing::Referral, at(2));
-        assert_eq!(
-            second.customer.unwrap().rate,
-            d("0.22"),
-            "silver from 5,000 ARR"
-        );
-        let first = paid.customer.unwrap();
-        assert_eq!(first.rate, d("0.20"), "the first customer keeps bronze");
-    }
-
-    #[test]
-    fn gold_needs_a_new_customer_in_the_last_twelve_months() {
-        let rules = rules(0);
-        let book = Book {
-            arr: d("25000"),
-            signups: vec![at(0).timestamp()],
-            ..Book::default()
-        };
-        assert_eq!(book.tier(&rules, at(100)).name, "gold");
-        assert_eq!(book.tier(&rules, at(400)).name, "silver");
-    }
-
-    #[test]
-    fn cancel_leaves_arr_and_refunds_claw_back_even_after_payout() {
-        let rules = rules(0);
-        let mut book = Book::default();
-        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
-        let paid = pay(&mut book, &rules, &customer, "p1", "300", 1);
-        let payment_record = paid.payment.unwrap();
-        assert_eq!(payment_record.commission, d("60"));
-        apply(&mut book, |b| {
-            payout(b, &rules, true, "po1", "USD", at(2)).unwrap()
-        });
-        assert_eq!(book.balances(at(2))[0].paid, d("60"));
-        let refunded = apply(&mut book, |b| {
-            refund(b, &payment_record, "r1", d("100"), at(3))
-        });
-        assert_eq!(refunded.entries[0].amount, d("-20"));
-        assert_eq!(book.balances(at(3))[0].available, d("-20"));
-        assert_eq!(book.arr, d("2880"), "a refund leaves ARR");
-        let customer = paid.customer.unwrap();
-        apply(&mut book, |b| cancel(b, &rules, &customer, at(4)));
-        assert_eq!(book.arr, d("0"));
-    }
-
-    #[test]
-    fn partial_refunds_claw_back_exactly_the_commission_in_total() {
-        let rules = rules(0);
-        let mut book = Book::default();
-        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
-        let mut record = pay(&mut book, &rules, &customer, "p1", "10.01", 1)
-            .payment
-            .unwrap();
-        for (i, part) in ["3.33", "3.33", "3.35", "5"].iter().enumerate() {
-            record = apply(&mut book, |b| {
-                refund(b, &record, &format!("r{i}"), d(part), at(2))
-            })
-            .payment
-            .unwrap();
-        }
-        assert_eq!(record.clawed_back, record.commission);
-        assert_eq!(book.balances(at(3))[0].available, d("0"));
-    }
-
-    #[test]
-    fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
-        let rules = rules(30);
-        let mut book = Book::default();
-        let customer = new_customer(&mut book, &rules, "c1", Billing::Referral, 0);
-        pay(&mut book, &rules, &customer, "p1", "200", 1);
-        let balance = &book.balances(at(2))[0];
-        assert_eq!((balance.pending, balance.available), (d("40"), d("0")));
-        assert_eq!(
-            payout(&book, &rules, true, "po", "USD", at(2)).unwrap_err(),
-            PayoutRefusal::NothingAvailable("USD".into())
-        );
-        assert_eq!(
-            payout(&book, &rules, true, "po", "USD", at(31)).unwrap_err(),
-            PayoutRefusal::BelowMinimum {
-                currency: "USD".into(),
-                available: d("40"),
-                minimum: d("50")
-            }
-        );
-        pay(&mut book, &rules, &customer, "p2", "50", 2);
-        // 40 + 10 available from day 32.
-        assert_eq!(
-            payout(&book, &rules, false, "po", "USD", at(40)).unwrap_err(),
-            PayoutRefusal::NoPaypalEmail
-        );
-        assert!(matches!(
-            payout(&book, &rules, true, "po", "EUR", at(40)),
-            Err(PayoutRefusal::CurrencyNotPaid(_))
-        ));
-        let paid = apply(&mut book, |b| {
-            payout(b, &rules, true, "po", "USD", at(40)).unwrap()
-        });
-        assert_eq!(paid.entries[0].amount, d("-50"));
-        let balance = &book.balances(at(40))[0];
-        assert_eq!(
-            (balance.pending, balance.available, balance.paid),
-            (d("0"), d("0"), d("50"))
-        );
-        assert_eq!(book.entries, 3);
-    }
-}
+mod tests;

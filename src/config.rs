@@ -187,6 +187,10 @@ pub struct Worker {
     /// over by another. Default 30s.
     #[serde(deserialize_with = "duration")]
     pub reclaim_after: Duration,
+    /// Events whose customer has no signup yet wait (parked) this long for
+    /// it, then go to the dead letter. Default 7d.
+    #[serde(deserialize_with = "duration")]
+    pub park_for: Duration,
     /// Where `lastclick worker` serves `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
 }

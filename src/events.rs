@@ -80,8 +80,9 @@ pub struct EventError {
 
 /// Validates a request body: one event or an array of up to
 /// [`MAX_BATCH`]. Either every event is valid, or the errors of all invalid
-/// ones are returned and nothing may be queued.
-pub fn validate_batch(body: &Value) -> Result<Vec<Event>, Vec<EventError>> {
+/// ones are returned and nothing may be queued. An event dated after
+/// `latest` (now plus `attribution.clock_skew`) is refused.
+pub fn validate_batch(body: &Value, latest: DateTime<Utc>) -> Result<Vec<Event>, Vec<EventError>> {
     let items: Vec<&Value> = match body {
         Value::Array(items) => items.iter().collect(),
         single => vec![single],
@@ -96,7 +97,7 @@ pub fn validate_batch(body: &Value) -> Result<Vec<Event>, Vec<EventError>> {
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match validate_event(item) {
+        match validate_event(item, latest) {
             Ok(event) => events.push(event),
             Err((code, message)) => errors.push(EventError {
                 index,
@@ -118,8 +119,8 @@ fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
     (code, message.into())
 }
 
-/// Validates one event object.
-pub fn validate_event(value: &Value) -> Result<Event, Invalid> {
+/// Validates one event object; `latest` is the latest `at` accepted.
+pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Invalid> {
     let object = value
         .as_object()
         .ok_or_else(|| invalid("invalid_event", "an event is a JSON object"))?;
@@ -153,6 +154,12 @@ pub fn validate_event(value: &Value) -> Result<Event, Invalid> {
     let id = id_field(object, "id")?;
     let customer = id_field(object, "customer")?;
     let at = at_field(object)?;
+    if at > latest {
+        return Err(invalid(
+            "at_in_future",
+            format!("`at` is {at:?}, later than now and the allowed clock skew: events are reported after they happen"),
+        ));
+    }
     let kind = match kind_name {
         "signup" => EventKind::Signup {
             billing: billing_field(object)?,
@@ -337,13 +344,30 @@ mod tests {
 
     use super::*;
 
+    /// A `latest` no test event reaches.
+    fn far() -> DateTime<Utc> {
+        "2100-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn events_dated_past_the_clock_skew_are_refused() {
+        let latest: DateTime<Utc> = "2026-11-22T10:05:00Z".parse().unwrap();
+        let mut event = payment(json!("1.00"), "USD");
+        assert!(validate_event(&event, latest).is_ok());
+        event["at"] = json!("2026-11-22T10:05:00.001Z");
+        assert_eq!(
+            validate_event(&event, latest).unwrap_err().0,
+            "at_in_future"
+        );
+    }
+
     fn payment(amount: Value, currency: &str) -> Value {
         json!({"id": "e1", "type": "payment", "customer": "c1", "at": "2026-11-22T10:00:00Z",
                "amount": amount, "currency": currency, "period": "month"})
     }
 
     fn code(value: Value) -> &'static str {
-        validate_event(&value).unwrap_err().0
+        validate_event(&value, far()).unwrap_err().0
     }
 
     #[test]
@@ -357,7 +381,7 @@ mod tests {
              "payment": "evt_2", "amount": "1000.00", "currency": "USD"},
             {"id": "evt_4", "type": "cancel", "customer": "cus_9", "at": "2026-11-22T10:00:00Z"}
         ]);
-        let events = validate_batch(&batch).unwrap();
+        let events = validate_batch(&batch, far()).unwrap();
         assert_eq!(events.len(), 4);
         assert_eq!(events[1].at.to_rfc3339(), "2026-11-22T09:00:00+00:00");
         let round_trip: Event =
@@ -367,9 +391,9 @@ mod tests {
 
     #[test]
     fn amounts_are_positive_decimal_strings_within_the_minor_unit() {
-        assert!(validate_event(&payment(json!("12.50"), "USD")).is_ok());
-        assert!(validate_event(&payment(json!("1000"), "JPY")).is_ok());
-        assert!(validate_event(&payment(json!("1.125"), "KWD")).is_ok());
+        assert!(validate_event(&payment(json!("12.50"), "USD"), far()).is_ok());
+        assert!(validate_event(&payment(json!("1000"), "JPY"), far()).is_ok());
+        assert!(validate_event(&payment(json!("1.125"), "KWD"), far()).is_ok());
         for bad in [
             json!(12.5),
             json!("12.505"),
@@ -437,16 +461,16 @@ mod tests {
     fn a_batch_is_all_valid_or_lists_every_error() {
         let good = payment(json!("1.00"), "USD");
         let bad = payment(json!("1.001"), "USD");
-        let errors = validate_batch(&json!([good, bad, good, bad])).unwrap_err();
+        let errors = validate_batch(&json!([good, bad, good, bad]), far()).unwrap_err();
         let indexes: Vec<usize> = errors.iter().map(|e| e.index).collect();
         assert_eq!(indexes, [1, 3]);
         assert_eq!(
-            validate_batch(&json!([])).unwrap_err()[0].code,
+            validate_batch(&json!([]), far()).unwrap_err()[0].code,
             "invalid_batch"
         );
         let too_many = Value::Array(vec![good; MAX_BATCH + 1]);
         assert_eq!(
-            validate_batch(&too_many).unwrap_err()[0].code,
+            validate_batch(&too_many, far()).unwrap_err()[0].code,
             "invalid_batch"
         );
     }

@@ -39,7 +39,12 @@ pub enum IngestError {
 
 /// Validates every line and queues the valid ones in batches; blank lines
 /// are skipped. Invalid lines are reported, not fatal: the rest still goes.
-pub async fn ingest(store: &dyn Store, path: &Path) -> Result<Summary, IngestError> {
+/// Events dated after now plus `clock_skew` are refused, as at the API.
+pub async fn ingest(
+    store: &dyn Store,
+    path: &Path,
+    clock_skew: std::time::Duration,
+) -> Result<Summary, IngestError> {
     let read_error = |source| IngestError::Read {
         path: path.display().to_string(),
         source,
@@ -64,7 +69,8 @@ pub async fn ingest(store: &dyn Store, path: &Path) -> Result<Summary, IngestErr
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line) {
+        let latest = chrono::Utc::now() + clock_skew;
+        match parse_line(&line, latest) {
             Ok(event) => batch.push(event),
             Err((code, message)) => summary.rejected.push(Rejected {
                 line: number,
@@ -82,10 +88,13 @@ pub async fn ingest(store: &dyn Store, path: &Path) -> Result<Summary, IngestErr
     Ok(summary)
 }
 
-fn parse_line(line: &str) -> Result<Event, (&'static str, String)> {
+fn parse_line(
+    line: &str,
+    latest: chrono::DateTime<chrono::Utc>,
+) -> Result<Event, (&'static str, String)> {
     let value: Value = serde_json::from_str(line)
         .map_err(|e| ("malformed_json", format!("malformed JSON: {e}")))?;
-    validate_event(&value)
+    validate_event(&value, latest)
 }
 
 async fn queue(
@@ -123,13 +132,20 @@ mod tests {
         );
         std::fs::write(&path, &text).unwrap();
         let store = Arc::new(EmbeddedStore::new(Duration::from_secs(60)));
-        let summary = ingest(store.as_ref(), &path).await.unwrap();
+        let summary = ingest(store.as_ref(), &path, Duration::from_secs(300))
+            .await
+            .unwrap();
         assert_eq!((summary.accepted, summary.duplicates), (1, 1));
         let rejected: Vec<(usize, &str)> =
             summary.rejected.iter().map(|r| (r.line, r.code)).collect();
         assert_eq!(rejected, [(3, "malformed_json"), (4, "invalid_amount")]);
         assert!(matches!(
-            ingest(store.as_ref(), &dir.path().join("missing")).await,
+            ingest(
+                store.as_ref(),
+                &dir.path().join("missing"),
+                Duration::from_secs(300)
+            )
+            .await,
             Err(IngestError::Read { .. })
         ));
     }

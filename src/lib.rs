@@ -16,8 +16,10 @@
 //! - [`api`]: the `/v1` JSON API
 //! - [`dashboard`]: `GET /dashboard`, the partner dashboard page
 //! - [`events`]: conversion events and their validation
-//! - [`book`]: a partner's customers, payments, ledger and balances, and
-//!   how one event or payout changes them
+//! - [`customer`]: a referred customer's events and what they come to, in
+//!   event-time order
+//! - [`book`]: a partner's balances, ARR history and ledger, and how a
+//!   batch of events or a payout changes them, whatever the order
 //! - [`ingest`]: `lastclick ingest`, events from a JSON Lines file
 //! - [`money`]: currencies, commission rounding, ARR and tiers
 //! - [`report`]: the UTM performance report
@@ -35,6 +37,7 @@ pub mod cache;
 pub mod clicks;
 pub mod config;
 pub mod cookie;
+pub mod customer;
 pub mod dashboard;
 pub mod edge;
 pub mod events;

@@ -158,7 +158,7 @@ fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
         let store = lastclick::serve::open_store(&config)
             .await
             .map_err(|e| e.to_string())?;
-        lastclick::ingest::ingest(store.as_ref(), &file)
+        lastclick::ingest::ingest(store.as_ref(), &file, config.attribution.clock_skew)
             .await
             .map_err(|e| e.to_string())
     })?;

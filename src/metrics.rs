@@ -24,6 +24,7 @@ pub struct Metrics {
     pub clicks_written: IntCounter,
     pub events_waiting: IntGauge,
     pub events_pending: IntGauge,
+    pub events_parked: IntGauge,
     store_errors: IntCounterVec,
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
@@ -108,6 +109,11 @@ impl Metrics {
             "Conversion events taken by a worker and not yet acknowledged.",
         )
         .expect("static metric definition");
+        let events_parked = IntGauge::new(
+            "events_parked",
+            "Conversion events parked until their customer's signup arrives (read at scrape time).",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the build."),
             &["version"],
@@ -129,6 +135,7 @@ impl Metrics {
             Box::new(commissions.clone()),
             Box::new(events_waiting.clone()),
             Box::new(events_pending.clone()),
+            Box::new(events_parked.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -144,6 +151,7 @@ impl Metrics {
             clicks_written,
             events_waiting,
             events_pending,
+            events_parked,
             store_errors,
             events_received,
             events_processed,

@@ -100,18 +100,24 @@ pub fn next_tier<'t>(tiers: &'t [Tier], current: &Tier) -> Option<&'t Tier> {
     tiers.get(at + 1)
 }
 
-/// How many of `signups` (unix seconds) fall in the `months` calendar
-/// months up to `now`.
+/// How many of `signups` (unix milliseconds) fall in the `months`
+/// calendar months up to `now`.
 pub fn signups_within(signups: &[i64], now: DateTime<Utc>, months: u32) -> usize {
-    let since = now
-        .checked_sub_months(Months::new(months))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC)
-        .timestamp();
-    let until = now.timestamp();
+    let until = now.timestamp_millis();
+    let since = months_before(until, months);
     signups
         .iter()
         .filter(|&&at| at > since && at <= until)
         .count()
+}
+
+/// The moment `months` calendar months before `at` (unix milliseconds):
+/// a signup counts as within those months when it is later than this.
+pub fn months_before(at: i64, months: u32) -> i64 {
+    DateTime::from_timestamp_millis(at)
+        .and_then(|t| t.checked_sub_months(Months::new(months)))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        .timestamp_millis()
 }
 
 /// Free license months earned by new customers in the last 3 months.
@@ -212,7 +218,7 @@ mod tests {
     #[test]
     fn signups_are_counted_in_calendar_months() {
         let now: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
-        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp();
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap().timestamp_millis();
         let signups = [
             at("2026-08-23T12:00:01Z"),
             at("2026-08-23T12:00:00Z"),

@@ -4,19 +4,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::book::{self, Changes, Referral, Rules};
+use crate::book::{self, Applied, Changes, Effect, Incoming, Rules};
 use crate::config::Config;
 use crate::cookie::{ClickId, CookieSigner, VisitorId};
+use crate::customer::{EntryKind, Referral};
 use crate::events::{AttributionRef, Event, EventKind};
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
-use crate::store::{Click, Commit, Delivery, Store, StoreError};
+use crate::store::{Click, Commit, Delivery, Route, Store, StoreError};
 
 /// Events taken from the queue at once.
 const BATCH: usize = 100;
@@ -24,14 +25,13 @@ const BATCH: usize = 100;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Commit attempts against a book that other workers keep moving.
 const MAX_ATTEMPTS: usize = 1000;
-/// Customers (claim step) or partners (book step) handled at once.
+/// Customers (routing step) or partners (book step) handled at once.
 const CONCURRENT: usize = 16;
 /// A signup this recent whose click is not found may name a click still in
 /// some instance's buffer: it is tried again later rather than settled.
 const CLICK_SETTLE_SECS: i64 = 120;
-/// An event for a customer with no signup yet, queued this recently, may
-/// have its signup in another worker's hands: it is tried again later.
-const SIGNUP_SETTLE_MS: i64 = 10_000;
+/// How often a worker moves expired parked events to the dead letter.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,11 @@ pub enum Outcome {
     Applied,
     /// Applied before: nothing changed.
     Duplicate,
-    /// Valid but with no effect: a customer no partner referred, an
-    /// unknown payment.
+    /// Valid but with no effect: a customer no partner referred.
     NoEffect,
-    /// Its customer's signup is not applied yet: try again later.
-    NotYet,
+    /// Kept until its predecessor (the customer's signup, the refunded
+    /// payment) arrives, then applied.
+    Parked,
 }
 
 impl Outcome {
@@ -52,7 +52,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
             Outcome::NoEffect => "no_effect",
-            Outcome::NotYet => "not_yet",
+            Outcome::Parked => "parked",
         }
     }
 }
@@ -64,6 +64,7 @@ pub struct Worker {
     rules: Rules,
     window: Duration,
     clock_skew: Duration,
+    park_for: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -77,6 +78,25 @@ pub struct LoopSettings {
     pub reclaim_after: Duration,
 }
 
+/// An event on its way to its partner's book.
+struct ForBook {
+    event: Event,
+    referral: Referral,
+    /// Acknowledged once the book has it; `None` for an event that was
+    /// parked (and acknowledged) before.
+    delivery: Option<String>,
+    /// The customer whose parked events this claim brought, to forget
+    /// once the book has them.
+    unpark: Option<(String, Vec<Event>)>,
+}
+
+/// Where the routing step left an event.
+enum Routed {
+    Book(ForBook),
+    Finished(String, &'static str, Outcome),
+    Waiting,
+}
+
 impl Worker {
     pub fn new(store: Arc<dyn Store>, config: &Config, metrics: Arc<Metrics>) -> Self {
         Worker {
@@ -85,15 +105,21 @@ impl Worker {
             rules: rules(config),
             window: config.attribution.window,
             clock_skew: config.attribution.clock_skew,
+            park_for: config.worker.park_for,
             metrics,
         }
     }
 
     /// Takes and applies events until `shutdown` fires. An event is
-    /// acknowledged only once applied (or found to need nothing), so a
-    /// worker that dies leaves its events to the others.
+    /// acknowledged only once applied (or parked, or found to need
+    /// nothing), so a worker that dies leaves its events to the others.
     pub async fn run(self, settings: LoopSettings, mut shutdown: watch::Receiver<bool>) {
+        let mut last_expiry: Option<Instant> = None;
         while !*shutdown.borrow() {
+            if last_expiry.is_none_or(|t| t.elapsed() >= EXPIRY_EVERY) {
+                last_expiry = Some(Instant::now());
+                self.expire_parked().await;
+            }
             let next = self.store.next_events(
                 &settings.consumer,
                 BATCH,
@@ -121,44 +147,56 @@ impl Worker {
         }
     }
 
-    /// Applies a batch as if one event after the other, using the cores
-    /// and round trips it can: first each customer's claim (customers at
-    /// once, each customer's events in order), then each partner's book
-    /// (partners at once, each partner's events in delivery order, so that
-    /// ARR and tiers see them in that order). Answers the deliveries that
-    /// are finished; after an event that must wait, its customer's later
-    /// events wait too.
-    pub async fn apply_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
-        let claimed: Vec<(usize, Delivery, Claimed)> =
-            futures_util::stream::iter(by_customer(deliveries))
-                .map(|group| self.claim_in_order(group))
-                .buffer_unordered(CONCURRENT)
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-        let mut done = Vec::new();
-        let mut by_partner: BTreeMap<String, Vec<(usize, Delivery, Referral)>> = BTreeMap::new();
-        for (index, delivery, claimed) in claimed {
-            match claimed {
-                Claimed::Referral(referral) => by_partner
-                    .entry(referral.partner.clone())
-                    .or_default()
-                    .push((index, delivery, referral)),
-                Claimed::Finished(outcome) => {
-                    self.metrics
-                        .count_event(delivery.event.kind.name(), outcome.label());
-                    done.push(delivery.delivery);
-                }
-                Claimed::Waiting => {}
+    /// Moves events parked longer than `worker.park_for` to the dead
+    /// letter.
+    pub async fn expire_parked(&self) {
+        let before = Utc::now().timestamp_millis() - self.park_for.as_millis() as i64;
+        match self.store.expire_parked(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                events = n,
+                "parked events had no signup within worker.park_for: moved to the dead letter"
+            ),
+            Err(e) => {
+                self.metrics.count_store_error("expire_parked");
+                tracing::warn!(error = %e, "cannot expire parked events; retrying later");
             }
         }
-        let applied = futures_util::stream::iter(by_partner.into_values())
-            .map(|mut events| {
-                events.sort_by_key(|(index, ..)| *index);
-                self.apply_in_order(events)
-            })
+    }
+
+    /// Applies a batch: first each customer's events are routed (claimed
+    /// by a signup, sent to the claiming partner, or parked until the
+    /// signup comes; customers at once), then each partner's events are
+    /// applied to its book in one step (partners at once). The book
+    /// orders them by event time itself, so neither the order of the batch
+    /// nor that of other workers' batches changes the result. Answers the
+    /// deliveries that are finished.
+    pub async fn apply_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
+        let routed: Vec<Routed> = futures_util::stream::iter(by_customer(deliveries))
+            .map(|group| self.route_in_order(group))
+            .buffer_unordered(CONCURRENT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut done = Vec::new();
+        let mut by_partner: BTreeMap<String, Vec<ForBook>> = BTreeMap::new();
+        for routed in routed {
+            match routed {
+                Routed::Book(item) => by_partner
+                    .entry(item.referral.partner.clone())
+                    .or_default()
+                    .push(item),
+                Routed::Finished(delivery, kind, outcome) => {
+                    self.metrics.count_event(kind, outcome.label());
+                    done.push(delivery);
+                }
+                Routed::Waiting => {}
+            }
+        }
+        let applied = futures_util::stream::iter(by_partner)
+            .map(|(partner, items)| self.apply_to_book(partner, items))
             .buffer_unordered(CONCURRENT)
             .collect::<Vec<_>>()
             .await;
@@ -166,214 +204,156 @@ impl Worker {
         done
     }
 
-    /// The claim step of one customer's events, in order.
-    async fn claim_in_order(
-        &self,
-        group: Vec<(usize, Delivery)>,
-    ) -> Vec<(usize, Delivery, Claimed)> {
+    /// The routing step of one customer's events, in delivery order.
+    async fn route_in_order(&self, group: Vec<Delivery>) -> Vec<Routed> {
         let mut out = Vec::with_capacity(group.len());
-        let mut blocked = false;
-        for (index, delivery) in group {
-            let claimed = if blocked {
-                Claimed::Waiting
-            } else {
-                match self
-                    .referral_for(&delivery.event, delivery.queued_at_ms)
-                    .await
-                {
-                    Ok(Ok(referral)) => Claimed::Referral(referral),
-                    Ok(Err(Outcome::NotYet)) => Claimed::Waiting,
-                    Ok(Err(outcome)) => Claimed::Finished(outcome),
-                    Err(e) => {
-                        self.metrics.count_store_error("apply_event");
-                        tracing::warn!(error = %e, event = %delivery.event.id, "event not applied; it will be retried");
-                        Claimed::Waiting
-                    }
+        for delivery in group {
+            let routed = match self.route(&delivery).await {
+                Ok(routed) => routed,
+                Err(e) => {
+                    self.metrics.count_store_error("apply_event");
+                    tracing::warn!(error = %e, event = %delivery.event.id, "event not applied; it will be retried");
+                    vec![Routed::Waiting]
                 }
             };
-            blocked |= matches!(claimed, Claimed::Waiting);
-            out.push((index, delivery, claimed));
+            out.extend(routed);
         }
         out
     }
 
-    /// One partner's events in delivery order; a customer whose event must
-    /// wait has its later events wait too.
-    async fn apply_in_order(&self, events: Vec<(usize, Delivery, Referral)>) -> Vec<String> {
-        let mut done = Vec::with_capacity(events.len());
-        let mut blocked: Vec<String> = Vec::new();
-        for (_, delivery, referral) in events {
-            let event = &delivery.event;
-            if blocked.contains(&event.customer) {
-                continue;
+    /// Where one event goes: with a signup, the customer's parked events
+    /// go too.
+    async fn route(&self, delivery: &Delivery) -> Result<Vec<Routed>, StoreError> {
+        let event = &delivery.event;
+        let kind = event.kind.name();
+        let finished = |outcome| Routed::Finished(delivery.delivery.clone(), kind, outcome);
+        let EventKind::Signup { attribution, .. } = &event.kind else {
+            let now = Utc::now().timestamp_millis();
+            return Ok(vec![match self.store.route_event(event, now).await? {
+                Route::Claimed(Some(referral)) => Routed::Book(ForBook {
+                    event: event.clone(),
+                    referral,
+                    delivery: Some(delivery.delivery.clone()),
+                    unpark: None,
+                }),
+                Route::Claimed(None) => finished(Outcome::NoEffect),
+                Route::Parked => finished(Outcome::Parked),
+            }]);
+        };
+        let resolved = match self.resolve(attribution, event.at).await? {
+            Resolution::Click(referral) => Some(referral),
+            Resolution::NoClick => None,
+            Resolution::NotYet => return Ok(vec![Routed::Waiting]),
+        };
+        let (claim, parked) = self
+            .store
+            .claim_customer(&event.customer, resolved.as_ref())
+            .await?;
+        let Some(referral) = claim else {
+            // Signed up without a valid click: final, and so is what
+            // waited for it.
+            for waited in &parked {
+                self.metrics.count_event(waited.kind.name(), "no_effect");
             }
-            match self.apply_to_book(event, &referral).await {
-                Ok(Outcome::NotYet) => blocked.push(event.customer.clone()),
-                Ok(outcome) => {
-                    self.metrics.count_event(event.kind.name(), outcome.label());
-                    done.push(delivery.delivery);
-                }
-                Err(e) => {
-                    self.metrics.count_store_error("apply_event");
-                    tracing::warn!(error = %e, event = %event.id, "event not applied; it will be retried");
-                    blocked.push(event.customer.clone());
-                }
-            }
-        }
-        done
+            self.store.unpark(&event.customer, &parked).await?;
+            return Ok(vec![finished(Outcome::NoEffect)]);
+        };
+        let mut out: Vec<Routed> = parked
+            .iter()
+            .map(|waited| {
+                Routed::Book(ForBook {
+                    event: waited.clone(),
+                    referral: referral.clone(),
+                    delivery: None,
+                    unpark: None,
+                })
+            })
+            .collect();
+        out.push(Routed::Book(ForBook {
+            event: event.clone(),
+            referral,
+            delivery: Some(delivery.delivery.clone()),
+            unpark: Some((event.customer.clone(), parked)),
+        }));
+        Ok(out)
     }
 
-    /// Applies one event, queued at `queued_at_ms`, to its partner's book,
-    /// once.
-    pub async fn apply(&self, event: &Event, queued_at_ms: i64) -> Result<Outcome, StoreError> {
-        match self.referral_for(event, queued_at_ms).await? {
-            Ok(referral) => self.apply_to_book(event, &referral).await,
-            Err(outcome) => Ok(outcome),
-        }
-    }
-
-    /// The partner an event's customer was referred by, claiming the
-    /// customer on its signup; or why the event goes no further.
-    async fn referral_for(
-        &self,
-        event: &Event,
-        queued_at_ms: i64,
-    ) -> Result<Result<Referral, Outcome>, StoreError> {
-        let referral = match &event.kind {
-            EventKind::Signup { attribution, .. } => {
-                let found = match self.store.customer_claim(&event.customer).await? {
-                    Some(claim) => claim,
-                    None => {
-                        let resolved = match self.resolve(attribution, event.at).await? {
-                            Resolution::Click(referral) => Some(referral),
-                            Resolution::NoClick => None,
-                            Resolution::NotYet => return Ok(Err(Outcome::NotYet)),
-                        };
-                        self.store
-                            .claim_customer(&event.customer, resolved.as_ref())
-                            .await?
+    /// Applies one partner's events to its book in one atomic step,
+    /// against the version read; answers the deliveries finished.
+    async fn apply_to_book(&self, partner: String, items: Vec<ForBook>) -> Vec<String> {
+        match self.commit_events(&partner, &items).await {
+            Ok(effects) => {
+                let mut done = Vec::with_capacity(items.len());
+                for item in &items {
+                    let effect = effects.get(item.event.id.as_str()).copied();
+                    let outcome = match effect {
+                        Some(Effect::Applied) | None => Outcome::Applied,
+                        Some(Effect::Duplicate) => Outcome::Duplicate,
+                        Some(Effect::Parked) => Outcome::Parked,
+                    };
+                    if item.delivery.is_some() || outcome != Outcome::Duplicate {
+                        self.metrics
+                            .count_event(item.event.kind.name(), outcome.label());
                     }
-                };
-                match found {
-                    Some(referral) => referral,
-                    None => return Ok(Err(Outcome::NoEffect)),
+                    if let Some((customer, parked)) = &item.unpark {
+                        if let Err(e) = self.store.unpark(customer, parked).await {
+                            // They stay listed until expiry drops them (the
+                            // claim exists, so they are not dead letters).
+                            self.metrics.count_store_error("unpark");
+                            tracing::warn!(error = %e, customer = %customer, "cannot forget parked events");
+                        }
+                    }
+                    done.extend(item.delivery.clone());
                 }
+                done
             }
-            _ => match self.store.customer_claim(&event.customer).await? {
-                Some(Some(referral)) => referral,
-                Some(None) => return Ok(Err(Outcome::NoEffect)),
-                None => {
-                    let waiting = Utc::now().timestamp_millis() - queued_at_ms < SIGNUP_SETTLE_MS;
-                    return Ok(Err(if waiting {
-                        Outcome::NotYet
-                    } else {
-                        Outcome::NoEffect
-                    }));
-                }
-            },
-        };
-        Ok(Ok(referral))
+            Err(e) => {
+                self.metrics.count_store_error("apply_event");
+                tracing::warn!(error = %e, partner = %partner, "events not applied; they will be retried");
+                Vec::new()
+            }
+        }
     }
 
-    /// Applies an event of a customer `referral` names to the partner's
-    /// book, once.
-    async fn apply_to_book(
+    async fn commit_events(
         &self,
-        event: &Event,
-        referral: &Referral,
-    ) -> Result<Outcome, StoreError> {
-        let payment = match &event.kind {
-            EventKind::Refund { payment, .. } => Some(payment.as_str()),
-            _ => None,
-        };
-        let cell = book::conversion_cell(referral);
+        partner: &str,
+        items: &[ForBook],
+    ) -> Result<HashMap<String, Effect>, StoreError> {
+        let incoming: Vec<Incoming<'_>> = items
+            .iter()
+            .map(|item| Incoming {
+                event: &item.event,
+                referral: &item.referral,
+            })
+            .collect();
+        let mut request = book::request_for(&incoming);
         for _ in 0..MAX_ATTEMPTS {
-            let view = self
-                .store
-                .load_book(
-                    &referral.partner,
-                    Some(&event.customer),
-                    payment,
-                    Some(&cell),
-                    &event.id,
-                )
-                .await?;
-            if view.applied {
-                return Ok(Outcome::Duplicate);
-            }
-            let mut changes = match self.changes(event, referral, &view) {
-                Ok(changes) => changes,
-                Err(outcome) => return Ok(outcome),
+            let view = self.store.load_book(partner, &request).await?;
+            let now = Utc::now().timestamp_millis();
+            let (changes, effects) = match book::apply(&view, &request, &incoming, &self.rules, now)
+            {
+                Applied::Load(more) => {
+                    request = more;
+                    continue;
+                }
+                Applied::Done(changes, effects) => (changes, effects),
             };
-            // The report's counters move in the same step as the money.
-            let mut counts = view.conversions.clone();
-            counts.record(&changes, view.customer.as_ref(), view.payment.as_ref());
-            if counts != view.conversions {
-                changes.conversions = Some((cell.clone(), counts));
-            }
             match self
                 .store
-                .commit_book(&referral.partner, &event.id, view.version, &changes)
+                .commit_book(partner, view.version, &changes)
                 .await?
             {
                 Commit::Applied => {
                     self.count_commissions(&changes);
-                    return Ok(Outcome::Applied);
+                    return Ok(effects.into_iter().collect());
                 }
-                Commit::AlreadyApplied => return Ok(Outcome::Duplicate),
                 Commit::Conflict => continue,
             }
         }
         Err(StoreError::Unavailable(format!(
-            "book of `{}` kept moving",
-            referral.partner
+            "book of `{partner}` kept moving"
         )))
-    }
-
-    /// What `event` changes in a book, or why it changes nothing.
-    fn changes(
-        &self,
-        event: &Event,
-        referral: &Referral,
-        view: &crate::store::BookView,
-    ) -> Result<Changes, Outcome> {
-        let rules = &self.rules;
-        match (&event.kind, &view.customer) {
-            (EventKind::Signup { .. }, Some(_)) => Err(Outcome::Duplicate),
-            (EventKind::Signup { billing, .. }, None) => Ok(book::signup(
-                &view.book,
-                rules,
-                &event.customer,
-                referral.clone(),
-                *billing,
-                event.at,
-            )),
-            (_, None) => Err(Outcome::NotYet),
-            (
-                EventKind::Payment {
-                    amount,
-                    currency,
-                    period,
-                },
-                Some(customer),
-            ) => Ok(book::payment(
-                &view.book, rules, customer, &event.id, *amount, currency, *period, event.at,
-            )),
-            (
-                EventKind::Refund {
-                    amount, currency, ..
-                },
-                Some(_),
-            ) => match &view.payment {
-                Some(paid) if paid.customer == event.customer && &paid.currency == currency => {
-                    Ok(book::refund(&view.book, paid, &event.id, *amount, event.at))
-                }
-                _ => Err(Outcome::NoEffect),
-            },
-            (EventKind::Cancel, Some(customer)) => {
-                Ok(book::cancel(&view.book, rules, customer, event.at))
-            }
-        }
     }
 
     /// The click a signup names, if it counts: a valid signature, a partner
@@ -438,7 +418,7 @@ impl Worker {
 
     fn count_commissions(&self, changes: &Changes) {
         for entry in &changes.entries {
-            if entry.kind != book::EntryKind::Commission {
+            if entry.kind != EntryKind::Commission {
                 continue;
             }
             let amount = entry.amount.try_into().unwrap_or(0.0);
@@ -447,27 +427,20 @@ impl Worker {
     }
 }
 
-/// Deliveries numbered in order and grouped by customer.
-fn by_customer(deliveries: Vec<Delivery>) -> Vec<Vec<(usize, Delivery)>> {
-    let mut groups: Vec<Vec<(usize, Delivery)>> = Vec::new();
+/// Deliveries grouped by customer, each group in delivery order.
+fn by_customer(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();
-    for (index, delivery) in deliveries.into_iter().enumerate() {
+    for delivery in deliveries {
         match group_of.get(&delivery.event.customer) {
-            Some(&g) => groups[g].push((index, delivery)),
+            Some(&g) => groups[g].push(delivery),
             None => {
                 group_of.insert(delivery.event.customer.clone(), groups.len());
-                groups.push(vec![(index, delivery)]);
+                groups.push(vec![delivery]);
             }
         }
     }
     groups
-}
-
-/// Where the claim step left an event.
-enum Claimed {
-    Referral(Referral),
-    Finished(Outcome),
-    Waiting,
 }
 
 /// What a signup's attribution leads to.

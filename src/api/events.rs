@@ -1,6 +1,6 @@
 //! `POST /v1/events`: conversion events from the merchant's backend.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
@@ -9,6 +9,10 @@ use serde_json::Value;
 use super::{ApiError, ApiState, JsonBody};
 use crate::auth::Caller;
 use crate::events::validate_batch;
+use crate::store::ParkedEvent;
+
+/// Parked or dead events listed at most.
+const MAX_LISTED: usize = 1000;
 
 #[derive(Serialize)]
 pub struct Accepted {
@@ -25,7 +29,8 @@ pub async fn create(
     if caller != Caller::Merchant {
         return Err(ApiError::Forbidden);
     }
-    let events = validate_batch(&body).map_err(ApiError::InvalidEvents)?;
+    let latest = chrono::Utc::now() + state.config.attribution.clock_skew;
+    let events = validate_batch(&body, latest).map_err(ApiError::InvalidEvents)?;
     let enqueued = state.store.enqueue_events(&events).await?;
     let kind = match events.as_slice() {
         [one] => one.kind.name(),
@@ -44,4 +49,83 @@ pub async fn create(
             duplicates: enqueued.duplicates,
         }),
     ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Kept {
+    events: Vec<KeptEvent>,
+}
+
+#[derive(Serialize)]
+struct KeptEvent {
+    event: crate::events::Event,
+    parked_at: chrono::DateTime<chrono::Utc>,
+    reason: &'static str,
+}
+
+/// `GET /v1/events/parked` (admin): events waiting for their customer's
+/// signup, oldest first.
+pub async fn parked(
+    caller: Caller,
+    state: State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Kept>, ApiError> {
+    list(caller, state, query, false).await
+}
+
+/// `GET /v1/events/dead` (admin): parked events whose customer never
+/// signed up within `worker.park_for`.
+pub async fn dead(
+    caller: Caller,
+    state: State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Kept>, ApiError> {
+    list(caller, state, query, true).await
+}
+
+async fn list(
+    caller: Caller,
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    dead: bool,
+) -> Result<Json<Kept>, ApiError> {
+    if caller != Caller::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match query.limit.as_deref() {
+        None => MAX_LISTED,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LISTED).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("`limit` must be 1 to {MAX_LISTED}"),
+                )
+            })?,
+    };
+    let kept = state.store.parked_events(dead, limit).await?;
+    let reason = if dead {
+        "no_signup_within_park_for"
+    } else {
+        "no_signup"
+    };
+    Ok(Json(Kept {
+        events: kept
+            .into_iter()
+            .map(|ParkedEvent { event, parked_at }| KeptEvent {
+                event,
+                parked_at: chrono::DateTime::from_timestamp_millis(parked_at).unwrap_or_default(),
+                reason,
+            })
+            .collect(),
+    }))
 }

@@ -6,6 +6,8 @@
 //! - `POST|GET /v1/partners/{id}/campaigns` (admin, that partner): Campaign Builder
 //! - `GET /v1/partners/{id}/report` (admin, that partner): UTM report
 //! - `POST /v1/events` (merchant): conversion events
+//! - `GET /v1/events/parked|dead` (admin): events waiting for their
+//!   customer's signup, and those that waited past `worker.park_for`
 //! - `GET /v1/partners/{id}/balance|ledger`, `POST …/payouts` (admin, that
 //!   partner): money
 
@@ -80,6 +82,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/partners/{id}/ledger", get(money::ledger))
         .route("/v1/partners/{id}/payouts", post(money::payout))
         .route("/v1/events", post(events::create))
+        .route("/v1/events/parked", get(events::parked))
+        .route("/v1/events/dead", get(events::dead))
         .route("/v1/report", get(report::all_partners))
         .route("/dashboard", get(crate::dashboard::page))
         .fallback(|| async { ApiError::NotFound("route") })

@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
-use crate::book::{self, Balance, LedgerEntry};
+use crate::book::{self, Balance, BookRequest, LedgerEntry};
 use crate::store::Commit;
 
 /// Ledger entries per page by default, and at most.
@@ -28,7 +28,7 @@ pub async fn balance(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(partner.id.as_str(), None, None, None, "")
+        .load_book(partner.id.as_str(), &BookRequest::default())
         .await?;
     Ok(Json(Balances {
         balances: view.book.balances(Utc::now()),
@@ -116,7 +116,7 @@ pub async fn payout(
     for _ in 0..MAX_ATTEMPTS {
         let view = state
             .store
-            .load_book(partner.id.as_str(), None, None, None, &id)
+            .load_book(partner.id.as_str(), &BookRequest::default())
             .await?;
         let changes = book::payout(
             &view.book,
@@ -132,10 +132,10 @@ pub async fn payout(
         })?;
         match state
             .store
-            .commit_book(partner.id.as_str(), &id, view.version, &changes)
+            .commit_book(partner.id.as_str(), view.version, &changes)
             .await?
         {
-            Commit::Applied | Commit::AlreadyApplied => {
+            Commit::Applied => {
                 let entry = changes
                     .entries
                     .into_iter()

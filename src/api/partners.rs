@@ -128,7 +128,7 @@ pub async fn show(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(partner.id.as_str(), None, None, None, "")
+        .load_book(partner.id.as_str(), &crate::book::BookRequest::default())
         .await?;
     let rules = crate::worker::rules(&state.config);
     let mut shown = PartnerView::new(partner, &state);

@@ -10,14 +10,14 @@ use chrono::{NaiveDate, Utc};
 use tokio::sync::Notify;
 
 use super::{
-    BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
-    Enqueued, Partner, QueueStats, Store, StoreError,
+    Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
+    ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
 use crate::book::{
-    parse_conversion_cell, Book, Changes, ConversionCounts, Customer, LedgerEntry, Payment,
-    Referral,
+    parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryField, LedgerEntry,
 };
 use crate::cookie::{ClickId, IdHashing, VisitorId};
+use crate::customer::{ConversionCounts, Customer, Referral};
 use crate::events::Event;
 use crate::ids::{CampaignSlug, PartnerId};
 
@@ -43,6 +43,11 @@ struct Inner {
     campaigns: BTreeMap<(PartnerId, CampaignSlug), Campaign>,
     events: EventQueue,
     claims: HashMap<String, Option<Referral>>,
+    /// Events of customers not claimed yet, by customer.
+    parked: HashMap<String, Vec<ParkedEvent>>,
+    /// Parked events whose customer never signed up within
+    /// `worker.park_for`.
+    dead: Vec<ParkedEvent>,
     books: HashMap<String, PartnerBook>,
 }
 
@@ -85,10 +90,11 @@ struct PartnerBook {
     book: Book,
     version: u64,
     customers: HashMap<String, Customer>,
-    payments: HashMap<String, Payment>,
     ledger: Vec<LedgerEntry>,
     applied: HashSet<String>,
     conversions: BTreeMap<String, ConversionCounts>,
+    /// The history as stored: one value per field, like Redis's hash.
+    history: BTreeMap<String, String>,
 }
 
 /// A counter cell keyed by the click's own `Arc`s, so counting a click
@@ -418,78 +424,163 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {
-        Ok(self.lock().claims.get(customer).cloned())
+    async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
+        // A worker step is a point where other tasks (and, in tests, a
+        // simulated crash) may come in, as with a networked store.
+        tokio::task::yield_now().await;
+        let mut inner = self.lock();
+        if let Some(claim) = inner.claims.get(&event.customer) {
+            return Ok(Route::Claimed(claim.clone()));
+        }
+        inner
+            .parked
+            .entry(event.customer.clone())
+            .or_default()
+            .push(ParkedEvent {
+                event: event.clone(),
+                parked_at: now_ms,
+            });
+        Ok(Route::Parked)
     }
 
     async fn claim_customer(
         &self,
         customer: &str,
         referral: Option<&Referral>,
-    ) -> Result<Option<Referral>, StoreError> {
-        Ok(self
-            .lock()
+    ) -> Result<(Option<Referral>, Vec<Event>), StoreError> {
+        // A worker step is a point where other tasks (and, in tests, a
+        // simulated crash) may come in, as with a networked store.
+        tokio::task::yield_now().await;
+        let mut inner = self.lock();
+        let claim = inner
             .claims
             .entry(customer.to_owned())
             .or_insert_with(|| referral.cloned())
-            .clone())
+            .clone();
+        let parked = inner
+            .parked
+            .get(customer)
+            .map(|p| p.iter().map(|p| p.event.clone()).collect())
+            .unwrap_or_default();
+        Ok((claim, parked))
+    }
+
+    async fn unpark(&self, customer: &str, _parked: &[Event]) -> Result<(), StoreError> {
+        self.lock().parked.remove(customer);
+        Ok(())
+    }
+
+    async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let expired: Vec<String> = inner
+            .parked
+            .iter()
+            .filter(|(_, events)| events.first().is_some_and(|e| e.parked_at < before_ms))
+            .map(|(customer, _)| customer.clone())
+            .collect();
+        let mut moved = 0;
+        for customer in expired {
+            let events = inner.parked.remove(&customer).unwrap_or_default();
+            // A claimed customer's events are its claimant's to apply.
+            if !inner.claims.contains_key(&customer) {
+                moved += events.len();
+                inner.dead.extend(events);
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn parked_events(
+        &self,
+        dead: bool,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        let inner = self.lock();
+        let mut events: Vec<ParkedEvent> = if dead {
+            inner.dead.clone()
+        } else {
+            inner.parked.values().flatten().cloned().collect()
+        };
+        events.sort_by(|a, b| (a.parked_at, &a.event.id).cmp(&(b.parked_at, &b.event.id)));
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn parked_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().parked.values().map(Vec::len).sum::<usize>() as u64)
     }
 
     async fn load_book(
         &self,
         partner: &str,
-        customer: Option<&str>,
-        payment: Option<&str>,
-        cell: Option<&str>,
-        applied: &str,
+        request: &BookRequest,
     ) -> Result<BookView, StoreError> {
+        // A worker step is a point where other tasks (and, in tests, a
+        // simulated crash) may come in, as with a networked store.
+        tokio::task::yield_now().await;
         let inner = self.lock();
         let Some(entry) = inner.books.get(partner) else {
-            return Ok(BookView::default());
+            return Ok(BookView {
+                history: request.history.then(History::default),
+                ..BookView::default()
+            });
         };
         Ok(BookView {
             book: entry.book.clone(),
             version: entry.version,
-            customer: customer.and_then(|c| entry.customers.get(c).cloned()),
-            payment: payment.and_then(|p| entry.payments.get(p).cloned()),
-            applied: entry.applied.contains(applied),
-            conversions: cell
-                .and_then(|c| entry.conversions.get(c).cloned())
-                .unwrap_or_default(),
+            customers: request
+                .customers
+                .iter()
+                .filter_map(|c| Some((c.clone(), entry.customers.get(c)?.clone())))
+                .collect(),
+            cells: request
+                .cells
+                .iter()
+                .filter_map(|c| Some((c.clone(), entry.conversions.get(c)?.clone())))
+                .collect(),
+            applied: request
+                .applied
+                .iter()
+                .filter(|id| entry.applied.contains(*id))
+                .cloned()
+                .collect(),
+            history: request.history.then(|| {
+                History::from_fields(entry.history.iter().map(|(f, v)| (f.as_str(), v.as_str())))
+            }),
         })
     }
 
     async fn commit_book(
         &self,
         partner: &str,
-        applied: &str,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
+        // A worker step is a point where other tasks (and, in tests, a
+        // simulated crash) may come in, as with a networked store.
+        tokio::task::yield_now().await;
         let mut inner = self.lock();
         let entry = inner.books.entry(partner.to_owned()).or_default();
-        if entry.applied.contains(applied) {
-            return Ok(Commit::AlreadyApplied);
-        }
         if entry.version != version {
             return Ok(Commit::Conflict);
         }
-        if let Some(book) = &changes.book {
-            entry.book = book.clone();
-        }
-        if let Some(customer) = &changes.customer {
+        entry.book = changes.book.clone();
+        for customer in &changes.customers {
             entry
                 .customers
                 .insert(customer.id.clone(), customer.clone());
         }
-        if let Some(payment) = &changes.payment {
-            entry.payments.insert(payment.id.clone(), payment.clone());
-        }
-        entry.ledger.extend(changes.entries.iter().cloned());
-        if let Some((cell, counts)) = &changes.conversions {
+        for (cell, counts) in &changes.cells {
             entry.conversions.insert(cell.clone(), counts.clone());
         }
-        entry.applied.insert(applied.to_owned());
+        for field in &changes.history {
+            match field {
+                HistoryField::Set(f, v) => entry.history.insert(f.clone(), v.clone()),
+                HistoryField::Delete(f) => entry.history.remove(f),
+            };
+        }
+        entry.ledger.extend(changes.entries.iter().cloned());
+        entry.applied.extend(changes.applied.iter().cloned());
         entry.version += 1;
         Ok(Commit::Applied)
     }

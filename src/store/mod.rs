@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::book::{Book, Changes, ConversionCounts, Customer, LedgerEntry, Payment, Referral};
+use crate::book::{BookRequest, BookView, Changes, LedgerEntry};
 use crate::cookie::{ClickId, VisitorId};
+use crate::customer::{ConversionCounts, Referral};
 use crate::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
 
@@ -115,18 +116,23 @@ pub struct Delivery {
     pub queued_at_ms: i64,
 }
 
-/// A partner's book with what one event needs from it, and the version to
-/// commit against.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BookView {
-    pub book: Book,
-    pub version: u64,
-    pub customer: Option<Customer>,
-    pub payment: Option<Payment>,
-    /// Whether the event (or payout) was applied already.
-    pub applied: bool,
-    /// The report cell asked for, as it is.
-    pub conversions: ConversionCounts,
+/// Where a customer's event goes: to the partner that claimed the
+/// customer, or into the customer's parked events until its signup comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The claim: a partner's referral, or `None` for a customer that
+    /// signed up without a valid click.
+    Claimed(Option<Referral>),
+    Parked,
+}
+
+/// An event kept aside: parked until its customer's signup comes, or dead
+/// (`worker.park_for` passed without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    pub event: Event,
+    /// When it was parked, unix ms.
+    pub parked_at: i64,
 }
 
 /// The event queue at a glance, for metrics.
@@ -142,8 +148,6 @@ pub struct QueueStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
     Applied,
-    /// The id was applied before: nothing changed.
-    AlreadyApplied,
     /// The book moved since it was loaded: load it again and retry.
     Conflict,
 }
@@ -211,33 +215,38 @@ pub trait Store: Send + Sync + 'static {
     async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError>;
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError>;
 
-    /// The customer's claim: `Some(None)` for a customer that signed up
-    /// without a valid click, `None` for one never seen.
-    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError>;
+    /// Where a customer's payment, refund or cancel goes: the claim when
+    /// the customer was claimed, else the event is parked with the
+    /// customer, atomically, so that a concurrent claim sees it.
+    async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError>;
     /// Claims the customer for `referral` (or for nobody) unless it was
-    /// claimed before; answers the claim that holds.
+    /// claimed before; answers the claim that holds and the events parked
+    /// for the customer, which the claimant applies.
     async fn claim_customer(
         &self,
         customer: &str,
         referral: Option<&Referral>,
-    ) -> Result<Option<Referral>, StoreError>;
+    ) -> Result<(Option<Referral>, Vec<Event>), StoreError>;
+    /// Forgets the customer's parked events (`parked`, as the claim
+    /// answered them): the claimant's book has them.
+    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError>;
+    /// Moves the events of customers parked before `before_ms` and still
+    /// not claimed to the dead letter; answers how many moved.
+    async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Up to `limit` parked (or, with `dead`, dead) events, oldest first.
+    async fn parked_events(&self, dead: bool, limit: usize)
+        -> Result<Vec<ParkedEvent>, StoreError>;
+    /// How many events are parked.
+    async fn parked_count(&self) -> Result<u64, StoreError>;
 
-    /// The partner's book with the customer and payment named, and whether
-    /// `applied` (an event or payout id) was applied to it already.
-    async fn load_book(
-        &self,
-        partner: &str,
-        customer: Option<&str>,
-        payment: Option<&str>,
-        cell: Option<&str>,
-        applied: &str,
-    ) -> Result<BookView, StoreError>;
-    /// Applies `changes` and records `applied`, all or nothing, if the book
-    /// is still at `version`.
+    /// What `request` asks of the partner's book.
+    async fn load_book(&self, partner: &str, request: &BookRequest)
+        -> Result<BookView, StoreError>;
+    /// Applies `changes` (with the ids they applied), all or nothing, if
+    /// the book is still at `version`.
     async fn commit_book(
         &self,
         partner: &str,
-        applied: &str,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError>;

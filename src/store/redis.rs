@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    BookView, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
-    Enqueued, Partner, QueueStats, Store, StoreError,
+    Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
+    ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
-use crate::book::{parse_conversion_cell, Changes, ConversionCounts, LedgerEntry, Referral};
+use crate::book::{
+    parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryField, LedgerEntry,
+};
 use crate::cookie::{ClickId, VisitorId};
+use crate::customer::{ConversionCounts, Customer, Referral};
 use crate::events::Event;
 use crate::ids::PartnerId;
 
@@ -91,24 +94,58 @@ for i = 1, #ARGV, 2 do
 end
 return accepted";
 
-/// Applies one event's (or payout's) changes to a partner's book with the
-/// record that it was applied, if the book is still at the version read.
-/// KEYS: applied set, version, book, customers, payments, ledger,
-/// conversions. ARGV: applied id, expected version, book JSON or '',
-/// customer id, customer JSON or '', payment id, payment JSON or '', report
-/// cell, cell JSON or '', ledger entries...
-/// Answers 1 applied, 0 applied before, -1 the book moved.
+/// Applies a batch's (or payout's) changes to a partner's book with the
+/// ids it applied, if the book is still at the version read.
+/// KEYS: version, book, customers, conversions, applied, history, ledger.
+/// ARGV: expected version, book JSON, then counted groups: customers (id,
+/// JSON), cells (cell, JSON), applied ids, history fields set (field,
+/// value), history fields deleted; then the ledger entries.
+/// Answers 1 applied, -1 the book moved.
 const COMMIT_BOOK: &str = r"
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return -1 end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[5], ARGV[6], ARGV[7]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[7], ARGV[8], ARGV[9]) end
-for i = 10, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[i]) end
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('INCR', KEYS[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+local i = 3
+local function pairs_into(command, key)
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do redis.call(command, key, ARGV[i], ARGV[i + 1]); i = i + 2 end
+end
+local function each_into(command, key)
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do redis.call(command, key, ARGV[i]); i = i + 1 end
+end
+pairs_into('HSET', KEYS[3])
+pairs_into('HSET', KEYS[4])
+each_into('SADD', KEYS[5])
+pairs_into('HSET', KEYS[6])
+each_into('HDEL', KEYS[6])
+for j = i, #ARGV do redis.call('RPUSH', KEYS[7], ARGV[j]) end
+redis.call('INCR', KEYS[1])
 return 1";
+
+/// Routes a customer's event: the claim if there is one, else the event is
+/// parked with the customer. KEYS: claim, parked. ARGV: the parked record.
+/// Answers the claim, or '' when parked.
+const ROUTE_EVENT: &str = r"
+local claim = redis.call('GET', KEYS[1])
+if claim then return claim end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return ''";
+
+/// Claims a customer unless claimed; answers the claim that holds and the
+/// parked records. KEYS: claim, parked. ARGV: the claim JSON.
+const CLAIM_CUSTOMER: &str = r"
+local before = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')
+return {before or ARGV[1], redis.call('LRANGE', KEYS[2], 0, -1)}";
+
+/// Moves a customer's parked events to its dead letter unless it was
+/// claimed (then they are its claimant's). KEYS: claim, parked, dead.
+/// Answers how many moved.
+const EXPIRE_PARKED: &str = r"
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for _, item in ipairs(items) do redis.call('RPUSH', KEYS[3], item) end
+return #items";
 
 /// KEYS: partners, tokens, version. ARGV: id, record, token hash.
 const INSERT_PARTNER: &str = r"
@@ -206,6 +243,18 @@ mod keys {
     pub fn claim(out: &mut String, customer: &str) {
         set(out, &["lc:{cu:", customer, "}:claim"]);
     }
+
+    /// A customer's `parked` or `dead` events.
+    pub fn customer(out: &mut String, customer: &str, part: &str) {
+        set(out, &["lc:{cu:", customer, "}:", part]);
+    }
+
+    /// Index of parked events: members `customer\tevent id`, scored by
+    /// when they were parked (ms). A hint for listing and expiry; the
+    /// customer's own list is the truth.
+    pub const PARKED: &str = "lc:{events}:parked";
+    /// Index of dead events, likewise.
+    pub const DEAD: &str = "lc:{events}:dead";
 
     /// A key of a partner's book: `book`, `version`, `customers`,
     /// `payments`, `ledger` or `applied`.
@@ -544,6 +593,9 @@ pub struct RedisStore {
     connection: Connection,
     enqueue_events: Script,
     commit_book: Script,
+    route_event: Script,
+    claim_customer: Script,
+    expire_parked: Script,
     window_secs: u64,
     click_scripts: ClickScripts,
     insert_partner: Script,
@@ -596,6 +648,9 @@ impl RedisStore {
             connection,
             enqueue_events: Script::new(ENQUEUE_EVENTS),
             commit_book: Script::new(COMMIT_BOOK),
+            route_event: Script::new(ROUTE_EVENT),
+            claim_customer: Script::new(CLAIM_CUSTOMER),
+            expire_parked: Script::new(EXPIRE_PARKED),
             window_secs: window.as_secs(),
             click_scripts: ClickScripts {
                 records: Script::new(RECORD_CLICKS),
@@ -1049,110 +1104,296 @@ impl Store for RedisStore {
         }
     }
 
-    async fn customer_claim(&self, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(keys::owned(|k| keys::claim(k, customer)))
-            .query_async(&mut self.conn())
+    async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
+        let customer = event.customer.as_str();
+        let record = encode(&ParkedEvent {
+            event: event.clone(),
+            parked_at: now_ms,
+        });
+        let claim: String = self
+            .route_event
+            .key(keys::owned(|k| keys::claim(k, customer)))
+            .key(keys::owned(|k| keys::customer(k, customer, "parked")))
+            .arg(record)
+            .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        raw.map(|r| decode(&r)).transpose()
+        if !claim.is_empty() {
+            return Ok(Route::Claimed(decode(&claim)?));
+        }
+        // Indexed after the fact: the worker acknowledges the event only
+        // once this is done, so a crash in between parks it again.
+        redis::cmd("ZADD")
+            .arg(keys::PARKED)
+            .arg("NX")
+            .arg(now_ms)
+            .arg(format!("{customer}\t{}", event.id))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(Route::Parked)
     }
 
     async fn claim_customer(
         &self,
         customer: &str,
         referral: Option<&Referral>,
-    ) -> Result<Option<Referral>, StoreError> {
-        let key = keys::owned(|k| keys::claim(k, customer));
-        // SET NX GET answers the claim that was there, if any.
-        let before: Option<String> = redis::cmd("SET")
-            .arg(&key)
+    ) -> Result<(Option<Referral>, Vec<Event>), StoreError> {
+        let (claim, parked): (String, Vec<String>) = self
+            .claim_customer
+            .key(keys::owned(|k| keys::claim(k, customer)))
+            .key(keys::owned(|k| keys::customer(k, customer, "parked")))
             .arg(encode(&referral))
-            .arg("NX")
-            .arg("GET")
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let parked = parked
+            .iter()
+            .map(|raw| decode::<ParkedEvent>(raw).map(|p| p.event))
+            .collect::<Result<_, _>>()?;
+        Ok((decode(&claim)?, parked))
+    }
+
+    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
+        redis::cmd("DEL")
+            .arg(keys::owned(|k| keys::customer(k, customer, "parked")))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if parked.is_empty() {
+            return Ok(());
+        }
+        let mut remove = redis::cmd("ZREM");
+        remove.arg(keys::PARKED);
+        for event in parked {
+            remove.arg(format!("{customer}\t{}", event.id));
+        }
+        remove
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(keys::PARKED)
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1000)
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        match before {
-            Some(raw) => decode(&raw),
-            None => Ok(referral.cloned()),
+        let mut moved = 0;
+        let mut customers: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.split_once('\t').map(|(c, _)| c))
+            .collect();
+        customers.dedup();
+        for customer in customers {
+            let n: usize = self
+                .expire_parked
+                .key(keys::owned(|k| keys::claim(k, customer)))
+                .key(keys::owned(|k| keys::customer(k, customer, "parked")))
+                .key(keys::owned(|k| keys::customer(k, customer, "dead")))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            moved += n;
+            if n > 0 {
+                redis::cmd("ZADD")
+                    .arg(keys::DEAD)
+                    .arg(before_ms)
+                    .arg(customer)
+                    .query_async::<()>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
+        if !members.is_empty() {
+            redis::cmd("ZREM")
+                .arg(keys::PARKED)
+                .arg(&members)
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(moved)
+    }
+
+    async fn parked_events(
+        &self,
+        dead: bool,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        let index = if dead { keys::DEAD } else { keys::PARKED };
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(index)
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut customers: Vec<&str> = members
+            .iter()
+            .map(|m| m.split_once('\t').map_or(m.as_str(), |(c, _)| c))
+            .collect();
+        customers.dedup();
+        let part = if dead { "dead" } else { "parked" };
+        let mut events = Vec::new();
+        for customer in customers {
+            let raw: Vec<String> = redis::cmd("LRANGE")
+                .arg(keys::owned(|k| keys::customer(k, customer, part)))
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            for record in raw {
+                events.push(decode::<ParkedEvent>(&record)?);
+            }
+        }
+        events.sort_by(|a, b| (a.parked_at, &a.event.id).cmp(&(b.parked_at, &b.event.id)));
+        events.dedup_by(|a, b| a.event.id == b.event.id);
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn parked_count(&self) -> Result<u64, StoreError> {
+        redis::cmd("ZCARD")
+            .arg(keys::PARKED)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
     }
 
     async fn load_book(
         &self,
         partner: &str,
-        customer: Option<&str>,
-        payment: Option<&str>,
-        cell: Option<&str>,
-        applied: &str,
+        request: &BookRequest,
     ) -> Result<BookView, StoreError> {
         let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
+        // HMGET and SMISMEMBER need at least one field: "" names nothing.
+        let or_nothing = |set: &std::collections::BTreeSet<String>| -> Vec<String> {
+            if set.is_empty() {
+                vec![String::new()]
+            } else {
+                set.iter().cloned().collect()
+            }
+        };
+        let customers = or_nothing(&request.customers);
+        let cells = or_nothing(&request.cells);
+        let applied = or_nothing(&request.applied);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .get(key("version"))
+            .get(key("book"))
+            .cmd("HMGET")
+            .arg(key("customers"))
+            .arg(&customers)
+            .cmd("HMGET")
+            .arg(key("conversions"))
+            .arg(&cells)
+            .cmd("SMISMEMBER")
+            .arg(key("applied"))
+            .arg(&applied);
+        if request.history {
+            pipe.hgetall(key("history"));
+        } else {
+            pipe.exists(key("history"));
+        }
         type Loaded = (
-            Option<String>,
             Option<u64>,
             Option<String>,
-            Option<String>,
-            bool,
-            Option<String>,
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+            Vec<bool>,
+            Value,
         );
-        let (book, version, customer, payment, applied, conversions): Loaded = redis::pipe()
-            .atomic()
-            .get(key("book"))
-            .get(key("version"))
-            .hget(key("customers"), customer.unwrap_or(""))
-            .hget(key("payments"), payment.unwrap_or(""))
-            .sismember(key("applied"), applied)
-            .hget(key("conversions"), cell.unwrap_or(""))
+        let (version, book, customer_rows, cell_rows, applied_rows, history): Loaded = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(BookView {
+        let mut view = BookView {
             book: book.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
             version: version.unwrap_or_default(),
-            customer: customer.map(|c| decode(&c)).transpose()?,
-            payment: payment.map(|p| decode(&p)).transpose()?,
-            applied,
-            conversions: conversions
-                .map(|c| decode(&c))
-                .transpose()?
-                .unwrap_or_default(),
-        })
+            ..BookView::default()
+        };
+        for (id, raw) in customers.iter().zip(customer_rows) {
+            if let Some(raw) = raw {
+                view.customers.insert(id.clone(), decode::<Customer>(&raw)?);
+            }
+        }
+        for (cell, raw) in cells.iter().zip(cell_rows) {
+            if let Some(raw) = raw {
+                view.cells
+                    .insert(cell.clone(), decode::<ConversionCounts>(&raw)?);
+            }
+        }
+        for (id, was) in applied.iter().zip(applied_rows) {
+            if was {
+                view.applied.insert(id.clone());
+            }
+        }
+        if request.history {
+            let fields: HashMap<String, String> = redis::from_redis_value(history)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            view.history = Some(History::from_fields(
+                fields.iter().map(|(f, v)| (f.as_str(), v.as_str())),
+            ));
+        }
+        Ok(view)
     }
 
     async fn commit_book(
         &self,
         partner: &str,
-        applied: &str,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
         let mut invocation = self.commit_book.prepare_invoke();
         for part in [
-            "applied",
             "version",
             "book",
             "customers",
-            "payments",
-            "ledger",
             "conversions",
+            "applied",
+            "history",
+            "ledger",
         ] {
             invocation.key(keys::owned(|k| keys::book(k, partner, part)));
         }
-        let customer = changes.customer.as_ref();
-        let payment = changes.payment.as_ref();
-        invocation
-            .arg(applied)
-            .arg(version)
-            .arg(changes.book.as_ref().map(encode).unwrap_or_default())
-            .arg(customer.map_or("", |c| c.id.as_str()))
-            .arg(customer.map(encode).unwrap_or_default())
-            .arg(payment.map_or("", |p| p.id.as_str()))
-            .arg(payment.map(encode).unwrap_or_default());
-        let cell = changes.conversions.as_ref();
-        invocation
-            .arg(cell.map_or("", |(key, _)| key.as_str()))
-            .arg(cell.map(|(_, counts)| encode(counts)).unwrap_or_default());
+        invocation.arg(version).arg(encode(&changes.book));
+        invocation.arg(changes.customers.len());
+        for customer in &changes.customers {
+            invocation.arg(&customer.id).arg(encode(customer));
+        }
+        invocation.arg(changes.cells.len());
+        for (cell, counts) in &changes.cells {
+            invocation.arg(cell).arg(encode(counts));
+        }
+        invocation.arg(changes.applied.len());
+        for id in &changes.applied {
+            invocation.arg(id);
+        }
+        let (set, deleted): (Vec<_>, Vec<_>) = changes
+            .history
+            .iter()
+            .partition(|f| matches!(f, HistoryField::Set(..)));
+        invocation.arg(set.len());
+        for field in set {
+            if let HistoryField::Set(f, v) = field {
+                invocation.arg(f).arg(v);
+            }
+        }
+        invocation.arg(deleted.len());
+        for field in deleted {
+            if let HistoryField::Delete(f) = field {
+                invocation.arg(f);
+            }
+        }
         for entry in &changes.entries {
             invocation.arg(encode(entry));
         }
@@ -1160,10 +1401,10 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(match outcome {
-            1 => Commit::Applied,
-            0 => Commit::AlreadyApplied,
-            _ => Commit::Conflict,
+        Ok(if outcome == 1 {
+            Commit::Applied
+        } else {
+            Commit::Conflict
         })
     }
 

@@ -1,0 +1,408 @@
+//! The book's rules on one partner, through a store kept in a few maps.
+
+use super::*;
+use crate::customer::DAY_MS;
+use crate::events::AttributionRef;
+use crate::money::{Billing, Period};
+
+fn d(text: &str) -> Decimal {
+    text.parse().unwrap()
+}
+
+fn rules(hold_days: u32) -> Rules {
+    let tier = |name: &str, min: &str, rate: &str, recent| Tier {
+        name: name.into(),
+        min_arr: d(min),
+        rate: d(rate),
+        needs_recent_customer: recent,
+    };
+    Rules {
+        tiers: vec![
+            tier("bronze", "0", "0.20", false),
+            tier("silver", "5000", "0.22", false),
+            tier("gold", "20000", "0.25", true),
+        ],
+        hold_days,
+        payout_minimum: [("USD".to_owned(), d("50"))].into(),
+    }
+}
+
+const BASE_MS: i64 = 1_790_000_000_000;
+
+fn at(day: i64) -> DateTime<Utc> {
+    time(BASE_MS + day * DAY_MS)
+}
+
+fn referral() -> Referral {
+    Referral {
+        partner: "acme".into(),
+        campaign: "spring".into(),
+        term: None,
+        click_at: BASE_MS / 1000,
+    }
+}
+
+fn signup(id: &str, customer: &str, billing: Billing, day: i64) -> Event {
+    Event {
+        id: id.into(),
+        customer: customer.into(),
+        at: at(day),
+        kind: EventKind::Signup {
+            billing,
+            attribution: AttributionRef::ClickId("x".into()),
+        },
+    }
+}
+
+fn payment(id: &str, customer: &str, amount: &str, day: i64) -> Event {
+    Event {
+        id: id.into(),
+        customer: customer.into(),
+        at: at(day),
+        kind: EventKind::Payment {
+            amount: d(amount),
+            currency: "USD".into(),
+            period: Period::Month,
+        },
+    }
+}
+
+fn refund(id: &str, customer: &str, paid: &str, amount: &str, day: i64) -> Event {
+    Event {
+        id: id.into(),
+        customer: customer.into(),
+        at: at(day),
+        kind: EventKind::Refund {
+            payment: paid.into(),
+            amount: d(amount),
+            currency: "USD".into(),
+        },
+    }
+}
+
+/// A partner's book kept the way the stores keep it.
+#[derive(Default)]
+struct Kept {
+    book: Book,
+    version: u64,
+    customers: BTreeMap<String, Customer>,
+    cells: BTreeMap<String, ConversionCounts>,
+    applied: BTreeSet<String>,
+    history: BTreeMap<String, String>,
+    ledger: Vec<LedgerEntry>,
+}
+
+impl Kept {
+    fn view(&self, request: &BookRequest) -> BookView {
+        BookView {
+            book: self.book.clone(),
+            version: self.version,
+            customers: request
+                .customers
+                .iter()
+                .filter_map(|c| Some((c.clone(), self.customers.get(c)?.clone())))
+                .collect(),
+            cells: request
+                .cells
+                .iter()
+                .filter_map(|c| Some((c.clone(), self.cells.get(c)?.clone())))
+                .collect(),
+            applied: request
+                .applied
+                .intersection(&self.applied)
+                .cloned()
+                .collect(),
+            history: request.history.then(|| {
+                History::from_fields(self.history.iter().map(|(f, v)| (f.as_str(), v.as_str())))
+            }),
+        }
+    }
+
+    fn commit(&mut self, changes: &Changes) {
+        self.book = changes.book.clone();
+        for c in &changes.customers {
+            self.customers.insert(c.id.clone(), c.clone());
+        }
+        self.cells.extend(changes.cells.iter().cloned());
+        for field in &changes.history {
+            match field {
+                HistoryField::Set(f, v) => self.history.insert(f.clone(), v.clone()),
+                HistoryField::Delete(f) => self.history.remove(f),
+            };
+        }
+        self.ledger.extend(changes.entries.iter().cloned());
+        self.applied.extend(changes.applied.iter().cloned());
+        self.version += 1;
+    }
+
+    /// Applies `events` as one batch, at `now`.
+    fn apply(&mut self, events: &[Event], rules: &Rules, now: DateTime<Utc>) {
+        let referral = referral();
+        let incoming: Vec<Incoming<'_>> = events
+            .iter()
+            .map(|event| Incoming {
+                event,
+                referral: &referral,
+            })
+            .collect();
+        let mut request = request_for(&incoming);
+        loop {
+            let view = self.view(&request);
+            match apply(&view, &request, &incoming, rules, now.timestamp_millis()) {
+                Applied::Load(more) => request = more,
+                Applied::Done(changes, _) => return self.commit(&changes),
+            }
+        }
+    }
+
+    /// Net ledger amount per source id.
+    fn net(&self) -> BTreeMap<String, Decimal> {
+        let mut net: BTreeMap<String, Decimal> = BTreeMap::new();
+        for entry in &self.ledger {
+            *net.entry(entry.id.clone()).or_default() += entry.amount;
+        }
+        net.retain(|_, v| !v.is_zero());
+        net
+    }
+
+    fn rates(&self) -> BTreeMap<String, Decimal> {
+        self.customers
+            .iter()
+            .filter_map(|(id, c)| Some((id.clone(), c.signup.as_ref()?.rate)))
+            .collect()
+    }
+}
+
+#[test]
+fn twelve_monthly_payments_of_1000_at_20_percent_earn_2400() {
+    let rules = rules(0);
+    let mut kept = Kept::default();
+    let mut events = vec![signup("s1", "c1", Billing::Referral, 0)];
+    for month in 0..12 {
+        events.push(payment(&format!("p{month}"), "c1", "1000", month * 30));
+    }
+    kept.apply(&events, &rules, at(400));
+    assert_eq!(kept.book.balances(at(400))[0].available, d("2400"));
+    assert_eq!(kept.book.arr, d("9600"));
+    assert_eq!(kept.ledger.len(), 12);
+}
+
+#[test]
+fn the_rate_is_locked_at_signup_and_new_tiers_apply_to_new_customers() {
+    let rules = rules(0);
+    let mut kept = Kept::default();
+    kept.apply(
+        &[
+            signup("s1", "c1", Billing::Reseller, 0),
+            payment("p1", "c1", "1000", 1),
+        ],
+        &rules,
+        at(400),
+    );
+    assert_eq!(kept.book.arr, d("12000"));
+    assert!(kept.ledger.is_empty(), "resellers earn no commission");
+    kept.apply(&[signup("s2", "c2", Billing::Referral, 2)], &rules, at(400));
+    assert_eq!(kept.rates()["c2"], d("0.22"), "silver from 5,000 ARR");
+    assert_eq!(
+        kept.rates()["c1"],
+        d("0.20"),
+        "the first customer keeps bronze"
+    );
+}
+
+/// The case a second worker made: a signup applied before the payment
+/// that, earlier in time, made the partner silver.
+#[test]
+fn a_late_payment_rerates_later_signups_and_posts_adjustments() {
+    let rules = rules(0);
+    let mut late = Kept::default();
+    late.apply(
+        &[
+            signup("s1", "c1", Billing::Reseller, 0),
+            signup("s2", "c2", Billing::Referral, 2),
+            payment("p2", "c2", "100", 3),
+        ],
+        &rules,
+        at(400),
+    );
+    assert_eq!(late.rates()["c2"], d("0.20"));
+    late.apply(&[payment("p1", "c1", "1000", 1)], &rules, at(400));
+    assert_eq!(late.rates()["c2"], d("0.22"));
+    let kinds: Vec<EntryKind> = late.ledger.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![EntryKind::Commission, EntryKind::Adjustment]);
+    assert_eq!(late.ledger[1].amount, d("2"));
+    assert_eq!(late.ledger[1].id, "p2");
+
+    let mut in_order = Kept::default();
+    in_order.apply(
+        &[
+            signup("s1", "c1", Billing::Reseller, 0),
+            payment("p1", "c1", "1000", 1),
+            signup("s2", "c2", Billing::Referral, 2),
+            payment("p2", "c2", "100", 3),
+        ],
+        &rules,
+        at(400),
+    );
+    assert_eq!(late.net(), in_order.net());
+    assert_eq!(late.book.arr, in_order.book.arr);
+    assert_eq!(late.book.balances(at(400)), in_order.book.balances(at(400)));
+}
+
+/// A small deterministic shuffle, so the test needs no generator crate.
+fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut out = items.to_vec();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    for i in (1..out.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let j = (state >> 33) as usize % (i + 1);
+        out.swap(i, j);
+    }
+    out
+}
+
+#[test]
+fn any_delivery_order_and_batching_gives_the_same_money() {
+    let rules = rules(0);
+    let events = vec![
+        signup("s1", "c1", Billing::Reseller, 0),
+        payment("p1", "c1", "2000", 1),
+        signup("s2", "c2", Billing::Referral, 2),
+        payment("p2", "c2", "1000", 3),
+        refund("r1", "c2", "p2", "333.33", 4),
+        refund("r2", "c2", "p2", "333.33", 5),
+        signup("s3", "c3", Billing::Referral, 6),
+        signup("s0", "c3", Billing::Reseller, 5),
+        payment("p3", "c3", "500", 7),
+        Event {
+            id: "x1".into(),
+            customer: "c1".into(),
+            at: at(8),
+            kind: EventKind::Cancel,
+        },
+        signup("s4", "c4", Billing::Referral, 9),
+        payment("p4", "c4", "10.01", 10),
+    ];
+    let mut reference = Kept::default();
+    reference.apply(&events, &rules, at(400));
+    for seed in 0..200 {
+        let order = shuffled(&events, seed);
+        let mut kept = Kept::default();
+        let size = 1 + (seed as usize % 4);
+        for chunk in order.chunks(size) {
+            kept.apply(chunk, &rules, at(400));
+        }
+        // Delivered again, late: changes nothing.
+        kept.apply(&order[..3], &rules, at(400));
+        assert_eq!(kept.net(), reference.net(), "seed {seed}");
+        assert_eq!(kept.rates(), reference.rates(), "seed {seed}");
+        assert_eq!(kept.book.arr, reference.book.arr, "seed {seed}");
+        assert_eq!(kept.cells, reference.cells, "seed {seed}");
+        assert_eq!(
+            kept.book.balances(at(400)),
+            reference.book.balances(at(400)),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn a_future_payments_commission_is_pending_and_its_refund_cancels_it() {
+    let rules = rules(0);
+    let mut kept = Kept::default();
+    kept.apply(
+        &[
+            signup("s1", "c1", Billing::Referral, 0),
+            payment("p1", "c1", "300", 30),
+        ],
+        &rules,
+        at(1),
+    );
+    let balance = &kept.book.balances(at(1))[0];
+    assert_eq!((balance.pending, balance.available), (d("60"), d("0")));
+    kept.apply(&[refund("r1", "c1", "p1", "300", 2)], &rules, at(2));
+    let balance = &kept.book.balances(at(2))[0];
+    assert_eq!((balance.pending, balance.available), (d("0"), d("0")));
+    assert_eq!(
+        payout(&kept.book, &rules, true, "po", "USD", at(2)).unwrap_err(),
+        PayoutRefusal::NothingAvailable("USD".into())
+    );
+    let balance = &kept.book.balances(at(31))[0];
+    assert_eq!((balance.pending, balance.available), (d("0"), d("0")));
+}
+
+#[test]
+fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
+    let rules = rules(30);
+    let mut kept = Kept::default();
+    kept.apply(
+        &[
+            signup("s1", "c1", Billing::Referral, 0),
+            payment("p1", "c1", "200", 1),
+        ],
+        &rules,
+        at(2),
+    );
+    let balance = &kept.book.balances(at(2))[0];
+    assert_eq!((balance.pending, balance.available), (d("40"), d("0")));
+    assert_eq!(
+        payout(&kept.book, &rules, true, "po", "USD", at(31)).unwrap_err(),
+        PayoutRefusal::BelowMinimum {
+            currency: "USD".into(),
+            available: d("40"),
+            minimum: d("50")
+        }
+    );
+    kept.apply(&[payment("p2", "c1", "50", 2)], &rules, at(2));
+    assert_eq!(
+        payout(&kept.book, &rules, false, "po", "USD", at(40)).unwrap_err(),
+        PayoutRefusal::NoPaypalEmail
+    );
+    assert!(matches!(
+        payout(&kept.book, &rules, true, "po", "EUR", at(40)),
+        Err(PayoutRefusal::CurrencyNotPaid(_))
+    ));
+    let paid = payout(&kept.book, &rules, true, "po", "USD", at(40)).unwrap();
+    kept.commit(&paid);
+    assert_eq!(paid.entries[0].amount, d("-50"));
+    let balance = &kept.book.balances(at(40))[0];
+    assert_eq!(
+        (balance.pending, balance.available, balance.paid),
+        (d("0"), d("0"), d("50"))
+    );
+    // A clawback after the payout takes the balance below zero.
+    kept.apply(&[refund("r1", "c1", "p1", "200", 41)], &rules, at(41));
+    assert_eq!(kept.book.balances(at(41))[0].available, d("-40"));
+}
+
+#[test]
+fn gold_needs_a_new_customer_in_the_last_twelve_months() {
+    let rules = rules(0);
+    let book = Book {
+        arr: d("25000"),
+        signups: vec![at(0).timestamp_millis()],
+        ..Book::default()
+    };
+    assert_eq!(book.tier(&rules, at(100)).name, "gold");
+    assert_eq!(book.tier(&rules, at(400)).name, "silver");
+}
+
+#[test]
+fn a_second_signup_of_a_customer_changes_nothing() {
+    let rules = rules(0);
+    let mut kept = Kept::default();
+    kept.apply(&[signup("s1", "c1", Billing::Referral, 0)], &rules, at(1));
+    kept.apply(&[signup("s2", "c1", Billing::Reseller, 1)], &rules, at(1));
+    let c = &kept.customers["c1"];
+    assert_eq!(c.signup.as_ref().unwrap().key.id, "s1");
+    assert_eq!(kept.book.signups.len(), 1);
+    // An earlier signup arriving late is the customer's first: it counts.
+    kept.apply(&[signup("s0", "c1", Billing::Reseller, -1)], &rules, at(1));
+    let c = &kept.customers["c1"];
+    assert_eq!(c.signup.as_ref().unwrap().key.id, "s0");
+    assert_eq!(kept.book.signups, vec![at(-1).timestamp_millis()]);
+}
