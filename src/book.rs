@@ -627,7 +627,12 @@ impl<'r> BatchRun<'r> {
         for id in ids {
             let derived = &self.derived[id];
             let customer = self.customers.get_mut(id).expect("derived from it");
-            for (source, owed) in &derived.owed {
+            // Posted in event-time order, so the ledger reads like the
+            // customer's history.
+            let mut owed_in_order: Vec<(&String, &crate::customer::Posting)> =
+                derived.owed.iter().collect();
+            owed_in_order.sort_by_key(|(source, owed)| (owed.at, *source));
+            for (source, owed) in owed_in_order {
                 let posted = customer.posted.get(source).copied();
                 let change = owed.amount - posted.unwrap_or_default();
                 if change.is_zero() {

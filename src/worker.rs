@@ -92,7 +92,7 @@ struct ForBook {
 
 /// Where the routing step left an event.
 enum Routed {
-    Book(ForBook),
+    Book(Box<ForBook>),
     Finished(String, &'static str, Outcome),
     Waiting,
 }
@@ -187,7 +187,7 @@ impl Worker {
                 Routed::Book(item) => by_partner
                     .entry(item.referral.partner.clone())
                     .or_default()
-                    .push(item),
+                    .push(*item),
                 Routed::Finished(delivery, kind, outcome) => {
                     self.metrics.count_event(kind, outcome.label());
                     done.push(delivery);
@@ -230,12 +230,12 @@ impl Worker {
         let EventKind::Signup { attribution, .. } = &event.kind else {
             let now = Utc::now().timestamp_millis();
             return Ok(vec![match self.store.route_event(event, now).await? {
-                Route::Claimed(Some(referral)) => Routed::Book(ForBook {
+                Route::Claimed(Some(referral)) => Routed::Book(Box::new(ForBook {
                     event: event.clone(),
                     referral,
                     delivery: Some(delivery.delivery.clone()),
                     unpark: None,
-                }),
+                })),
                 Route::Claimed(None) => finished(Outcome::NoEffect),
                 Route::Parked => finished(Outcome::Parked),
             }]);
@@ -261,20 +261,20 @@ impl Worker {
         let mut out: Vec<Routed> = parked
             .iter()
             .map(|waited| {
-                Routed::Book(ForBook {
+                Routed::Book(Box::new(ForBook {
                     event: waited.clone(),
                     referral: referral.clone(),
                     delivery: None,
                     unpark: None,
-                })
+                }))
             })
             .collect();
-        out.push(Routed::Book(ForBook {
+        out.push(Routed::Book(Box::new(ForBook {
             event: event.clone(),
             referral,
             delivery: Some(delivery.delivery.clone()),
             unpark: Some((event.customer.clone(), parked)),
-        }));
+        })));
         Ok(out)
     }
 

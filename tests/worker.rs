@@ -19,9 +19,11 @@ const PAYMENTS: usize = 10;
 /// partner leaves bronze (so every rate is 20 % whatever the order), and
 /// refunds of some. Answers the events and each partner's expected
 /// commission total and ledger length.
+/// Times are milliseconds after `now` (seconds), all within the clock
+/// skew, so none is refused as being in the future.
 fn scenario(clicks: &[String], now: i64) -> (Vec<Value>, Vec<(Decimal, usize)>) {
-    let at = |s: i64| {
-        chrono::DateTime::from_timestamp(now + s, 0)
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(now * 1000 + ms)
             .unwrap()
             .to_rfc3339()
     };

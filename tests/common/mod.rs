@@ -270,17 +270,27 @@ pub struct Stack {
 
 impl Stack {
     pub async fn embedded() -> Stack {
+        Stack::embedded_with(&[]).await
+    }
+
+    pub async fn embedded_with(extra: &[(&str, &str)]) -> Stack {
         Stack {
-            app: TestApp::spawn().await,
+            app: TestApp::spawn_with(extra).await,
             _worker: None,
             _redis: None,
         }
     }
 
     pub async fn redis() -> Stack {
+        Stack::redis_with(&[]).await
+    }
+
+    /// Redis mode with `extra` settings for `serve` and the worker.
+    pub async fn redis_with(extra: &[(&str, &str)]) -> Stack {
         let redis = redis_server::RedisServer::start();
         let url = redis.url();
-        let env = [("LASTCLICK_REDIS__URL", url.as_str())];
+        let mut env = vec![("LASTCLICK_REDIS__URL", url.as_str())];
+        env.extend_from_slice(extra);
         Stack {
             app: TestApp::spawn_with(&env).await,
             _worker: Some(WorkerProcess::spawn(&env)),
