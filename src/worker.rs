@@ -115,8 +115,10 @@ impl Worker {
     /// nothing), so a worker that dies leaves its events to the others.
     pub async fn run(self, settings: LoopSettings, mut shutdown: watch::Receiver<bool>) {
         let mut last_expiry: Option<Instant> = None;
+        // Often enough that nothing outstays `park_for` by much.
+        let expiry_every = EXPIRY_EVERY.min(self.park_for / 2);
         while !*shutdown.borrow() {
-            if last_expiry.is_none_or(|t| t.elapsed() >= EXPIRY_EVERY) {
+            if last_expiry.is_none_or(|t| t.elapsed() >= expiry_every) {
                 last_expiry = Some(Instant::now());
                 self.expire_parked().await;
             }
