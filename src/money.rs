@@ -15,17 +15,27 @@ const ZERO_DIGITS: &[&str] = &[
 ];
 const THREE_DIGITS: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
 const FOUR_DIGITS: &[&str] = &["CLF", "UYW"];
-const TWO_DIGITS: &str = "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB \
-    BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUP CVE CZK DKK DOP DZD EGP \
-    ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS \
-    KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR \
-    MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD \
-    SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS \
-    VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL";
+const TWO_DIGITS: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF",
+    "CHE", "CHF", "CHW", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GTQ", "GYD",
+    "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IRR", "JMD", "KES", "KGS", "KHR", "KPW",
+    "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT",
+    "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK",
+    "NPR", "NZD", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "QAR", "RON", "RSD", "RUB", "SAR",
+    "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL", "SOS", "SRD", "SSP", "STN", "SVC",
+    "SYP", "SZL", "THB", "TJS", "TMT", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "USD", "USN",
+    "UYU", "UZS", "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
 
 /// Digits after the decimal point of an ISO 4217 currency; `None` for a code
 /// that is not one.
 pub fn minor_digits(currency: &str) -> Option<u32> {
+    // The common ones first: this is called for every amount derived.
+    if matches!(currency, "USD" | "EUR" | "GBP") {
+        return Some(2);
+    }
     if currency.len() != 3 {
         return None;
     }
@@ -35,7 +45,7 @@ pub fn minor_digits(currency: &str) -> Option<u32> {
         Some(3)
     } else if FOUR_DIGITS.contains(&currency) {
         Some(4)
-    } else if TWO_DIGITS.split_whitespace().any(|code| code == currency) {
+    } else if TWO_DIGITS.binary_search(&currency).is_ok() {
         Some(2)
     } else {
         None
@@ -205,6 +215,14 @@ mod tests {
         assert_eq!(tier_for(&tiers, d("20000"), true).name, "gold");
         assert_eq!(next_tier(&tiers, &tiers[1]).unwrap().name, "gold");
         assert!(next_tier(&tiers, &tiers[2]).is_none());
+    }
+
+    #[test]
+    fn the_two_digit_table_is_sorted_for_binary_search() {
+        assert!(TWO_DIGITS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(minor_digits("CHF"), Some(2));
+        assert_eq!(minor_digits("ZWL"), Some(2));
+        assert_eq!(minor_digits("XXX"), None);
     }
 
     #[test]

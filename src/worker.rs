@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::store::{Click, Commit, Delivery, Route, Store, StoreError};
 
 /// Events taken from the queue at once.
-const BATCH: usize = 100;
+const BATCH: usize = 500;
 /// How long a worker waits for events before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Commit attempts against a book that other workers keep moving.
@@ -32,6 +32,14 @@ const CONCURRENT: usize = 16;
 const CLICK_SETTLE_SECS: i64 = 120;
 /// How often a worker moves expired parked events to the dead letter.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How long a worker may keep a partner's book locked: a worker that dies
+/// holding it delays that partner's events this long at most.
+const BOOK_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How often a worker looks again at a book another worker is committing.
+const BOOK_LOCK_POLL: Duration = Duration::from_millis(1);
+/// Customers' claims remembered by a worker; the memory is cleared when
+/// it holds this many.
+const CLAIMS_REMEMBERED: usize = 100_000;
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +74,11 @@ pub struct Worker {
     clock_skew: Duration,
     park_for: Duration,
     metrics: Arc<Metrics>,
+    /// Claims never change once made, so a customer's later events are
+    /// routed without asking the store.
+    claims: std::sync::Mutex<HashMap<String, Option<Referral>>>,
+    /// Names this worker as a book's holder.
+    holder: String,
 }
 
 /// Settings of the worker loop.
@@ -107,6 +120,8 @@ impl Worker {
             clock_skew: config.attribution.clock_skew,
             park_for: config.worker.park_for,
             metrics,
+            claims: std::sync::Mutex::new(HashMap::new()),
+            holder: ClickId::random().to_string(),
         }
     }
 
@@ -230,8 +245,18 @@ impl Worker {
         let kind = event.kind.name();
         let finished = |outcome| Routed::Finished(delivery.delivery.clone(), kind, outcome);
         let EventKind::Signup { attribution, .. } = &event.kind else {
-            let now = Utc::now().timestamp_millis();
-            return Ok(vec![match self.store.route_event(event, now).await? {
+            let route = match self.remembered_claim(&event.customer) {
+                Some(claim) => Route::Claimed(claim),
+                None => {
+                    let now = Utc::now().timestamp_millis();
+                    let route = self.store.route_event(event, now).await?;
+                    if let Route::Claimed(claim) = &route {
+                        self.remember_claim(&event.customer, claim);
+                    }
+                    route
+                }
+            };
+            return Ok(vec![match route {
                 Route::Claimed(Some(referral)) => Routed::Book(Box::new(ForBook {
                     event: event.clone(),
                     referral,
@@ -247,10 +272,13 @@ impl Worker {
             Resolution::NoClick => None,
             Resolution::NotYet => return Ok(vec![Routed::Waiting]),
         };
+        // Always through the store, never the remembered claims: the claim
+        // answers the parked events too.
         let (claim, parked) = self
             .store
             .claim_customer(&event.customer, resolved.as_ref())
             .await?;
+        self.remember_claim(&event.customer, &claim);
         let Some(referral) = claim else {
             // Signed up without a valid click: final, and so is what
             // waited for it.
@@ -278,6 +306,19 @@ impl Worker {
             unpark: Some((event.customer.clone(), parked)),
         })));
         Ok(out)
+    }
+
+    fn remembered_claim(&self, customer: &str) -> Option<Option<Referral>> {
+        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.get(customer).cloned()
+    }
+
+    fn remember_claim(&self, customer: &str, claim: &Option<Referral>) {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if claims.len() >= CLAIMS_REMEMBERED {
+            claims.clear();
+        }
+        claims.insert(customer.to_owned(), claim.clone());
     }
 
     /// Applies one partner's events to its book in one atomic step,
@@ -317,7 +358,30 @@ impl Worker {
         }
     }
 
+    /// Commits a partner's events with its book locked, so that two
+    /// workers never compute the same book at once.
     async fn commit_events(
+        &self,
+        partner: &str,
+        items: &[ForBook],
+    ) -> Result<HashMap<String, Effect>, StoreError> {
+        // Another worker holds it for one commit: a few milliseconds.
+        while !self
+            .store
+            .lock_book(partner, &self.holder, BOOK_LOCK_TTL)
+            .await?
+        {
+            tokio::time::sleep(BOOK_LOCK_POLL).await;
+        }
+        let committed = self.commit_locked(partner, items).await;
+        if let Err(e) = self.store.unlock_book(partner, &self.holder).await {
+            // It expires by itself.
+            tracing::warn!(error = %e, partner = %partner, "cannot unlock a book");
+        }
+        committed
+    }
+
+    async fn commit_locked(
         &self,
         partner: &str,
         items: &[ForBook],

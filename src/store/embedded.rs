@@ -49,6 +49,8 @@ struct Inner {
     /// `worker.park_for`.
     dead: Vec<ParkedEvent>,
     books: HashMap<String, PartnerBook>,
+    /// Books taken by a worker: holder and until when.
+    book_locks: HashMap<String, (String, Instant)>,
 }
 
 const CLICK_SHARDS: usize = 64;
@@ -548,6 +550,37 @@ impl Store for EmbeddedStore {
                 History::from_fields(entry.history.iter().map(|(f, v)| (f.as_str(), v.as_str())))
             }),
         })
+    }
+
+    async fn lock_book(
+        &self,
+        partner: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        match inner.book_locks.get(partner) {
+            Some((other, until)) if other != holder && *until > now => Ok(false),
+            _ => {
+                inner
+                    .book_locks
+                    .insert(partner.to_owned(), (holder.to_owned(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .book_locks
+            .get(partner)
+            .is_some_and(|(h, _)| h == holder)
+        {
+            inner.book_locks.remove(partner);
+        }
+        Ok(())
     }
 
     async fn commit_book(

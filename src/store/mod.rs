@@ -242,6 +242,18 @@ pub trait Store: Send + Sync + 'static {
     /// What `request` asks of the partner's book.
     async fn load_book(&self, partner: &str, request: &BookRequest)
         -> Result<BookView, StoreError>;
+    /// Takes the partner's book for `holder` for up to `ttl` unless another
+    /// holder has it: one worker at a time works on a book, so none
+    /// computes a batch only to find the book moved. Answers whether it was
+    /// taken. Commits stay guarded by the version all the same.
+    async fn lock_book(
+        &self,
+        partner: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Gives the book back, if `holder` still has it.
+    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError>;
     /// Applies `changes` (with the ids they applied), all or nothing, if
     /// the book is still at `version`.
     async fn commit_book(

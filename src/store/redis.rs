@@ -147,6 +147,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for _, item in ipairs(items) do redis.call('RPUSH', KEYS[3], item) end
 return #items";
 
+/// Gives a book's lock back if the holder still has it. KEYS: the lock.
+/// ARGV: the holder.
+const UNLOCK_BOOK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1";
+
 /// KEYS: partners, tokens, version. ARGV: id, record, token hash.
 const INSERT_PARTNER: &str = r"
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -596,6 +602,7 @@ pub struct RedisStore {
     route_event: Script,
     claim_customer: Script,
     expire_parked: Script,
+    unlock_book: Script,
     window_secs: u64,
     click_scripts: ClickScripts,
     insert_partner: Script,
@@ -651,6 +658,7 @@ impl RedisStore {
             route_event: Script::new(ROUTE_EVENT),
             claim_customer: Script::new(CLAIM_CUSTOMER),
             expire_parked: Script::new(EXPIRE_PARKED),
+            unlock_book: Script::new(UNLOCK_BOOK),
             window_secs: window.as_secs(),
             click_scripts: ClickScripts {
                 records: Script::new(RECORD_CLICKS),
@@ -1345,6 +1353,33 @@ impl Store for RedisStore {
             ));
         }
         Ok(view)
+    }
+
+    async fn lock_book(
+        &self,
+        partner: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(keys::owned(|k| keys::book(k, partner, "lock")))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
+    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+        self.unlock_book
+            .key(keys::owned(|k| keys::book(k, partner, "lock")))
+            .arg(holder)
+            .invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
     }
 
     async fn commit_book(
