@@ -41,6 +41,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         Ok(Ok(stats)) => {
             state.metrics.events_waiting.set(stats.waiting as i64);
             state.metrics.events_pending.set(stats.pending as i64);
+            state.metrics.events_routed.set(stats.routed as i64);
         }
         _ => state.metrics.count_store_error("event_queue_stats"),
     }

@@ -307,6 +307,8 @@ pub struct Changes {
     pub history: Vec<HistoryField>,
     pub entries: Vec<LedgerEntry>,
     pub applied: Vec<String>,
+    /// Events taken off the head of the partner's inbox.
+    pub inbox_taken: usize,
 }
 
 /// What became of one event in the book.
@@ -682,6 +684,7 @@ impl<'r> BatchRun<'r> {
                 .collect(),
             entries,
             applied: applied.into_iter().map(str::to_owned).collect(),
+            inbox_taken: 0,
         };
         (changes, parked)
     }

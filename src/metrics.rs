@@ -25,6 +25,7 @@ pub struct Metrics {
     pub events_waiting: IntGauge,
     pub events_pending: IntGauge,
     pub events_parked: IntGauge,
+    pub events_routed: IntGauge,
     store_errors: IntCounterVec,
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
@@ -109,6 +110,11 @@ impl Metrics {
             "Conversion events taken by a worker and not yet acknowledged.",
         )
         .expect("static metric definition");
+        let events_routed = IntGauge::new(
+            "worker_routed_events",
+            "Conversion events routed to their partner, waiting in its inbox for the book step (read at scrape time).",
+        )
+        .expect("static metric definition");
         let events_parked = IntGauge::new(
             "events_parked",
             "Conversion events parked until their customer's signup arrives (read at scrape time).",
@@ -136,6 +142,7 @@ impl Metrics {
             Box::new(events_waiting.clone()),
             Box::new(events_pending.clone()),
             Box::new(events_parked.clone()),
+            Box::new(events_routed.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -152,6 +159,7 @@ impl Metrics {
             events_waiting,
             events_pending,
             events_parked,
+            events_routed,
             store_errors,
             events_received,
             events_processed,

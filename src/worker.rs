@@ -17,7 +17,7 @@ use crate::customer::{EntryKind, Referral};
 use crate::events::{AttributionRef, Event, EventKind};
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
-use crate::store::{Click, Commit, Delivery, Route, Store, StoreError};
+use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError};
 
 /// Events taken from the queue at once.
 const BATCH: usize = 500;
@@ -32,11 +32,10 @@ const CONCURRENT: usize = 16;
 const CLICK_SETTLE_SECS: i64 = 120;
 /// How often a worker moves expired parked events to the dead letter.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
-/// How long a worker may keep a partner's book locked: a worker that dies
-/// holding it delays that partner's events this long at most.
-const BOOK_LOCK_TTL: Duration = Duration::from_secs(10);
-/// How often a worker looks again at a book another worker is committing.
-const BOOK_LOCK_POLL: Duration = Duration::from_millis(1);
+/// Ready partners looked at in one round of the book step.
+const READY_AT_ONCE: usize = 64;
+/// Inbox events applied to a book in one step at most.
+const DRAIN_AT_ONCE: usize = 2000;
 /// Customers' claims remembered by a worker; the memory is cleared when
 /// it holds this many.
 const CLAIMS_REMEMBERED: usize = 100_000;
@@ -79,6 +78,9 @@ pub struct Worker {
     claims: std::sync::Mutex<HashMap<String, Option<Referral>>>,
     /// Names this worker as a book's holder.
     holder: String,
+    /// How long a book stays locked by a worker that stopped answering
+    /// (`worker.reclaim_after`, as for its events).
+    lock_for: Duration,
 }
 
 /// Settings of the worker loop.
@@ -91,15 +93,15 @@ pub struct LoopSettings {
     pub reclaim_after: Duration,
 }
 
-/// An event on its way to its partner's book.
+/// An event on its way to its partner's inbox.
 struct ForBook {
     event: Event,
     referral: Referral,
-    /// Acknowledged once the book has it; `None` for an event that was
+    /// Acknowledged once the inbox has it; `None` for an event that was
     /// parked (and acknowledged) before.
     delivery: Option<String>,
     /// The customer whose parked events this claim brought, to forget
-    /// once the book has them.
+    /// once the inbox has them.
     unpark: Option<(String, Vec<Event>)>,
 }
 
@@ -122,6 +124,7 @@ impl Worker {
             metrics,
             claims: std::sync::Mutex::new(HashMap::new()),
             holder: ClickId::random().to_string(),
+            lock_for: config.worker.reclaim_after,
         }
     }
 
@@ -136,6 +139,7 @@ impl Worker {
             if last_expiry.is_none_or(|t| t.elapsed() >= expiry_every) {
                 last_expiry = Some(Instant::now());
                 self.expire_parked().await;
+                self.sweep_ready().await;
             }
             let next = self.store.next_events(
                 &settings.consumer,
@@ -164,6 +168,27 @@ impl Worker {
         }
     }
 
+    /// Marks every partner whose inbox holds events ready: a worker that
+    /// died between taking a partner off the ready set and looking at its
+    /// inbox again leaves them unmarked, and this finds them.
+    pub async fn sweep_ready(&self) {
+        let partners = match self.store.load_catalog().await {
+            Ok(catalog) => catalog.partners,
+            Err(e) => {
+                self.metrics.count_store_error("sweep_ready");
+                tracing::warn!(error = %e, "cannot list partners; retrying later");
+                return;
+            }
+        };
+        for partner in partners {
+            if let Err(e) = self.store.settle_ready(partner.id.as_str()).await {
+                self.metrics.count_store_error("sweep_ready");
+                tracing::warn!(error = %e, "cannot settle ready partners; retrying later");
+                return;
+            }
+        }
+    }
+
     /// Moves events parked longer than `worker.park_for` to the dead
     /// letter.
     pub async fn expire_parked(&self) {
@@ -181,14 +206,25 @@ impl Worker {
         }
     }
 
-    /// Applies a batch: first each customer's events are routed (claimed
-    /// by a signup, sent to the claiming partner, or parked until the
-    /// signup comes; customers at once), then each partner's events are
-    /// applied to its book in one step (partners at once). The book
-    /// orders them by event time itself, so neither the order of the batch
-    /// nor that of other workers' batches changes the result. Answers the
-    /// deliveries that are finished.
+    /// Applies a batch in two steps. Routing: each customer's events go to
+    /// the partner that claimed the customer (a signup claims it and brings
+    /// its parked events), or are parked until the signup comes; routed
+    /// events are appended to their partner's inbox (customers at once).
+    /// Books: every partner with events in its inbox and not locked by
+    /// another worker has them applied to its book in one atomic step that
+    /// takes them off the inbox (partners at once). The book orders events
+    /// by their time itself, so neither the order of the batch nor other
+    /// workers' batches change the result, and two workers share the
+    /// partners instead of contending for them. Answers the deliveries that
+    /// are finished (routed durably, parked, or needing nothing).
     pub async fn apply_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
+        let done = self.route_batch(deliveries).await;
+        self.drain_ready().await;
+        done
+    }
+
+    /// The routing step of a batch.
+    async fn route_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
         let routed: Vec<Routed> = futures_util::stream::iter(by_customer(deliveries))
             .map(|group| self.route_in_order(group))
             .buffer_unordered(CONCURRENT)
@@ -212,13 +248,164 @@ impl Worker {
                 Routed::Waiting => {}
             }
         }
-        let applied = futures_util::stream::iter(by_partner)
-            .map(|(partner, items)| self.apply_to_book(partner, items))
+        let pushed = futures_util::stream::iter(by_partner)
+            .map(|(partner, items)| self.push_to_inbox(partner, items))
             .buffer_unordered(CONCURRENT)
             .collect::<Vec<_>>()
             .await;
-        done.extend(applied.into_iter().flatten());
+        done.extend(pushed.into_iter().flatten());
         done
+    }
+
+    /// Appends a partner's routed events to its inbox; once they are
+    /// there, the customers' parked events they carry are forgotten and the
+    /// deliveries are finished.
+    async fn push_to_inbox(&self, partner: String, items: Vec<ForBook>) -> Vec<String> {
+        let inbox: Vec<InboxItem> = items
+            .iter()
+            .map(|item| InboxItem {
+                event: item.event.clone(),
+                referral: item.referral.clone(),
+            })
+            .collect();
+        if let Err(e) = self.store.push_inbox(&partner, &inbox).await {
+            self.metrics.count_store_error("push_inbox");
+            tracing::warn!(error = %e, partner = %partner, "events not routed; they will be retried");
+            return Vec::new();
+        }
+        let mut done = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some((customer, parked)) = &item.unpark {
+                if let Err(e) = self.store.unpark(customer, parked).await {
+                    // They stay listed until expiry drops them (the claim
+                    // exists, so they are not dead letters).
+                    self.metrics.count_store_error("unpark");
+                    tracing::warn!(error = %e, customer = %customer, "cannot forget parked events");
+                }
+            }
+            done.extend(item.delivery);
+        }
+        done
+    }
+
+    /// The book step: drains every ready partner's inbox this worker can
+    /// lock, until none is left that another worker is not working on.
+    pub async fn drain_ready(&self) {
+        loop {
+            let ready = match self.store.ready_partners(READY_AT_ONCE).await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    self.metrics.count_store_error("ready_partners");
+                    tracing::warn!(error = %e, "cannot list ready partners; retrying later");
+                    return;
+                }
+            };
+            let drained = futures_util::stream::iter(ready)
+                .map(|partner| self.drain(partner))
+                .buffer_unordered(CONCURRENT)
+                .collect::<Vec<bool>>()
+                .await;
+            if !drained.into_iter().any(|d| d) {
+                return;
+            }
+        }
+    }
+
+    /// Applies what waits in one partner's inbox, with its book locked;
+    /// answers whether anything was applied. A partner another worker has
+    /// locked is left to it.
+    async fn drain(&self, partner: String) -> bool {
+        match self
+            .store
+            .lock_book(&partner, &self.holder, self.lock_for)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                self.metrics.count_store_error("lock_book");
+                tracing::warn!(error = %e, partner = %partner, "cannot lock a book; retrying later");
+                return false;
+            }
+        }
+        let drained = match self.drain_locked(&partner).await {
+            Ok(drained) => drained,
+            Err(e) => {
+                self.metrics.count_store_error("apply_event");
+                tracing::warn!(error = %e, partner = %partner, "events not applied; they will be retried");
+                false
+            }
+        };
+        if let Err(e) = self.store.unlock_book(&partner, &self.holder).await {
+            // It expires by itself.
+            tracing::warn!(error = %e, partner = %partner, "cannot unlock a book");
+        }
+        drained
+    }
+
+    async fn drain_locked(&self, partner: &str) -> Result<bool, StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let items = self.store.read_inbox(partner, DRAIN_AT_ONCE).await?;
+            if items.is_empty() {
+                self.store.settle_ready(partner).await?;
+                return Ok(false);
+            }
+            let Some(effects) = self.commit_items(partner, &items).await? else {
+                continue; // the book moved (a lock that expired): read again
+            };
+            for item in &items {
+                let outcome = match effects.get(item.event.id.as_str()) {
+                    Some(Effect::Applied) | None => Outcome::Applied,
+                    Some(Effect::Duplicate) => Outcome::Duplicate,
+                    Some(Effect::Parked) => Outcome::Parked,
+                };
+                self.metrics
+                    .count_event(item.event.kind.name(), outcome.label());
+            }
+            self.store.settle_ready(partner).await?;
+            return Ok(true);
+        }
+        Err(StoreError::Unavailable(format!(
+            "book of `{partner}` kept moving"
+        )))
+    }
+
+    /// Applies inbox items to the partner's book and takes them off the
+    /// inbox, atomically; `None` when the book moved since it was read.
+    async fn commit_items(
+        &self,
+        partner: &str,
+        items: &[InboxItem],
+    ) -> Result<Option<HashMap<String, Effect>>, StoreError> {
+        let incoming: Vec<Incoming<'_>> = items
+            .iter()
+            .map(|item| Incoming {
+                event: &item.event,
+                referral: &item.referral,
+            })
+            .collect();
+        let mut request = book::request_for(&incoming);
+        loop {
+            let view = self.store.load_book(partner, &request).await?;
+            let now = Utc::now().timestamp_millis();
+            match book::apply(&view, &request, &incoming, &self.rules, now) {
+                Applied::Load(more) => request = more,
+                Applied::Done(mut changes, effects) => {
+                    changes.inbox_taken = items.len();
+                    return match self
+                        .store
+                        .commit_book(partner, view.version, &changes)
+                        .await?
+                    {
+                        Commit::Applied => {
+                            self.count_commissions(&changes);
+                            Ok(Some(effects.into_iter().collect()))
+                        }
+                        Commit::Conflict => Ok(None),
+                    };
+                }
+            }
+        }
     }
 
     /// The routing step of one customer's events, in delivery order.
@@ -319,107 +506,6 @@ impl Worker {
             claims.clear();
         }
         claims.insert(customer.to_owned(), claim.clone());
-    }
-
-    /// Applies one partner's events to its book in one atomic step,
-    /// against the version read; answers the deliveries finished.
-    async fn apply_to_book(&self, partner: String, items: Vec<ForBook>) -> Vec<String> {
-        match self.commit_events(&partner, &items).await {
-            Ok(effects) => {
-                let mut done = Vec::with_capacity(items.len());
-                for item in &items {
-                    let effect = effects.get(item.event.id.as_str()).copied();
-                    let outcome = match effect {
-                        Some(Effect::Applied) | None => Outcome::Applied,
-                        Some(Effect::Duplicate) => Outcome::Duplicate,
-                        Some(Effect::Parked) => Outcome::Parked,
-                    };
-                    if item.delivery.is_some() || outcome != Outcome::Duplicate {
-                        self.metrics
-                            .count_event(item.event.kind.name(), outcome.label());
-                    }
-                    if let Some((customer, parked)) = &item.unpark {
-                        if let Err(e) = self.store.unpark(customer, parked).await {
-                            // They stay listed until expiry drops them (the
-                            // claim exists, so they are not dead letters).
-                            self.metrics.count_store_error("unpark");
-                            tracing::warn!(error = %e, customer = %customer, "cannot forget parked events");
-                        }
-                    }
-                    done.extend(item.delivery.clone());
-                }
-                done
-            }
-            Err(e) => {
-                self.metrics.count_store_error("apply_event");
-                tracing::warn!(error = %e, partner = %partner, "events not applied; they will be retried");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Commits a partner's events with its book locked, so that two
-    /// workers never compute the same book at once.
-    async fn commit_events(
-        &self,
-        partner: &str,
-        items: &[ForBook],
-    ) -> Result<HashMap<String, Effect>, StoreError> {
-        // Another worker holds it for one commit: a few milliseconds.
-        while !self
-            .store
-            .lock_book(partner, &self.holder, BOOK_LOCK_TTL)
-            .await?
-        {
-            tokio::time::sleep(BOOK_LOCK_POLL).await;
-        }
-        let committed = self.commit_locked(partner, items).await;
-        if let Err(e) = self.store.unlock_book(partner, &self.holder).await {
-            // It expires by itself.
-            tracing::warn!(error = %e, partner = %partner, "cannot unlock a book");
-        }
-        committed
-    }
-
-    async fn commit_locked(
-        &self,
-        partner: &str,
-        items: &[ForBook],
-    ) -> Result<HashMap<String, Effect>, StoreError> {
-        let incoming: Vec<Incoming<'_>> = items
-            .iter()
-            .map(|item| Incoming {
-                event: &item.event,
-                referral: &item.referral,
-            })
-            .collect();
-        let mut request = book::request_for(&incoming);
-        for _ in 0..MAX_ATTEMPTS {
-            let view = self.store.load_book(partner, &request).await?;
-            let now = Utc::now().timestamp_millis();
-            let (changes, effects) = match book::apply(&view, &request, &incoming, &self.rules, now)
-            {
-                Applied::Load(more) => {
-                    request = more;
-                    continue;
-                }
-                Applied::Done(changes, effects) => (changes, effects),
-            };
-            match self
-                .store
-                .commit_book(partner, view.version, &changes)
-                .await?
-            {
-                Commit::Applied => {
-                    self.count_commissions(&changes);
-                    return Ok(effects.into_iter().collect());
-                }
-                Commit::Conflict => continue,
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "book of `{partner}` kept moving"
-        )))
     }
 
     /// The click a signup names, if it counts: a valid signature, a partner

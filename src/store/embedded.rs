@@ -51,6 +51,8 @@ struct Inner {
     books: HashMap<String, PartnerBook>,
     /// Books taken by a worker: holder and until when.
     book_locks: HashMap<String, (String, Instant)>,
+    /// Partners whose inbox may hold events.
+    ready: std::collections::BTreeSet<String>,
 }
 
 const CLICK_SHARDS: usize = 64;
@@ -97,6 +99,8 @@ struct PartnerBook {
     conversions: BTreeMap<String, ConversionCounts>,
     /// The history as stored: one value per field, like Redis's hash.
     history: BTreeMap<String, String>,
+    /// Events routed to the partner, waiting for the book step.
+    inbox: VecDeque<super::InboxItem>,
 }
 
 /// A counter cell keyed by the click's own `Arc`s, so counting a click
@@ -423,6 +427,7 @@ impl Store for EmbeddedStore {
         Ok(QueueStats {
             waiting: inner.events.ready.len() as u64,
             pending: inner.events.pending.len() as u64,
+            routed: inner.books.values().map(|b| b.inbox.len() as u64).sum(),
         })
     }
 
@@ -552,6 +557,49 @@ impl Store for EmbeddedStore {
         })
     }
 
+    async fn push_inbox(
+        &self,
+        partner: &str,
+        items: &[super::InboxItem],
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let book = inner.books.entry(partner.to_owned()).or_default();
+        book.inbox.extend(items.iter().cloned());
+        inner.ready.insert(partner.to_owned());
+        Ok(())
+    }
+
+    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().ready.iter().take(max).cloned().collect())
+    }
+
+    async fn read_inbox(
+        &self,
+        partner: &str,
+        max: usize,
+    ) -> Result<Vec<super::InboxItem>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .books
+            .get(partner)
+            .map(|b| b.inbox.iter().take(max).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let waiting = inner
+            .books
+            .get(partner)
+            .is_some_and(|b| !b.inbox.is_empty());
+        if waiting {
+            inner.ready.insert(partner.to_owned());
+        } else {
+            inner.ready.remove(partner);
+        }
+        Ok(())
+    }
+
     async fn lock_book(
         &self,
         partner: &str,
@@ -614,6 +662,8 @@ impl Store for EmbeddedStore {
         }
         entry.ledger.extend(changes.entries.iter().cloned());
         entry.applied.extend(changes.applied.iter().cloned());
+        let taken = changes.inbox_taken.min(entry.inbox.len());
+        entry.inbox.drain(..taken);
         entry.version += 1;
         Ok(Commit::Applied)
     }

@@ -126,6 +126,14 @@ pub enum Route {
     Parked,
 }
 
+/// An event routed to its customer's partner, waiting in the partner's
+/// inbox for the book step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxItem {
+    pub event: Event,
+    pub referral: Referral,
+}
+
 /// An event kept aside: parked until its customer's signup comes, or dead
 /// (`worker.park_for` passed without one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +150,8 @@ pub struct QueueStats {
     pub waiting: u64,
     /// Taken by a worker, not yet acknowledged.
     pub pending: u64,
+    /// Routed to a partner, waiting in its inbox for the book step.
+    pub routed: u64,
 }
 
 /// How `commit_book` ended.
@@ -242,6 +252,16 @@ pub trait Store: Send + Sync + 'static {
     /// What `request` asks of the partner's book.
     async fn load_book(&self, partner: &str, request: &BookRequest)
         -> Result<BookView, StoreError>;
+    /// Appends routed events to the partner's inbox, then marks the
+    /// partner ready. Durable once answered.
+    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError>;
+    /// Up to `max` partners whose inbox may hold events.
+    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError>;
+    /// The first `max` events of the partner's inbox, oldest first.
+    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError>;
+    /// Marks the partner ready if its inbox holds events, else not.
+    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError>;
+
     /// Takes the partner's book for `holder` for up to `ttl` unless another
     /// holder has it: one worker at a time works on a book, so none
     /// computes a batch only to find the book moved. Answers whether it was
@@ -254,8 +274,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Gives the book back, if `holder` still has it.
     async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError>;
-    /// Applies `changes` (with the ids they applied), all or nothing, if
-    /// the book is still at `version`.
+    /// Applies `changes` (with the ids they applied, and taking the first
+    /// `changes.inbox_taken` events off the inbox), all or nothing, if the
+    /// book is still at `version`.
     async fn commit_book(
         &self,
         partner: &str,

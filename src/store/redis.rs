@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
-    ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
+    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
 use crate::book::{
     parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryField, LedgerEntry,
@@ -96,15 +96,17 @@ return accepted";
 
 /// Applies a batch's (or payout's) changes to a partner's book with the
 /// ids it applied, if the book is still at the version read.
-/// KEYS: version, book, customers, conversions, applied, history, ledger.
-/// ARGV: expected version, book JSON, then counted groups: customers (id,
-/// JSON), cells (cell, JSON), applied ids, history fields set (field,
-/// value), history fields deleted; then the ledger entries.
+/// KEYS: version, book, customers, conversions, applied, history, ledger,
+/// inbox. ARGV: expected version, events taken off the inbox, book JSON,
+/// then counted groups: customers (id, JSON), cells (cell, JSON), applied
+/// ids, history fields set (field, value), history fields deleted; then the
+/// ledger entries.
 /// Answers 1 applied, -1 the book moved.
 const COMMIT_BOOK: &str = r"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
-redis.call('SET', KEYS[2], ARGV[2])
-local i = 3
+if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[8], ARGV[2], -1) end
+redis.call('SET', KEYS[2], ARGV[3])
+local i = 4
 local function pairs_into(command, key)
   local n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do redis.call(command, key, ARGV[i], ARGV[i + 1]); i = i + 2 end
@@ -261,6 +263,9 @@ mod keys {
     pub const PARKED: &str = "lc:{events}:parked";
     /// Index of dead events, likewise.
     pub const DEAD: &str = "lc:{events}:dead";
+    /// Partners whose inbox may hold events (a hint: each inbox is the
+    /// truth, and workers settle the set against it).
+    pub const READY: &str = "lc:{events}:ready";
 
     /// A key of a partner's book: `book`, `version`, `customers`,
     /// `payments`, `ledger` or `applied`.
@@ -1076,40 +1081,21 @@ impl Store for RedisStore {
     }
 
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError> {
-        let groups: Result<Vec<HashMap<String, Value>>, _> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(keys::EVENT_STREAM)
+        let mut stats = self.stream_stats().await?;
+        let ready: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::READY)
             .query_async(&mut self.conn())
-            .await;
-        let groups = match groups {
-            // No stream yet: nothing was ever queued.
-            Err(e) if e.to_string().contains("no such key") => return Ok(QueueStats::default()),
-            other => other.map_err(unavailable)?,
-        };
-        let number = |group: &HashMap<String, Value>, field: &str| match group.get(field) {
-            Some(Value::Int(n)) => *n as u64,
-            _ => 0,
-        };
-        let stats = groups
-            .iter()
-            .find(|g| matches!(g.get("name"), Some(Value::BulkString(n)) if n == keys::EVENT_GROUP.as_bytes()))
-            .map(|g| QueueStats {
-                waiting: number(g, "lag"),
-                pending: number(g, "pending"),
-            });
-        match stats {
-            Some(stats) => Ok(stats),
-            // No worker has read yet: everything queued is waiting.
-            None => redis::cmd("XLEN")
-                .arg(keys::EVENT_STREAM)
+            .await
+            .map_err(unavailable)?;
+        for partner in ready {
+            let waiting: u64 = redis::cmd("LLEN")
+                .arg(keys::owned(|k| keys::book(k, &partner, "inbox")))
                 .query_async(&mut self.conn())
                 .await
-                .map(|waiting| QueueStats {
-                    waiting,
-                    pending: 0,
-                })
-                .map_err(unavailable),
+                .map_err(unavailable)?;
+            stats.routed += waiting;
         }
+        Ok(stats)
     }
 
     async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
@@ -1355,6 +1341,86 @@ impl Store for RedisStore {
         Ok(view)
     }
 
+    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut push = redis::cmd("RPUSH");
+        push.arg(keys::owned(|k| keys::book(k, partner, "inbox")));
+        for item in items {
+            push.arg(encode(item));
+        }
+        push.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        // After the push: a worker that settles the set in between sees
+        // the events, or this marks the partner again.
+        redis::cmd("SADD")
+            .arg(keys::READY)
+            .arg(partner)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        redis::cmd("SRANDMEMBER")
+            .arg(keys::READY)
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys::owned(|k| keys::book(k, partner, "inbox")))
+            .arg(0)
+            .arg(max.saturating_sub(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|r| decode(r)).collect()
+    }
+
+    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError> {
+        let inbox = keys::owned(|k| keys::book(k, partner, "inbox"));
+        let waiting: u64 = redis::cmd("LLEN")
+            .arg(&inbox)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if waiting > 0 {
+            return redis::cmd("SADD")
+                .arg(keys::READY)
+                .arg(partner)
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(unavailable);
+        }
+        redis::cmd("SREM")
+            .arg(keys::READY)
+            .arg(partner)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        // A push may have landed between the two: look again.
+        let waiting: u64 = redis::cmd("LLEN")
+            .arg(&inbox)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if waiting > 0 {
+            redis::cmd("SADD")
+                .arg(keys::READY)
+                .arg(partner)
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
     async fn lock_book(
         &self,
         partner: &str,
@@ -1397,10 +1463,14 @@ impl Store for RedisStore {
             "applied",
             "history",
             "ledger",
+            "inbox",
         ] {
             invocation.key(keys::owned(|k| keys::book(k, partner, part)));
         }
-        invocation.arg(version).arg(encode(&changes.book));
+        invocation
+            .arg(version)
+            .arg(changes.inbox_taken)
+            .arg(encode(&changes.book));
         invocation.arg(changes.customers.len());
         for customer in &changes.customers {
             invocation.arg(&customer.id).arg(encode(customer));
@@ -1496,6 +1566,44 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// The stream's consumer group: lag and pending.
+    async fn stream_stats(&self) -> Result<QueueStats, StoreError> {
+        let groups: Result<Vec<HashMap<String, Value>>, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(keys::EVENT_STREAM)
+            .query_async(&mut self.conn())
+            .await;
+        let groups = match groups {
+            // No stream yet: nothing was ever queued.
+            Err(e) if e.to_string().contains("no such key") => return Ok(QueueStats::default()),
+            other => other.map_err(unavailable)?,
+        };
+        let number = |group: &HashMap<String, Value>, field: &str| match group.get(field) {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        };
+        let stats = groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(Value::BulkString(n)) if n == keys::EVENT_GROUP.as_bytes()))
+            .map(|g| QueueStats {
+                waiting: number(g, "lag"),
+                pending: number(g, "pending"),
+                routed: 0,
+            });
+        match stats {
+            Some(stats) => Ok(stats),
+            // No worker has read yet: everything queued is waiting.
+            None => redis::cmd("XLEN")
+                .arg(keys::EVENT_STREAM)
+                .query_async(&mut self.conn())
+                .await
+                .map(|waiting| QueueStats {
+                    waiting,
+                    ..QueueStats::default()
+                })
+                .map_err(unavailable),
+        }
+    }
     async fn create_event_group(&self) -> Result<(), StoreError> {
         let created: Result<String, _> = redis::cmd("XGROUP")
             .arg("CREATE")
