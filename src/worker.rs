@@ -131,7 +131,24 @@ impl Worker {
     /// Takes and applies events until `shutdown` fires. An event is
     /// acknowledged only once applied (or parked, or found to need
     /// nothing), so a worker that dies leaves its events to the others.
-    pub async fn run(self, settings: LoopSettings, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, settings: LoopSettings, shutdown: watch::Receiver<bool>) {
+        // The two steps run side by side: while the books take one batch,
+        // the next is routed.
+        let routed = tokio::sync::Notify::new();
+        tokio::join!(
+            self.route_loop(&settings, shutdown.clone(), &routed),
+            self.book_loop(shutdown, &routed),
+        );
+    }
+
+    /// Takes events from the queue and routes them; acknowledges them
+    /// once routed (in an inbox, parked, or needing nothing).
+    async fn route_loop(
+        &self,
+        settings: &LoopSettings,
+        mut shutdown: watch::Receiver<bool>,
+        routed: &tokio::sync::Notify,
+    ) {
         let mut last_expiry: Option<Instant> = None;
         // Often enough that nothing outstays `park_for` by much.
         let expiry_every = EXPIRY_EVERY.min(self.park_for / 2);
@@ -160,10 +177,27 @@ impl Worker {
                     continue;
                 }
             };
-            let done = self.apply_batch(deliveries).await;
+            if deliveries.is_empty() {
+                continue;
+            }
+            let done = self.route_batch(deliveries).await;
+            routed.notify_one();
             if let Err(e) = self.store.ack_events(&done).await {
                 self.metrics.count_store_error("ack_events");
-                tracing::warn!(error = %e, "acknowledgement failed; the events will be applied again, as duplicates");
+                tracing::warn!(error = %e, "acknowledgement failed; the events will be routed again, and applied as duplicates");
+            }
+        }
+    }
+
+    /// Applies what the inboxes hold whenever events were routed (here or,
+    /// looked at every `IDLE_WAIT`, by another worker).
+    async fn book_loop(&self, mut shutdown: watch::Receiver<bool>, routed: &tokio::sync::Notify) {
+        while !*shutdown.borrow() {
+            self.drain_ready().await;
+            tokio::select! {
+                _ = routed.notified() => {}
+                _ = tokio::time::sleep(IDLE_WAIT) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }

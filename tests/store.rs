@@ -7,11 +7,17 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use common::redis_server::{RedisCluster, RedisServer};
+use lastclick::book::{BookRequest, Changes};
 use lastclick::cookie::{ClickId, VisitorId};
+use lastclick::customer::Referral;
+use lastclick::events::{Event, EventKind};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
+use lastclick::money::Period;
 use lastclick::store::embedded::EmbeddedStore;
 use lastclick::store::redis::RedisStore;
-use lastclick::store::{Campaign, Click, CounterCell, Partner, Store, StoreError};
+use lastclick::store::{
+    Campaign, Click, Commit, CounterCell, InboxItem, Partner, Route, Store, StoreError,
+};
 
 const DAY: i64 = 86_400;
 /// Noon UTC ten days ago: recent enough for every store's expiry, whatever
@@ -204,6 +210,162 @@ async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store
     );
 }
 
+fn payment_event(id: &str, customer: &str) -> Event {
+    Event {
+        id: id.into(),
+        customer: customer.into(),
+        at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        kind: EventKind::Payment {
+            amount: "10.00".parse().unwrap(),
+            currency: "USD".into(),
+            period: Period::Month,
+        },
+    }
+}
+
+fn referral(partner: &str) -> Referral {
+    Referral {
+        partner: partner.into(),
+        campaign: "default_link".into(),
+        term: None,
+        click_at: t0(),
+    }
+}
+
+async fn events_wait_parked_until_their_customer_is_claimed(store: Arc<dyn Store>) {
+    let early = payment_event("e1", "cus_1");
+    assert_eq!(
+        store.route_event(&early, 1_000).await.unwrap(),
+        Route::Parked
+    );
+    assert_eq!(store.parked_count().await.unwrap(), 1);
+    let listed = store.parked_events(false, 10).await.unwrap();
+    assert_eq!(listed[0].event, early);
+    assert_eq!(listed[0].parked_at, 1_000);
+
+    // The claim answers what was parked; after it, events are routed.
+    let acme = referral("acme");
+    let (claim, parked) = store.claim_customer("cus_1", Some(&acme)).await.unwrap();
+    assert_eq!(
+        (claim.as_ref(), parked.as_slice()),
+        (Some(&acme), std::slice::from_ref(&early))
+    );
+    let later = payment_event("e2", "cus_1");
+    assert_eq!(
+        store.route_event(&later, 2_000).await.unwrap(),
+        Route::Claimed(Some(acme.clone()))
+    );
+    // A second claim changes nothing and still answers the parked events
+    // until the claimant forgets them.
+    let (claim, again) = store
+        .claim_customer("cus_1", Some(&referral("rival")))
+        .await
+        .unwrap();
+    assert_eq!((claim, again.len()), (Some(acme), 1));
+    store.unpark("cus_1", &parked).await.unwrap();
+    assert_eq!(store.parked_count().await.unwrap(), 0);
+    assert!(store.parked_events(false, 10).await.unwrap().is_empty());
+
+    // Never claimed: dead after the horizon, not before.
+    let orphan = payment_event("e3", "cus_2");
+    store.route_event(&orphan, 5_000).await.unwrap();
+    assert_eq!(store.expire_parked(5_000).await.unwrap(), 0);
+    assert_eq!(store.expire_parked(5_001).await.unwrap(), 1);
+    let dead = store.parked_events(true, 10).await.unwrap();
+    assert_eq!(dead[0].event, orphan);
+    assert_eq!(store.parked_count().await.unwrap(), 0);
+}
+
+async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Store>) {
+    let item = |id: &str| InboxItem {
+        event: payment_event(id, "cus_1"),
+        referral: referral("acme"),
+    };
+    store
+        .push_inbox("acme", &[item("e1"), item("e2")])
+        .await
+        .unwrap();
+    store.push_inbox("acme", &[item("e3")]).await.unwrap();
+    assert_eq!(
+        store.ready_partners(10).await.unwrap(),
+        vec!["acme".to_owned()]
+    );
+    let head = store.read_inbox("acme", 2).await.unwrap();
+    assert_eq!(head, vec![item("e1"), item("e2")]);
+    assert_eq!(store.event_queue_stats().await.unwrap().routed, 3);
+
+    // Locked by one worker: not by another, until given back.
+    let ttl = std::time::Duration::from_secs(30);
+    assert!(store.lock_book("acme", "w1", ttl).await.unwrap());
+    assert!(!store.lock_book("acme", "w2", ttl).await.unwrap());
+    store.unlock_book("acme", "w2").await.unwrap();
+    assert!(
+        !store.lock_book("acme", "w2", ttl).await.unwrap(),
+        "only the holder gives it back"
+    );
+    store.unlock_book("acme", "w1").await.unwrap();
+    assert!(store.lock_book("acme", "w2", ttl).await.unwrap());
+
+    // A commit takes what it applied off the head, against the version.
+    let view = store
+        .load_book("acme", &BookRequest::default())
+        .await
+        .unwrap();
+    let changes = Changes {
+        book: view.book.clone(),
+        applied: vec!["e1".into(), "e2".into()],
+        inbox_taken: 2,
+        ..Changes::default()
+    };
+    assert_eq!(
+        store
+            .commit_book("acme", view.version, &changes)
+            .await
+            .unwrap(),
+        Commit::Applied
+    );
+    assert_eq!(
+        store
+            .commit_book("acme", view.version, &changes)
+            .await
+            .unwrap(),
+        Commit::Conflict,
+        "a stale version changes nothing"
+    );
+    assert_eq!(
+        store.read_inbox("acme", 10).await.unwrap(),
+        vec![item("e3")]
+    );
+    let request = BookRequest {
+        applied: ["e1", "e3"].iter().map(|s| s.to_string()).collect(),
+        ..BookRequest::default()
+    };
+    let view = store.load_book("acme", &request).await.unwrap();
+    assert_eq!(
+        view.applied.into_iter().collect::<Vec<_>>(),
+        vec!["e1".to_owned()]
+    );
+
+    // The ready set follows the inbox.
+    store.settle_ready("acme").await.unwrap();
+    assert_eq!(
+        store.ready_partners(10).await.unwrap(),
+        vec!["acme".to_owned()]
+    );
+    let changes = Changes {
+        book: view.book.clone(),
+        inbox_taken: 1,
+        ..Changes::default()
+    };
+    store
+        .commit_book("acme", view.version, &changes)
+        .await
+        .unwrap();
+    store.settle_ready("acme").await.unwrap();
+    assert!(store.ready_partners(10).await.unwrap().is_empty());
+    assert_eq!(store.event_queue_stats().await.unwrap().routed, 0);
+}
+
 /// Each test gets a fresh store; `$make` returns it with whatever must live
 /// as long as it (a Redis server).
 macro_rules! store_suite {
@@ -227,6 +389,18 @@ macro_rules! store_suite {
             async fn clicks_are_kept_by_id_and_by_visitor() {
                 let (store, _server) = $make.await;
                 super::clicks_are_kept_by_id_and_by_visitor(store).await;
+            }
+
+            #[tokio::test]
+            async fn events_wait_parked_until_their_customer_is_claimed() {
+                let (store, _server) = $make.await;
+                super::events_wait_parked_until_their_customer_is_claimed(store).await;
+            }
+
+            #[tokio::test]
+            async fn inboxes_hold_routed_events_until_a_commit_takes_them() {
+                let (store, _server) = $make.await;
+                super::inboxes_hold_routed_events_until_a_commit_takes_them(store).await;
             }
 
             #[tokio::test]
