@@ -351,7 +351,7 @@ pub fn request_for(events: &[Incoming<'_>]) -> BookRequest {
 /// Answers [`Applied::Load`] when a late event needs more of the book: the
 /// history, or customers whose rates it changes.
 pub fn apply(
-    view: &BookView,
+    view: BookView,
     request: &BookRequest,
     events: &[Incoming<'_>],
     rules: &Rules,
@@ -362,12 +362,20 @@ pub fn apply(
     needed.customers.extend(base.customers);
     needed.cells.extend(base.cells);
     needed.applied.extend(base.applied);
+    let BookView {
+        book,
+        customers,
+        cells,
+        applied: applied_before,
+        history,
+        ..
+    } = view;
     let mut run = BatchRun {
         rules,
-        book: view.book.clone(),
-        customers: view.customers.clone(),
-        cells: &view.cells,
-        history: view.history.clone(),
+        book,
+        customers,
+        cells: &cells,
+        history,
         derived: HashMap::new(),
         fields: BTreeMap::new(),
         needed,
@@ -381,7 +389,7 @@ pub fn apply(
     let mut effects = Vec::with_capacity(events.len());
     for incoming in sorted {
         let id = incoming.event.id.as_str();
-        if view.applied.contains(id) || !applied.insert(id) {
+        if applied_before.contains(id) || !applied.insert(id) {
             effects.push((id.to_owned(), Effect::Duplicate));
             continue;
         }
@@ -668,8 +676,13 @@ impl<'r> BatchRun<'r> {
                 customer.counts = derived.counts.clone();
             }
             parked.extend(derived.parked.iter().map(|(id, _)| id.clone()));
-            customers.push(customer.clone());
         }
+        for id in self.derived.keys() {
+            if let Some(customer) = self.customers.remove(id) {
+                customers.push(customer);
+            }
+        }
+        customers.sort_by(|a, b| a.id.cmp(&b.id));
         let changes = Changes {
             book: self.book,
             customers,

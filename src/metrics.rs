@@ -25,6 +25,7 @@ pub struct Metrics {
     pub events_waiting: IntGauge,
     pub events_pending: IntGauge,
     pub events_parked: IntGauge,
+    pub late_batches: IntCounter,
     pub events_routed: IntGauge,
     store_errors: IntCounterVec,
     events_received: IntCounterVec,
@@ -100,6 +101,11 @@ impl Metrics {
             &["currency"],
         )
         .expect("static metric definition");
+        let late_batches = IntCounter::new(
+            "worker_late_batches_total",
+            "Book steps that applied an event earlier than one already applied, and so read the partner's history to recompute later rates.",
+        )
+        .expect("static metric definition");
         let events_waiting = IntGauge::new(
             "worker_lag_events",
             "Conversion events queued and not yet taken by any worker.",
@@ -142,6 +148,7 @@ impl Metrics {
             Box::new(events_waiting.clone()),
             Box::new(events_pending.clone()),
             Box::new(events_parked.clone()),
+            Box::new(late_batches.clone()),
             Box::new(events_routed.clone()),
             Box::new(build_info),
         ] {
@@ -160,6 +167,7 @@ impl Metrics {
             events_pending,
             events_parked,
             events_routed,
+            late_batches,
             store_errors,
             events_received,
             events_processed,

@@ -421,18 +421,22 @@ impl Worker {
         let mut request = book::request_for(&incoming);
         loop {
             let view = self.store.load_book(partner, &request).await?;
+            let version = view.version;
             let now = Utc::now().timestamp_millis();
-            match book::apply(&view, &request, &incoming, &self.rules, now) {
+            match book::apply(view, &request, &incoming, &self.rules, now) {
                 Applied::Load(more) => request = more,
                 Applied::Done(mut changes, effects) => {
                     changes.inbox_taken = items.len();
                     return match self
                         .store
-                        .commit_book(partner, view.version, &changes)
+                        .commit_book(partner, version, &changes)
                         .await?
                     {
                         Commit::Applied => {
                             self.count_commissions(&changes);
+                            if request.history {
+                                self.metrics.late_batches.inc();
+                            }
                             Ok(Some(effects.into_iter().collect()))
                         }
                         Commit::Conflict => Ok(None),

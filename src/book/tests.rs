@@ -148,7 +148,7 @@ impl Kept {
         let mut request = request_for(&incoming);
         loop {
             let view = self.view(&request);
-            match apply(&view, &request, &incoming, rules, now.timestamp_millis()) {
+            match apply(view, &request, &incoming, rules, now.timestamp_millis()) {
                 Applied::Load(more) => request = more,
                 Applied::Done(changes, _) => return self.commit(&changes),
             }
