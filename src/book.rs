@@ -74,56 +74,53 @@ pub struct SignupRecord {
 }
 
 /// The partner's ARR changes and signups by event time: enough to know its
-/// tier at any moment. Stored as one field per change, so an in-order
-/// batch writes its few fields without reading the rest.
+/// tier at any moment. Stored as a set of members scored by their time
+/// (ms), so a late event reads only what came from its time on, and an
+/// in-order batch writes its few members without reading any.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
+    /// The members held are those from this time (ms) on.
+    pub from: i64,
     pub arr: BTreeMap<EventKey, Decimal>,
     pub signups: BTreeMap<EventKey, SignupRecord>,
 }
 
-/// A change to the stored history: a field set or deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HistoryField {
-    Set(String, String),
-    Delete(String),
+/// The stored form of a history member; its score is the event's time.
+fn arr_member(key: &EventKey, change: Decimal) -> String {
+    format!("a\t{}\t{change}", key.id)
+}
+
+fn signup_member(key: &EventKey, customer: &str, rate: Decimal) -> String {
+    format!("s\t{}\t{customer}\t{rate}", key.id)
 }
 
 impl History {
-    fn arr_field(key: &EventKey) -> String {
-        format!("a\t{}\t{}", key.at, key.id)
-    }
-
-    fn signup_field(key: &EventKey) -> String {
-        format!("s\t{}\t{}", key.at, key.id)
-    }
-
-    /// Rebuilds the history from its stored fields.
-    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut history = History::default();
-        for (field, value) in fields {
-            let mut parts = field.splitn(3, '\t');
-            let (Some(kind), Some(at), Some(id)) = (parts.next(), parts.next(), parts.next())
-            else {
+    /// Rebuilds the history from `from` on out of its stored members and
+    /// their scores.
+    pub fn from_members<'a>(from: i64, members: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+        let mut history = History {
+            from,
+            ..History::default()
+        };
+        for (member, at) in members {
+            let mut parts = member.split('\t');
+            let (Some(kind), Some(id)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let Ok(at) = at.parse() else { continue };
             let key = EventKey {
                 at,
                 id: id.to_owned(),
             };
-            match kind {
-                "a" => {
-                    if let Ok(change) = value.parse() {
+            match (kind, parts.next(), parts.next()) {
+                ("a", Some(change), None) => {
+                    if let Ok(change) = change.parse() {
                         history.arr.insert(key, change);
                     }
                 }
-                "s" => {
-                    if let Some((customer, rate)) = value.split_once('\t') {
-                        if let Ok(rate) = rate.parse() {
-                            let customer = customer.to_owned();
-                            history.signups.insert(key, SignupRecord { customer, rate });
-                        }
+                ("s", Some(customer), Some(rate)) => {
+                    if let Ok(rate) = rate.parse() {
+                        let customer = customer.to_owned();
+                        history.signups.insert(key, SignupRecord { customer, rate });
                     }
                 }
                 _ => {}
@@ -131,6 +128,14 @@ impl History {
         }
         history
     }
+}
+
+/// A change to the stored history; a batch's changes apply in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryChange {
+    /// A member and its score (the event's time, ms).
+    Add(String, i64),
+    Remove(String),
 }
 
 /// A balance as the API shows it.
@@ -278,7 +283,8 @@ pub struct BookRequest {
     pub cells: BTreeSet<String>,
     /// Event (or payout) ids: which of them were applied already.
     pub applied: BTreeSet<String>,
-    pub history: bool,
+    /// The history from this time (ms) on, when a late event needs it.
+    pub history_from: Option<i64>,
 }
 
 /// A partner's book as loaded for a request, with the version to commit
@@ -293,7 +299,7 @@ pub struct BookView {
     pub cells: BTreeMap<String, ConversionCounts>,
     /// The requested ids that were applied.
     pub applied: BTreeSet<String>,
-    /// Loaded when requested.
+    /// Loaded from `history_from` on, when requested.
     pub history: Option<History>,
 }
 
@@ -304,7 +310,7 @@ pub struct Changes {
     pub book: Book,
     pub customers: Vec<Customer>,
     pub cells: Vec<(String, ConversionCounts)>,
-    pub history: Vec<HistoryField>,
+    pub history: Vec<HistoryChange>,
     pub entries: Vec<LedgerEntry>,
     pub applied: Vec<String>,
     /// Events taken off the head of the partner's inbox.
@@ -377,7 +383,7 @@ pub fn apply(
         cells: &cells,
         history,
         derived: HashMap::new(),
-        fields: BTreeMap::new(),
+        history_changes: Vec::new(),
         needed,
     };
     if run.needed != *request {
@@ -417,8 +423,9 @@ struct BatchRun<'r> {
     history: Option<History>,
     /// Customers derived in this batch, by id.
     derived: HashMap<String, Derived>,
-    /// History fields to write, by field.
-    fields: BTreeMap<String, Option<String>>,
+    /// History members to write, in order: a member may be removed and
+    /// added again within one batch.
+    history_changes: Vec<HistoryChange>,
     needed: BookRequest,
 }
 
@@ -431,8 +438,10 @@ impl<'r> BatchRun<'r> {
             id: event.id.clone(),
         };
         let late = self.book.latest.as_ref().is_some_and(|l| &key < l);
-        if late && self.history.is_none() {
-            self.needed.history = true;
+        let covered = self.history.as_ref().is_some_and(|h| h.from <= key.at);
+        if late && !covered {
+            let from = self.needed.history_from.map_or(key.at, |f| f.min(key.at));
+            self.needed.history_from = Some(from);
             return Err(());
         }
         let customer = self
@@ -448,9 +457,11 @@ impl<'r> BatchRun<'r> {
                 // The customer's earliest signup counts; a later one
                 // changes nothing, and an earlier one arriving late
                 // replaces it.
-                match customer.signup.as_ref().map(|s| s.key.clone()) {
-                    Some(first) if first < key => return Ok(Effect::Duplicate),
-                    Some(replaced) => self.forget_signup(&replaced),
+                match customer.signup.as_ref().map(|s| (s.key.clone(), s.rate)) {
+                    Some((first, _)) if first < key => return Ok(Effect::Duplicate),
+                    Some((replaced, rate)) => {
+                        self.forget_signup(&replaced, &event.customer, rate);
+                    }
                     None => {}
                 }
                 let rate = rate_at(&self.book, self.history.as_ref(), &key, self.rules, late);
@@ -463,7 +474,7 @@ impl<'r> BatchRun<'r> {
                     rate,
                 });
                 self.book.signups.push(key.at);
-                self.record_signup(&key, &event.customer, rate);
+                self.record_signup(&key, &event.customer, None, rate);
                 from = Some(key.clone());
             }
             EventKind::Payment {
@@ -506,28 +517,43 @@ impl<'r> BatchRun<'r> {
 
     /// Takes a signup out of the book and its history, for an earlier one
     /// of the same customer.
-    fn forget_signup(&mut self, key: &EventKey) {
+    fn forget_signup(&mut self, key: &EventKey, customer: &str, rate: Decimal) {
         if let Some(at) = self.book.signups.iter().position(|s| *s == key.at) {
             self.book.signups.swap_remove(at);
         }
-        self.fields.insert(History::signup_field(key), None);
+        self.remove_member(signup_member(key, customer, rate));
         if let Some(history) = &mut self.history {
             history.signups.remove(key);
         }
     }
 
-    fn record_signup(&mut self, key: &EventKey, customer: &str, rate: Decimal) {
-        let record = SignupRecord {
-            customer: customer.to_owned(),
-            rate,
-        };
-        self.fields.insert(
-            History::signup_field(key),
-            Some(format!("{customer}\t{rate}")),
-        );
+    /// Records a signup's rate (`before`: the rate it had, if any).
+    fn record_signup(
+        &mut self,
+        key: &EventKey,
+        customer: &str,
+        before: Option<Decimal>,
+        rate: Decimal,
+    ) {
+        if let Some(before) = before {
+            self.remove_member(signup_member(key, customer, before));
+        }
+        self.add_member(signup_member(key, customer, rate), key.at);
         if let Some(history) = &mut self.history {
+            let record = SignupRecord {
+                customer: customer.to_owned(),
+                rate,
+            };
             history.signups.insert(key.clone(), record);
         }
+    }
+
+    fn add_member(&mut self, member: String, at: i64) {
+        self.history_changes.push(HistoryChange::Add(member, at));
+    }
+
+    fn remove_member(&mut self, member: String) {
+        self.history_changes.push(HistoryChange::Remove(member));
     }
 
     /// Derives a customer again and moves the partner's ARR with it.
@@ -537,30 +563,33 @@ impl<'r> BatchRun<'r> {
         let derived = customer.derive(self.rules.terms());
         self.book.arr += derived.arr_share - customer.arr_share;
         customer.arr_share = derived.arr_share;
-        let before: BTreeMap<&EventKey, Decimal> =
-            customer.arr_points.iter().map(|(k, v)| (k, *v)).collect();
-        let after: BTreeMap<&EventKey, Decimal> =
-            derived.arr_points.iter().map(|(k, v)| (k, *v)).collect();
+        let before: BTreeMap<EventKey, Decimal> = customer.arr_points.iter().cloned().collect();
+        let after: BTreeMap<EventKey, Decimal> = derived.arr_points.iter().cloned().collect();
+        customer.arr_points = derived.arr_points.clone();
+        self.derived.insert(id.to_owned(), derived);
+        let keys: BTreeSet<&EventKey> = before.keys().chain(after.keys()).collect();
         let mut moved: Option<EventKey> = None;
-        for key in before.keys().chain(after.keys()) {
+        for key in keys {
             let (old, new) = (before.get(key), after.get(key));
             if old == new {
                 continue;
             }
-            if moved.as_ref().is_none_or(|m| *key < m) {
-                moved = Some((*key).clone());
+            if moved.is_none() {
+                moved = Some(key.clone()); // keys come in order
             }
-            let field = History::arr_field(key);
-            self.fields.insert(field, new.map(Decimal::to_string));
+            if let Some(old) = old {
+                self.remove_member(arr_member(key, *old));
+            }
+            if let Some(new) = new {
+                self.add_member(arr_member(key, *new), key.at);
+            }
             if let Some(history) = &mut self.history {
                 match new {
-                    Some(change) => history.arr.insert((*key).clone(), *change),
-                    None => history.arr.remove(*key),
+                    Some(change) => history.arr.insert(key.clone(), *change),
+                    None => history.arr.remove(key),
                 };
             }
         }
-        customer.arr_points = derived.arr_points.clone();
-        self.derived.insert(id.to_owned(), derived);
         moved
     }
 
@@ -580,24 +609,9 @@ impl<'r> BatchRun<'r> {
             ))
             .map(|(k, _)| k.clone())
             .collect();
-        let mut arr_before = Decimal::ZERO;
-        let mut summed_to: Option<EventKey> = None;
         for key in later {
             let history = self.history.as_ref().expect("loaded");
-            // ARR strictly before this signup: what was summed so far plus
-            // the changes since. Changes only ever move at or after the
-            // signup being looked at, so the running sum stays right.
-            let lower = match &summed_to {
-                Some(k) => std::ops::Bound::Included(k.clone()),
-                None => std::ops::Bound::Unbounded,
-            };
-            arr_before += history
-                .arr
-                .range((lower, std::ops::Bound::Excluded(key.clone())))
-                .map(|(_, v)| *v)
-                .sum::<Decimal>();
-            summed_to = Some(key.clone());
-            let rate = tier_rate(history, &key, arr_before, self.rules);
+            let rate = tier_rate(&self.book, history, &key, self.rules);
             let record = &history.signups[&key];
             if record.rate == rate {
                 continue;
@@ -615,10 +629,11 @@ impl<'r> BatchRun<'r> {
                 self.needed.cells.insert(cell);
                 return Err(());
             }
-            if let Some(signup) = &mut loaded.signup {
-                signup.rate = rate;
-            }
-            self.record_signup(&key, &customer, rate);
+            let Some(signup) = &mut loaded.signup else {
+                continue;
+            };
+            let before = std::mem::replace(&mut signup.rate, rate);
+            self.record_signup(&key, &customer, Some(before), rate);
             self.refresh(&customer);
         }
         Ok(())
@@ -687,14 +702,7 @@ impl<'r> BatchRun<'r> {
             book: self.book,
             customers,
             cells: cells.into_iter().collect(),
-            history: self
-                .fields
-                .into_iter()
-                .map(|(field, value)| match value {
-                    Some(v) => HistoryField::Set(field, v),
-                    None => HistoryField::Delete(field),
-                })
-                .collect(),
+            history: self.history_changes,
             entries,
             applied: applied.into_iter().map(str::to_owned).collect(),
             inbox_taken: 0,
@@ -713,22 +721,33 @@ fn rate_at(
     late: bool,
 ) -> Decimal {
     match history {
-        Some(history) if late => {
-            let arr_before = history.arr.range(..key.clone()).map(|(_, v)| *v).sum();
-            tier_rate(history, key, arr_before, rules)
-        }
+        Some(history) if late => tier_rate(book, history, key, rules),
         // In order: every ARR change and signup so far came before it.
         _ => book.tier(rules, time(key.at)).rate,
     }
 }
 
-fn tier_rate(history: &History, key: &EventKey, arr_before: Decimal, rules: &Rules) -> Decimal {
+/// The tier's rate at `key` from the history, which holds everything from
+/// `history.from <= key.at` on: the ARR before `key` is today's less what
+/// changed from `key` on, and the latest signup before it is in the
+/// history or, earlier, among the book's signup times.
+fn tier_rate(book: &Book, history: &History, key: &EventKey, rules: &Rules) -> Decimal {
+    let since_key: Decimal = history.arr.range(key.clone()..).map(|(_, v)| *v).sum();
+    let arr_before = book.arr - since_key;
     let since = money::months_before(key.at, 12);
-    let recent = history
+    let latest_before = history
         .signups
         .range(..key.clone())
         .next_back()
-        .is_some_and(|(k, _)| k.at > since);
+        .map(|(k, _)| k.at)
+        .or_else(|| {
+            book.signups
+                .iter()
+                .copied()
+                .filter(|at| *at < history.from)
+                .max()
+        });
+    let recent = latest_before.is_some_and(|at| at > since);
     money::tier_for(&rules.tiers, arr_before, recent).rate
 }
 

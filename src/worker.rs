@@ -427,14 +427,10 @@ impl Worker {
                 Applied::Load(more) => request = more,
                 Applied::Done(mut changes, effects) => {
                     changes.inbox_taken = items.len();
-                    return match self
-                        .store
-                        .commit_book(partner, version, &changes)
-                        .await?
-                    {
+                    return match self.store.commit_book(partner, version, &changes).await? {
                         Commit::Applied => {
                             self.count_commissions(&changes);
-                            if request.history {
+                            if request.history_from.is_some() {
                                 self.metrics.late_batches.inc();
                             }
                             Ok(Some(effects.into_iter().collect()))

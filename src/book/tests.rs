@@ -88,7 +88,7 @@ struct Kept {
     customers: BTreeMap<String, Customer>,
     cells: BTreeMap<String, ConversionCounts>,
     applied: BTreeSet<String>,
-    history: BTreeMap<String, String>,
+    history: BTreeMap<String, i64>,
     ledger: Vec<LedgerEntry>,
 }
 
@@ -112,8 +112,14 @@ impl Kept {
                 .intersection(&self.applied)
                 .cloned()
                 .collect(),
-            history: request.history.then(|| {
-                History::from_fields(self.history.iter().map(|(f, v)| (f.as_str(), v.as_str())))
+            history: request.history_from.map(|from| {
+                History::from_members(
+                    from,
+                    self.history
+                        .iter()
+                        .filter(|(_, at)| **at >= from)
+                        .map(|(m, at)| (m.as_str(), *at)),
+                )
             }),
         }
     }
@@ -124,10 +130,10 @@ impl Kept {
             self.customers.insert(c.id.clone(), c.clone());
         }
         self.cells.extend(changes.cells.iter().cloned());
-        for field in &changes.history {
-            match field {
-                HistoryField::Set(f, v) => self.history.insert(f.clone(), v.clone()),
-                HistoryField::Delete(f) => self.history.remove(f),
+        for change in &changes.history {
+            match change {
+                HistoryChange::Add(member, at) => self.history.insert(member.clone(), *at),
+                HistoryChange::Remove(member) => self.history.remove(member),
             };
         }
         self.ledger.extend(changes.entries.iter().cloned());
@@ -405,4 +411,60 @@ fn a_second_signup_of_a_customer_changes_nothing() {
     let c = &kept.customers["c1"];
     assert_eq!(c.signup.as_ref().unwrap().key.id, "s0");
     assert_eq!(kept.book.signups, vec![at(-1).timestamp_millis()]);
+}
+
+/// Found by the property test: a signup rerated twice in one batch, then
+/// replaced by an earlier one, left its first record in the history.
+#[test]
+fn every_split_of_a_late_signup_scenario_gives_the_same_rates() {
+    let rules = rules(0);
+    let ms = |t: i64| time(t);
+    let ev = |id: &str, c: &str, t: i64, kind: EventKind| Event {
+        id: id.into(),
+        customer: c.into(),
+        at: ms(t),
+        kind,
+    };
+    let su = || EventKind::Signup {
+        billing: Billing::Referral,
+        attribution: AttributionRef::ClickId("x".into()),
+    };
+    let pm = |cents: i64, yearly: bool| EventKind::Payment {
+        amount: Decimal::new(cents, 2),
+        currency: "USD".into(),
+        period: if yearly { Period::Year } else { Period::Month },
+    };
+    let events = vec![
+        ev("e23", "c4", 1791641600000, su()),
+        ev("e37", "c1", 1792246400900, pm(479057, true)),
+        ev("e12", "c1", 1790000000000, pm(52084, false)),
+        ev("e28", "c1", 1792937600001, pm(460191, true)),
+        ev("e33", "c1", 1791814400000, pm(367954, false)),
+        ev("e11", "c1", 1791123200000, pm(1, false)),
+        ev("e25", "c1", 1790000000000, su()),
+        ev("e20", "c1", 1791641600000, pm(52084, false)),
+        ev("e27", "c4", 1791555200900, su()),
+        ev("e10", "c1", 1790000000000, su()),
+    ];
+    let order = [
+        "e23", "e37", "e12", "e28", "e33", "e11", "e25", "e20", "e27", "e10",
+    ];
+    let events: Vec<Event> = order
+        .iter()
+        .map(|id| events.iter().find(|e| e.id == *id).unwrap().clone())
+        .collect();
+    let mut reference = Kept::default();
+    reference.apply(&events, &rules, at(400));
+    for mask in 0..(1u32 << (events.len() - 1)) {
+        let mut kept = Kept::default();
+        let mut chunk = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            chunk.push(e.clone());
+            if i + 1 == events.len() || mask & (1 << i) != 0 {
+                kept.apply(&chunk, &rules, at(400));
+                chunk.clear();
+            }
+        }
+        assert_eq!(kept.rates(), reference.rates(), "mask {mask:b}");
+    }
 }

@@ -14,7 +14,8 @@ use super::{
     ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
 use crate::book::{
-    parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryField, LedgerEntry,
+    parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryChange,
+    LedgerEntry,
 };
 use crate::cookie::{ClickId, IdHashing, VisitorId};
 use crate::customer::{ConversionCounts, Customer, Referral};
@@ -97,8 +98,9 @@ struct PartnerBook {
     ledger: Vec<LedgerEntry>,
     applied: HashSet<String>,
     conversions: BTreeMap<String, ConversionCounts>,
-    /// The history as stored: one value per field, like Redis's hash.
-    history: BTreeMap<String, String>,
+    /// The history as stored: members and their scores (ms), like
+    /// Redis's sorted set.
+    history: HashMap<String, i64>,
     /// Events routed to the partner, waiting for the book step.
     inbox: VecDeque<super::InboxItem>,
 }
@@ -528,7 +530,10 @@ impl Store for EmbeddedStore {
         let inner = self.lock();
         let Some(entry) = inner.books.get(partner) else {
             return Ok(BookView {
-                history: request.history.then(History::default),
+                history: request.history_from.map(|from| History {
+                    from,
+                    ..History::default()
+                }),
                 ..BookView::default()
             });
         };
@@ -551,8 +556,15 @@ impl Store for EmbeddedStore {
                 .filter(|id| entry.applied.contains(*id))
                 .cloned()
                 .collect(),
-            history: request.history.then(|| {
-                History::from_fields(entry.history.iter().map(|(f, v)| (f.as_str(), v.as_str())))
+            history: request.history_from.map(|from| {
+                History::from_members(
+                    from,
+                    entry
+                        .history
+                        .iter()
+                        .filter(|(_, at)| **at >= from)
+                        .map(|(member, at)| (member.as_str(), *at)),
+                )
             }),
         })
     }
@@ -654,10 +666,10 @@ impl Store for EmbeddedStore {
         for (cell, counts) in &changes.cells {
             entry.conversions.insert(cell.clone(), counts.clone());
         }
-        for field in &changes.history {
-            match field {
-                HistoryField::Set(f, v) => entry.history.insert(f.clone(), v.clone()),
-                HistoryField::Delete(f) => entry.history.remove(f),
+        for change in &changes.history {
+            match change {
+                HistoryChange::Add(member, at) => entry.history.insert(member.clone(), *at),
+                HistoryChange::Remove(member) => entry.history.remove(member),
             };
         }
         entry.ledger.extend(changes.entries.iter().cloned());

@@ -19,7 +19,7 @@ use super::{
     InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
 use crate::book::{
-    parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryField, LedgerEntry,
+    parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryChange, LedgerEntry,
 };
 use crate::cookie::{ClickId, VisitorId};
 use crate::customer::{ConversionCounts, Customer, Referral};
@@ -99,8 +99,8 @@ return accepted";
 /// KEYS: version, book, customers, conversions, applied, history, ledger,
 /// inbox. ARGV: expected version, events taken off the inbox, book JSON,
 /// then counted groups: customers (id, JSON), cells (cell, JSON), applied
-/// ids, history fields set (field, value), history fields deleted; then the
-/// ledger entries.
+/// ids, history changes in order (`+` score member, or `-` member); then
+/// the ledger entries.
 /// Answers 1 applied, -1 the book moved.
 const COMMIT_BOOK: &str = r"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
@@ -118,8 +118,14 @@ end
 pairs_into('HSET', KEYS[3])
 pairs_into('HSET', KEYS[4])
 each_into('SADD', KEYS[5])
-pairs_into('HSET', KEYS[6])
-each_into('HDEL', KEYS[6])
+local changes = tonumber(ARGV[i]); i = i + 1
+for _ = 1, changes do
+  if ARGV[i] == '+' then
+    redis.call('ZADD', KEYS[6], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  else
+    redis.call('ZREM', KEYS[6], ARGV[i + 1]); i = i + 2
+  end
+end
 for j = i, #ARGV do redis.call('RPUSH', KEYS[7], ARGV[j]) end
 redis.call('INCR', KEYS[1])
 return 1";
@@ -1293,10 +1299,18 @@ impl Store for RedisStore {
             .cmd("SMISMEMBER")
             .arg(key("applied"))
             .arg(&applied);
-        if request.history {
-            pipe.hgetall(key("history"));
-        } else {
-            pipe.exists(key("history"));
+        match request.history_from {
+            Some(from) => {
+                pipe.cmd("ZRANGE")
+                    .arg(key("history"))
+                    .arg(from)
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .arg("WITHSCORES");
+            }
+            None => {
+                pipe.exists(key("history"));
+            }
         }
         type Loaded = (
             Option<u64>,
@@ -1331,11 +1345,12 @@ impl Store for RedisStore {
                 view.applied.insert(id.clone());
             }
         }
-        if request.history {
-            let fields: HashMap<String, String> = redis::from_redis_value(history)
+        if let Some(from) = request.history_from {
+            let members: Vec<(String, f64)> = redis::from_redis_value(history)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            view.history = Some(History::from_fields(
-                fields.iter().map(|(f, v)| (f.as_str(), v.as_str())),
+            view.history = Some(History::from_members(
+                from,
+                members.iter().map(|(m, at)| (m.as_str(), *at as i64)),
             ));
         }
         Ok(view)
@@ -1483,21 +1498,12 @@ impl Store for RedisStore {
         for id in &changes.applied {
             invocation.arg(id);
         }
-        let (set, deleted): (Vec<_>, Vec<_>) = changes
-            .history
-            .iter()
-            .partition(|f| matches!(f, HistoryField::Set(..)));
-        invocation.arg(set.len());
-        for field in set {
-            if let HistoryField::Set(f, v) = field {
-                invocation.arg(f).arg(v);
-            }
-        }
-        invocation.arg(deleted.len());
-        for field in deleted {
-            if let HistoryField::Delete(f) = field {
-                invocation.arg(f);
-            }
+        invocation.arg(changes.history.len());
+        for change in &changes.history {
+            match change {
+                HistoryChange::Add(member, at) => invocation.arg("+").arg(*at).arg(member),
+                HistoryChange::Remove(member) => invocation.arg("-").arg(member),
+            };
         }
         for entry in &changes.entries {
             invocation.arg(encode(entry));
