@@ -609,9 +609,28 @@ impl<'r> BatchRun<'r> {
             ))
             .map(|(k, _)| k.clone())
             .collect();
+        let Some(first) = later.first() else {
+            return Ok(());
+        };
+        // The ARR before each signup, kept as a running sum in time order:
+        // a rerated customer changes the ARR only from its own signup on,
+        // which is never before the signup being looked at.
+        let history = self.history.as_ref().expect("loaded");
+        let since_first: Decimal = history.arr.range(first.clone()..).map(|(_, v)| *v).sum();
+        let mut arr_before = self.book.arr - since_first;
+        let mut summed_to = first.clone();
+        // Customers to load before this can finish: gathered over the whole
+        // pass, so that a cascade costs a few reloads, not one per customer.
+        let mut missing = false;
         for key in later {
             let history = self.history.as_ref().expect("loaded");
-            let rate = tier_rate(&self.book, history, &key, self.rules);
+            arr_before += history
+                .arr
+                .range(summed_to.clone()..key.clone())
+                .map(|(_, v)| *v)
+                .sum::<Decimal>();
+            summed_to = key.clone();
+            let rate = tier_rate_with(&self.book, history, &key, arr_before, self.rules);
             let record = &history.signups[&key];
             if record.rate == rate {
                 continue;
@@ -619,7 +638,8 @@ impl<'r> BatchRun<'r> {
             let customer = record.customer.clone();
             if !self.needed.customers.contains(&customer) {
                 self.needed.customers.insert(customer);
-                return Err(());
+                missing = true;
+                continue;
             }
             let Some(loaded) = self.customers.get_mut(&customer) else {
                 continue; // a signup without its record: nothing to rerate
@@ -627,7 +647,8 @@ impl<'r> BatchRun<'r> {
             let cell = conversion_cell(&loaded.referral);
             if !self.needed.cells.contains(&cell) {
                 self.needed.cells.insert(cell);
-                return Err(());
+                missing = true;
+                continue;
             }
             let Some(signup) = &mut loaded.signup else {
                 continue;
@@ -636,7 +657,11 @@ impl<'r> BatchRun<'r> {
             self.record_signup(&key, &customer, Some(before), rate);
             self.refresh(&customer);
         }
-        Ok(())
+        if missing {
+            Err(())
+        } else {
+            Ok(())
+        }
     }
 
     /// Posts what each customer of the batch is owed beyond what the ledger
@@ -733,7 +758,17 @@ fn rate_at(
 /// history or, earlier, among the book's signup times.
 fn tier_rate(book: &Book, history: &History, key: &EventKey, rules: &Rules) -> Decimal {
     let since_key: Decimal = history.arr.range(key.clone()..).map(|(_, v)| *v).sum();
-    let arr_before = book.arr - since_key;
+    tier_rate_with(book, history, key, book.arr - since_key, rules)
+}
+
+/// The tier's rate at `key` given the ARR before it.
+fn tier_rate_with(
+    book: &Book,
+    history: &History,
+    key: &EventKey,
+    arr_before: Decimal,
+    rules: &Rules,
+) -> Decimal {
     let since = money::months_before(key.at, 12);
     let latest_before = history
         .signups

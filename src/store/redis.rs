@@ -1106,6 +1106,18 @@ impl Store for RedisStore {
 
     async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
         let customer = event.customer.as_str();
+        let member = format!("{customer}\t{}", event.id);
+        // Indexed before it is parked: a claimant that takes the event
+        // right after removes the entry, and none is left behind. Should
+        // the event not be parked after all, the entry goes again.
+        redis::cmd("ZADD")
+            .arg(keys::PARKED)
+            .arg("NX")
+            .arg(now_ms)
+            .arg(&member)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         let record = encode(&ParkedEvent {
             event: event.clone(),
             parked_at: now_ms,
@@ -1118,20 +1130,16 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if !claim.is_empty() {
-            return Ok(Route::Claimed(decode(&claim)?));
+        if claim.is_empty() {
+            return Ok(Route::Parked);
         }
-        // Indexed after the fact: the worker acknowledges the event only
-        // once this is done, so a crash in between parks it again.
-        redis::cmd("ZADD")
+        redis::cmd("ZREM")
             .arg(keys::PARKED)
-            .arg("NX")
-            .arg(now_ms)
-            .arg(format!("{customer}\t{}", event.id))
+            .arg(&member)
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(Route::Parked)
+        Ok(Route::Claimed(decode(&claim)?))
     }
 
     async fn claim_customer(
