@@ -281,7 +281,8 @@ pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, St
 pub struct BookRequest {
     pub customers: BTreeSet<String>,
     pub cells: BTreeSet<String>,
-    /// Event (or payout) ids: which of them were applied already.
+    /// Payout ids: which of them were applied already. (An event is known
+    /// applied by its customer's record, which holds it.)
     pub applied: BTreeSet<String>,
     /// The history from this time (ms) on, when a late event needs it.
     pub history_from: Option<i64>,
@@ -348,7 +349,6 @@ pub fn request_for(events: &[Incoming<'_>]) -> BookRequest {
     for incoming in events {
         request.customers.insert(incoming.event.customer.clone());
         request.cells.insert(conversion_cell(incoming.referral));
-        request.applied.insert(incoming.event.id.clone());
     }
     request
 }
@@ -404,7 +404,7 @@ pub fn apply(
             Err(()) => return Applied::Load(run.needed),
         }
     }
-    let changes = run.finish(now_ms, applied);
+    let changes = run.finish(now_ms);
     for (id, effect) in &mut effects {
         if *effect == Effect::Applied && changes.1.contains(id.as_str()) {
             *effect = Effect::Parked;
@@ -667,7 +667,7 @@ impl<'r> BatchRun<'r> {
     /// Posts what each customer of the batch is owed beyond what the ledger
     /// holds, and moves the report cells with them. Answers the changes
     /// and the ids of events that stay parked.
-    fn finish(mut self, now_ms: i64, applied: HashSet<&str>) -> (Changes, HashSet<String>) {
+    fn finish(mut self, now_ms: i64) -> (Changes, HashSet<String>) {
         let mut entries = Vec::new();
         let mut cells: BTreeMap<String, ConversionCounts> = BTreeMap::new();
         let mut parked = HashSet::new();
@@ -729,7 +729,9 @@ impl<'r> BatchRun<'r> {
             cells: cells.into_iter().collect(),
             history: self.history_changes,
             entries,
-            applied: applied.into_iter().map(str::to_owned).collect(),
+            // An event's exactly-once record is its customer's record,
+            // which holds every event it took.
+            applied: Vec::new(),
             inbox_taken: 0,
         };
         (changes, parked)

@@ -1303,10 +1303,8 @@ impl Store for RedisStore {
             .arg(&customers)
             .cmd("HMGET")
             .arg(key("conversions"))
-            .arg(&cells)
-            .cmd("SMISMEMBER")
-            .arg(key("applied"))
-            .arg(&applied);
+            .arg(&cells);
+        pipe.cmd("SMISMEMBER").arg(key("applied")).arg(&applied);
         match request.history_from {
             Some(from) => {
                 pipe.cmd("ZRANGE")
