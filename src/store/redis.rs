@@ -686,6 +686,13 @@ impl RedisStore {
         self.connection.clone()
     }
 
+    /// Runs one command whose answer is not needed.
+    async fn exec(&self, cmd: &Cmd) -> Result<(), StoreError> {
+        cmd.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     /// Runs a script that answers 1 (done) or 0 (refused).
     async fn script_flag(
         &self,
@@ -1110,14 +1117,14 @@ impl Store for RedisStore {
         // Indexed before it is parked: a claimant that takes the event
         // right after removes the entry, and none is left behind. Should
         // the event not be parked after all, the entry goes again.
-        redis::cmd("ZADD")
-            .arg(keys::PARKED)
-            .arg("NX")
-            .arg(now_ms)
-            .arg(&member)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        self.exec(
+            redis::cmd("ZADD")
+                .arg(keys::PARKED)
+                .arg("NX")
+                .arg(now_ms)
+                .arg(&member),
+        )
+        .await?;
         let record = encode(&ParkedEvent {
             event: event.clone(),
             parked_at: now_ms,
@@ -1133,12 +1140,8 @@ impl Store for RedisStore {
         if claim.is_empty() {
             return Ok(Route::Parked);
         }
-        redis::cmd("ZREM")
-            .arg(keys::PARKED)
-            .arg(&member)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        self.exec(redis::cmd("ZREM").arg(keys::PARKED).arg(&member))
+            .await?;
         Ok(Route::Claimed(decode(&claim)?))
     }
 
@@ -1163,11 +1166,8 @@ impl Store for RedisStore {
     }
 
     async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
-        redis::cmd("DEL")
-            .arg(keys::owned(|k| keys::customer(k, customer, "parked")))
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        self.exec(redis::cmd("DEL").arg(keys::owned(|k| keys::customer(k, customer, "parked"))))
+            .await?;
         if parked.is_empty() {
             return Ok(());
         }
@@ -1176,10 +1176,7 @@ impl Store for RedisStore {
         for event in parked {
             remove.arg(format!("{customer}\t{}", event.id));
         }
-        remove
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)
+        self.exec(&remove).await
     }
 
     async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError> {
@@ -1211,22 +1208,18 @@ impl Store for RedisStore {
                 .map_err(unavailable)?;
             moved += n;
             if n > 0 {
-                redis::cmd("ZADD")
-                    .arg(keys::DEAD)
-                    .arg(before_ms)
-                    .arg(customer)
-                    .query_async::<()>(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
+                self.exec(
+                    redis::cmd("ZADD")
+                        .arg(keys::DEAD)
+                        .arg(before_ms)
+                        .arg(customer),
+                )
+                .await?;
             }
         }
         if !members.is_empty() {
-            redis::cmd("ZREM")
-                .arg(keys::PARKED)
-                .arg(&members)
-                .query_async::<()>(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            self.exec(redis::cmd("ZREM").arg(keys::PARKED).arg(&members))
+                .await?;
         }
         Ok(moved)
     }
@@ -1371,17 +1364,11 @@ impl Store for RedisStore {
         for item in items {
             push.arg(encode(item));
         }
-        push.query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        self.exec(&push).await?;
         // After the push: a worker that settles the set in between sees
         // the events, or this marks the partner again.
-        redis::cmd("SADD")
-            .arg(keys::READY)
-            .arg(partner)
-            .query_async::<()>(&mut self.conn())
+        self.exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
             .await
-            .map_err(unavailable)
     }
 
     async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
@@ -1412,19 +1399,12 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if waiting > 0 {
-            return redis::cmd("SADD")
-                .arg(keys::READY)
-                .arg(partner)
-                .query_async::<()>(&mut self.conn())
-                .await
-                .map_err(unavailable);
+            return self
+                .exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
+                .await;
         }
-        redis::cmd("SREM")
-            .arg(keys::READY)
-            .arg(partner)
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        self.exec(redis::cmd("SREM").arg(keys::READY).arg(partner))
+            .await?;
         // A push may have landed between the two: look again.
         let waiting: u64 = redis::cmd("LLEN")
             .arg(&inbox)
@@ -1432,12 +1412,8 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         if waiting > 0 {
-            redis::cmd("SADD")
-                .arg(keys::READY)
-                .arg(partner)
-                .query_async::<()>(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            self.exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
+                .await?;
         }
         Ok(())
     }
