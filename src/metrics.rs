@@ -26,6 +26,7 @@ pub struct Metrics {
     pub events_pending: IntGauge,
     pub events_parked: IntGauge,
     pub late_batches: IntCounter,
+    pub book_steps: IntCounter,
     pub events_routed: IntGauge,
     store_errors: IntCounterVec,
     events_received: IntCounterVec,
@@ -101,6 +102,11 @@ impl Metrics {
             &["currency"],
         )
         .expect("static metric definition");
+        let book_steps = IntCounter::new(
+            "worker_book_steps_total",
+            "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",
+        )
+        .expect("static metric definition");
         let late_batches = IntCounter::new(
             "worker_late_batches_total",
             "Book steps that applied an event earlier than one already applied, and so read the partner's history to recompute later rates.",
@@ -149,6 +155,7 @@ impl Metrics {
             Box::new(events_pending.clone()),
             Box::new(events_parked.clone()),
             Box::new(late_batches.clone()),
+            Box::new(book_steps.clone()),
             Box::new(events_routed.clone()),
             Box::new(build_info),
         ] {
@@ -168,6 +175,7 @@ impl Metrics {
             events_parked,
             events_routed,
             late_batches,
+            book_steps,
             store_errors,
             events_received,
             events_processed,

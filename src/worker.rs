@@ -430,6 +430,7 @@ impl Worker {
                     return match self.store.commit_book(partner, version, &changes).await? {
                         Commit::Applied => {
                             self.count_commissions(&changes);
+                            self.metrics.book_steps.inc();
                             if request.history_from.is_some() {
                                 self.metrics.late_batches.inc();
                             }
