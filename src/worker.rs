@@ -32,6 +32,9 @@ const CONCURRENT: usize = 16;
 const CLICK_SETTLE_SECS: i64 = 120;
 /// How often a worker moves expired parked events to the dead letter.
 const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How often a worker looks at every partner's inbox for events a dead
+/// worker left unmarked (one look per partner).
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// Ready partners looked at in one round of the book step.
 const READY_AT_ONCE: usize = 64;
 /// Inbox events applied to a book in one step at most.
@@ -149,13 +152,16 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
         routed: &tokio::sync::Notify,
     ) {
-        let mut last_expiry: Option<Instant> = None;
+        let (mut last_expiry, mut last_sweep): (Option<Instant>, Option<Instant>) = (None, None);
         // Often enough that nothing outstays `park_for` by much.
         let expiry_every = EXPIRY_EVERY.min(self.park_for / 2);
         while !*shutdown.borrow() {
             if last_expiry.is_none_or(|t| t.elapsed() >= expiry_every) {
                 last_expiry = Some(Instant::now());
                 self.expire_parked().await;
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(Instant::now());
                 self.sweep_ready().await;
             }
             let next = self.store.next_events(
