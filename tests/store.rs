@@ -261,7 +261,13 @@ async fn events_wait_parked_until_their_customer_is_claimed(store: Arc<dyn Store
         .claim_customer("cus_1", Some(&referral("rival")))
         .await
         .unwrap();
-    assert_eq!((claim, again.len()), (Some(acme), 1));
+    assert_eq!((claim, again.len()), (Some(acme.clone()), 1));
+    // Claimed, the events are the claimant's: never dead, however old,
+    // until it forgets them (a claimant that died gets them again).
+    assert_eq!(store.expire_parked(i64::MAX).await.unwrap(), 0);
+    let (_, still) = store.claim_customer("cus_1", Some(&acme)).await.unwrap();
+    assert_eq!(still, parked);
+    assert_eq!(store.parked_count().await.unwrap(), 1);
     store.unpark("cus_1", &parked).await.unwrap();
     assert_eq!(store.parked_count().await.unwrap(), 0);
     assert!(store.parked_events(false, 10).await.unwrap().is_empty());

@@ -481,20 +481,22 @@ impl Store for EmbeddedStore {
 
     async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError> {
         let mut inner = self.lock();
+        // A claimed customer's events are its claimant's, which forgets
+        // them once they are in the partner's inbox.
         let expired: Vec<String> = inner
             .parked
             .iter()
-            .filter(|(_, events)| events.first().is_some_and(|e| e.parked_at < before_ms))
+            .filter(|(customer, events)| {
+                events.first().is_some_and(|e| e.parked_at < before_ms)
+                    && !inner.claims.contains_key(*customer)
+            })
             .map(|(customer, _)| customer.clone())
             .collect();
         let mut moved = 0;
         for customer in expired {
             let events = inner.parked.remove(&customer).unwrap_or_default();
-            // A claimed customer's events are its claimant's to apply.
-            if !inner.claims.contains_key(&customer) {
-                moved += events.len();
-                inner.dead.extend(events);
-            }
+            moved += events.len();
+            inner.dead.extend(events);
         }
         Ok(moved)
     }

@@ -146,13 +146,14 @@ local before = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')
 return {before or ARGV[1], redis.call('LRANGE', KEYS[2], 0, -1)}";
 
 /// Moves a customer's parked events to its dead letter unless it was
-/// claimed (then they are its claimant's). KEYS: claim, parked, dead.
-/// Answers how many moved.
+/// claimed: then they are its claimant's, which forgets them once they are
+/// in the partner's inbox. KEYS: claim, parked, dead. Answers how many
+/// moved, or -1 when the customer is claimed.
 const EXPIRE_PARKED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 for _, item in ipairs(items) do redis.call('RPUSH', KEYS[3], item) end
+redis.call('DEL', KEYS[2])
 return #items";
 
 /// Gives a book's lock back if the holder still has it. KEYS: the lock.
@@ -1192,13 +1193,13 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let mut moved = 0;
-        let mut customers: Vec<&str> = members
+        let customers: std::collections::BTreeSet<&str> = members
             .iter()
             .filter_map(|m| m.split_once('\t').map(|(c, _)| c))
             .collect();
-        customers.dedup();
+        let mut claimed = std::collections::BTreeSet::new();
         for customer in customers {
-            let n: usize = self
+            let n: i64 = self
                 .expire_parked
                 .key(keys::owned(|k| keys::claim(k, customer)))
                 .key(keys::owned(|k| keys::customer(k, customer, "parked")))
@@ -1206,7 +1207,11 @@ impl Store for RedisStore {
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            moved += n;
+            if n < 0 {
+                claimed.insert(customer);
+                continue;
+            }
+            moved += n as usize;
             if n > 0 {
                 self.exec(
                     redis::cmd("ZADD")
@@ -1217,8 +1222,13 @@ impl Store for RedisStore {
                 .await?;
             }
         }
-        if !members.is_empty() {
-            self.exec(redis::cmd("ZREM").arg(keys::PARKED).arg(&members))
+        // A claimed customer's entries stay until its claimant forgets them.
+        let gone: Vec<&String> = members
+            .iter()
+            .filter(|m| !m.split_once('\t').is_some_and(|(c, _)| claimed.contains(c)))
+            .collect();
+        if !gone.is_empty() {
+            self.exec(redis::cmd("ZREM").arg(keys::PARKED).arg(&gone))
                 .await?;
         }
         Ok(moved)
