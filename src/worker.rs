@@ -1,6 +1,7 @@
 //! The worker: takes conversion events from the store's queue, resolves
-//! signups to clicks, and applies each event to its partner's book exactly
-//! once (see `book` for what an event changes).
+//! signups to clicks and routes each event to its customer's partner (or
+//! parks it until the signup comes), then applies each partner's routed
+//! events to its book in one atomic step (see `book` for what they change).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
