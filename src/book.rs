@@ -281,9 +281,6 @@ pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, St
 pub struct BookRequest {
     pub customers: BTreeSet<String>,
     pub cells: BTreeSet<String>,
-    /// Payout ids: which of them were applied already. (An event is known
-    /// applied by its customer's record, which holds it.)
-    pub applied: BTreeSet<String>,
     /// The history from this time (ms) on, when a late event needs it.
     pub history_from: Option<i64>,
 }
@@ -298,14 +295,13 @@ pub struct BookView {
     pub customers: BTreeMap<String, Customer>,
     /// The requested report cells (missing ones are empty).
     pub cells: BTreeMap<String, ConversionCounts>,
-    /// The requested ids that were applied.
-    pub applied: BTreeSet<String>,
     /// Loaded from `history_from` on, when requested.
     pub history: Option<History>,
 }
 
-/// Everything a batch changes, written all or nothing with the ids it
-/// applied.
+/// Everything a batch (or payout) changes, written all or nothing. An
+/// event's exactly-once record is its customer's record, which holds every
+/// event it took: a redelivered event finds itself there.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
     pub book: Book,
@@ -313,7 +309,6 @@ pub struct Changes {
     pub cells: Vec<(String, ConversionCounts)>,
     pub history: Vec<HistoryChange>,
     pub entries: Vec<LedgerEntry>,
-    pub applied: Vec<String>,
     /// Events taken off the head of the partner's inbox.
     pub inbox_taken: usize,
 }
@@ -367,12 +362,10 @@ pub fn apply(
     let base = request_for(events);
     needed.customers.extend(base.customers);
     needed.cells.extend(base.cells);
-    needed.applied.extend(base.applied);
     let BookView {
         book,
         customers,
         cells,
-        applied: applied_before,
         history,
         ..
     } = view;
@@ -391,11 +384,13 @@ pub fn apply(
     }
     let mut sorted: Vec<&Incoming<'_>> = events.iter().collect();
     sorted.sort_by_key(|i| (i.event.at.timestamp_millis(), i.event.id.as_str()));
-    let mut applied: HashSet<&str> = HashSet::new();
+    // The same event twice in one batch (a redelivery that met the
+    // first in an inbox) is taken once.
+    let mut taken: HashSet<&str> = HashSet::new();
     let mut effects = Vec::with_capacity(events.len());
     for incoming in sorted {
         let id = incoming.event.id.as_str();
-        if applied_before.contains(id) || !applied.insert(id) {
+        if !taken.insert(id) {
             effects.push((id.to_owned(), Effect::Duplicate));
             continue;
         }
@@ -729,9 +724,6 @@ impl<'r> BatchRun<'r> {
             cells: cells.into_iter().collect(),
             history: self.history_changes,
             entries,
-            // An event's exactly-once record is its customer's record,
-            // which holds every event it took.
-            applied: Vec::new(),
             inbox_taken: 0,
         };
         (changes, parked)
@@ -859,7 +851,6 @@ pub fn payout(
     Ok(Changes {
         book,
         entries: vec![entry],
-        applied: vec![id.to_owned()],
         ..Changes::default()
     })
 }

@@ -334,6 +334,16 @@ async fn events_before_their_signup_wait_for_it() {
     assert_eq!(app.metric("lastclick_events_parked").await, 1.0);
     let (status, _) = app.get("/v1/events/parked", Some(MERCHANT)).await;
     assert_eq!(status, 403, "admin only");
+    let (status, body) = app.get("/v1/events/parked?limit=0", Some(ADMIN)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_limit"))
+    );
+    let (status, body) = app.get("/v1/events/dead?since=1", Some(ADMIN)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_query"))
+    );
 
     post_ok(
         app,

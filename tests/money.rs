@@ -92,7 +92,8 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
         events.push(payment(
             &format!("p{month}"),
             "cus_1",
-            now + month,
+            // In the past, so every commission is available when checked.
+            now - 12 + month,
             "1000.00",
         ));
     }
@@ -145,7 +146,7 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
 
     // A refund after the payout claws its commission back.
     let refund = json!({"id": "r1", "type": "refund", "customer": "cus_1",
-        "at": rfc3339(now + 20), "payment": "p0", "amount": "1000.00", "currency": "USD"});
+        "at": rfc3339(now), "payment": "p0", "amount": "1000.00", "currency": "USD"});
     assert_eq!(post_events(app, refund).await.0, 202);
     usd_when(app, "acme", "available", "-200.00").await;
     let (status, refused) = payout_usd(app).await;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use common::redis_server::{RedisCluster, RedisServer};
-use lastclick::book::{BookRequest, Changes};
+use lastclick::book::{Book, BookRequest, Changes, HistoryChange, LedgerEntry};
 use lastclick::cookie::{ClickId, VisitorId};
-use lastclick::customer::Referral;
+use lastclick::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::events::{Event, EventKind};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
 use lastclick::money::Period;
@@ -304,6 +304,10 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     let ttl = std::time::Duration::from_secs(30);
     assert!(store.lock_book("acme", "w1", ttl).await.unwrap());
     assert!(!store.lock_book("acme", "w2", ttl).await.unwrap());
+    assert!(
+        !store.lock_book("acme", "w1", ttl).await.unwrap(),
+        "taken is taken, for its holder too"
+    );
     store.unlock_book("acme", "w2").await.unwrap();
     assert!(
         !store.lock_book("acme", "w2", ttl).await.unwrap(),
@@ -312,16 +316,42 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     store.unlock_book("acme", "w1").await.unwrap();
     assert!(store.lock_book("acme", "w2", ttl).await.unwrap());
 
-    // A commit takes what it applied off the head, against the version.
+    // A commit writes the book, its customers, cells, history and ledger
+    // and takes what it applied off the inbox's head, against the version.
     let view = store
         .load_book("acme", &BookRequest::default())
         .await
         .unwrap();
+    let mut customer = Customer::new("cus_1", referral("acme"));
+    customer.arr_share = "960".parse().unwrap();
+    let counts = ConversionCounts {
+        signups: 1,
+        ..ConversionCounts::default()
+    };
     let changes = Changes {
-        book: view.book.clone(),
-        applied: vec!["e1".into(), "e2".into()],
+        book: Book {
+            entries: 1,
+            ..view.book.clone()
+        },
+        customers: vec![customer.clone()],
+        cells: vec![("cell".into(), counts.clone())],
+        history: vec![
+            HistoryChange::Add("a\te1\t1".into(), 1_000),
+            HistoryChange::Add("a\te2\t2".into(), 2_000),
+            HistoryChange::Remove("a\te1\t1".into()),
+            HistoryChange::Add("s\te0\tcus_1\t0.20".into(), 500),
+        ],
+        entries: vec![LedgerEntry {
+            seq: 1,
+            id: "e1".into(),
+            kind: EntryKind::Commission,
+            customer: Some("cus_1".into()),
+            amount: "2.00".parse().unwrap(),
+            currency: "USD".into(),
+            at: Utc.timestamp_opt(t0(), 0).unwrap(),
+            available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        }],
         inbox_taken: 2,
-        ..Changes::default()
     };
     assert_eq!(
         store
@@ -343,13 +373,33 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         vec![item("e3")]
     );
     let request = BookRequest {
-        applied: ["e1", "e3"].iter().map(|s| s.to_string()).collect(),
-        ..BookRequest::default()
+        customers: ["cus_1".to_owned(), "nobody".to_owned()].into(),
+        cells: ["cell".to_owned()].into(),
+        history_from: Some(600),
     };
     let view = store.load_book("acme", &request).await.unwrap();
+    assert_eq!(view.book.entries, 1);
     assert_eq!(
-        view.applied.into_iter().collect::<Vec<_>>(),
-        vec!["e1".to_owned()]
+        view.customers.into_values().collect::<Vec<_>>(),
+        vec![customer]
+    );
+    assert_eq!(view.cells["cell"], counts);
+    let history = view.history.unwrap();
+    assert_eq!(history.from, 600);
+    let arr: Vec<(i64, String)> = history
+        .arr
+        .iter()
+        .map(|(k, v)| (k.at, format!("{}={v}", k.id)))
+        .collect();
+    assert_eq!(
+        arr,
+        vec![(2_000, "e2=2".to_owned())],
+        "changes apply in order"
+    );
+    assert!(history.signups.is_empty(), "the history from 600 on only");
+    assert_eq!(
+        store.ledger("acme", None, 10).await.unwrap(),
+        changes.entries
     );
 
     // The ready set follows the inbox.

@@ -20,7 +20,9 @@ const PAYMENTS: usize = 10;
 /// refunds of some. Answers the events and each partner's expected
 /// commission total and ledger length.
 /// Times are milliseconds after `now` (seconds), all within the clock
-/// skew, so none is refused as being in the future.
+/// skew, so none is refused as being in the future. Callers pass a `now`
+/// a few seconds back, so every payment has happened and its commission is
+/// available when checked (availability follows the payment's date).
 fn scenario(clicks: &[String], now: i64) -> (Vec<Value>, Vec<(Decimal, usize)>) {
     let at = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(now * 1000 + ms)
@@ -149,7 +151,7 @@ async fn a_worker_killed_mid_stream_leaves_every_commission_applied_once() {
     let url = redis.url();
     let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
     let (app, clicks) = setup(&redis).await;
-    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp());
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp() - 5);
     assert!(events.len() > 3000);
     let first = WorkerProcess::spawn(&env);
     post_all(&app, &events).await;
@@ -174,7 +176,7 @@ async fn two_workers_on_one_stream_apply_each_event_once() {
     let url = redis.url();
     let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
     let (app, clicks) = setup(&redis).await;
-    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp());
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp() - 5);
     let _a = WorkerProcess::spawn(&env);
     let _b = WorkerProcess::spawn(&env);
     post_all(&app, &events).await;

@@ -87,7 +87,6 @@ struct Kept {
     version: u64,
     customers: BTreeMap<String, Customer>,
     cells: BTreeMap<String, ConversionCounts>,
-    applied: BTreeSet<String>,
     history: BTreeMap<String, i64>,
     ledger: Vec<LedgerEntry>,
 }
@@ -106,11 +105,6 @@ impl Kept {
                 .cells
                 .iter()
                 .filter_map(|c| Some((c.clone(), self.cells.get(c)?.clone())))
-                .collect(),
-            applied: request
-                .applied
-                .intersection(&self.applied)
-                .cloned()
                 .collect(),
             history: request.history_from.map(|from| {
                 History::from_members(
@@ -137,7 +131,6 @@ impl Kept {
             };
         }
         self.ledger.extend(changes.entries.iter().cloned());
-        self.applied.extend(changes.applied.iter().cloned());
         self.version += 1;
     }
 

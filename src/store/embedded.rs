@@ -96,7 +96,6 @@ struct PartnerBook {
     version: u64,
     customers: HashMap<String, Customer>,
     ledger: Vec<LedgerEntry>,
-    applied: HashSet<String>,
     conversions: BTreeMap<String, ConversionCounts>,
     /// The history as stored: members and their scores (ms), like
     /// Redis's sorted set.
@@ -552,12 +551,6 @@ impl Store for EmbeddedStore {
                 .iter()
                 .filter_map(|c| Some((c.clone(), entry.conversions.get(c)?.clone())))
                 .collect(),
-            applied: request
-                .applied
-                .iter()
-                .filter(|id| entry.applied.contains(*id))
-                .cloned()
-                .collect(),
             history: request.history_from.map(|from| {
                 History::from_members(
                     from,
@@ -623,7 +616,9 @@ impl Store for EmbeddedStore {
         let mut inner = self.lock();
         let now = Instant::now();
         match inner.book_locks.get(partner) {
-            Some((other, until)) if other != holder && *until > now => Ok(false),
+            // Taken is taken, by another worker or by the same one, as
+            // with Redis's `SET NX`.
+            Some((_, until)) if *until > now => Ok(false),
             _ => {
                 inner
                     .book_locks
@@ -675,7 +670,6 @@ impl Store for EmbeddedStore {
             };
         }
         entry.ledger.extend(changes.entries.iter().cloned());
-        entry.applied.extend(changes.applied.iter().cloned());
         let taken = changes.inbox_taken.min(entry.inbox.len());
         entry.inbox.drain(..taken);
         entry.version += 1;

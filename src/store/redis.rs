@@ -94,39 +94,34 @@ for i = 1, #ARGV, 2 do
 end
 return accepted";
 
-/// Applies a batch's (or payout's) changes to a partner's book with the
-/// ids it applied, if the book is still at the version read.
-/// KEYS: version, book, customers, conversions, applied, history, ledger,
-/// inbox. ARGV: expected version, events taken off the inbox, book JSON,
-/// then counted groups: customers (id, JSON), cells (cell, JSON), applied
-/// ids, history changes in order (`+` score member, or `-` member); then
-/// the ledger entries.
+/// Applies a batch's (or payout's) changes to a partner's book, if the
+/// book is still at the version read.
+/// KEYS: version, book, customers, conversions, history, ledger, inbox.
+/// ARGV: expected version, events taken off the inbox, book JSON, then
+/// counted groups: customers (id, JSON), cells (cell, JSON), history
+/// changes in order (`+` score member, or `-` member); then the ledger
+/// entries.
 /// Answers 1 applied, -1 the book moved.
 const COMMIT_BOOK: &str = r"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
-if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[8], ARGV[2], -1) end
+if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[7], ARGV[2], -1) end
 redis.call('SET', KEYS[2], ARGV[3])
 local i = 4
 local function pairs_into(command, key)
   local n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do redis.call(command, key, ARGV[i], ARGV[i + 1]); i = i + 2 end
 end
-local function each_into(command, key)
-  local n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do redis.call(command, key, ARGV[i]); i = i + 1 end
-end
 pairs_into('HSET', KEYS[3])
 pairs_into('HSET', KEYS[4])
-each_into('SADD', KEYS[5])
 local changes = tonumber(ARGV[i]); i = i + 1
 for _ = 1, changes do
   if ARGV[i] == '+' then
-    redis.call('ZADD', KEYS[6], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+    redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[i + 2]); i = i + 3
   else
-    redis.call('ZREM', KEYS[6], ARGV[i + 1]); i = i + 2
+    redis.call('ZREM', KEYS[5], ARGV[i + 1]); i = i + 2
   end
 end
-for j = i, #ARGV do redis.call('RPUSH', KEYS[7], ARGV[j]) end
+for j = i, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[j]) end
 redis.call('INCR', KEYS[1])
 return 1";
 
@@ -275,7 +270,7 @@ mod keys {
     pub const READY: &str = "lc:{events}:ready";
 
     /// A key of a partner's book: `book`, `version`, `customers`,
-    /// `payments`, `ledger` or `applied`.
+    /// `conversions`, `history`, `ledger`, `inbox` or `lock`.
     pub fn book(out: &mut String, partner: &str, part: &str) {
         set(out, &["lc:{p:", partner, "}:", part]);
     }
@@ -1296,7 +1291,6 @@ impl Store for RedisStore {
         };
         let customers = or_nothing(&request.customers);
         let cells = or_nothing(&request.cells);
-        let applied = or_nothing(&request.applied);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .get(key("version"))
@@ -1307,7 +1301,6 @@ impl Store for RedisStore {
             .cmd("HMGET")
             .arg(key("conversions"))
             .arg(&cells);
-        pipe.cmd("SMISMEMBER").arg(key("applied")).arg(&applied);
         match request.history_from {
             Some(from) => {
                 pipe.cmd("ZRANGE")
@@ -1326,10 +1319,9 @@ impl Store for RedisStore {
             Option<String>,
             Vec<Option<String>>,
             Vec<Option<String>>,
-            Vec<bool>,
             Value,
         );
-        let (version, book, customer_rows, cell_rows, applied_rows, history): Loaded = pipe
+        let (version, book, customer_rows, cell_rows, history): Loaded = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -1347,11 +1339,6 @@ impl Store for RedisStore {
             if let Some(raw) = raw {
                 view.cells
                     .insert(cell.clone(), decode::<ConversionCounts>(&raw)?);
-            }
-        }
-        for (id, was) in applied.iter().zip(applied_rows) {
-            if was {
-                view.applied.insert(id.clone());
             }
         }
         if let Some(from) = request.history_from {
@@ -1467,7 +1454,6 @@ impl Store for RedisStore {
             "book",
             "customers",
             "conversions",
-            "applied",
             "history",
             "ledger",
             "inbox",
@@ -1485,10 +1471,6 @@ impl Store for RedisStore {
         invocation.arg(changes.cells.len());
         for (cell, counts) in &changes.cells {
             invocation.arg(cell).arg(encode(counts));
-        }
-        invocation.arg(changes.applied.len());
-        for id in &changes.applied {
-            invocation.arg(id);
         }
         invocation.arg(changes.history.len());
         for change in &changes.history {
