@@ -36,6 +36,7 @@ fn invalid(key: &str, why: impl std::fmt::Display) -> ConfigError {
 pub struct Config {
     pub listen: Listen,
     pub redis: Redis,
+    pub embedded: Embedded,
     pub cookie: Cookie,
     pub attribution: Attribution,
     pub landing: Landing,
@@ -69,6 +70,14 @@ pub struct Redis {
     pub url: String,
     /// Whether `url` is a Redis Cluster seed. Default false.
     pub cluster: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedded {
+    /// The SQLite database of the embedded store, relative to the working
+    /// directory. Default `lastclick.db`.
+    pub path: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +297,9 @@ impl Config {
         }
         if self.redis.cluster && self.embedded() {
             return Err(invalid("redis.cluster", "needs `redis.url`"));
+        }
+        if self.embedded.path.as_os_str().is_empty() {
+            return Err(invalid("embedded.path", "must name a file"));
         }
         self.validate_cookie()?;
         if self.attribution.window.is_zero() {

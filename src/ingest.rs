@@ -118,7 +118,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
+    use crate::store::sqlite::SqliteStore;
 
     #[tokio::test]
     async fn valid_lines_are_queued_and_bad_ones_reported_by_line() {
@@ -131,7 +131,8 @@ mod tests {
             r#"{"id": "e2", "type": "payment", "customer": "c", "at": "2026-11-22T10:00:00Z", "amount": "1.001", "currency": "USD", "period": "month"}"#
         );
         std::fs::write(&path, &text).unwrap();
-        let store = Arc::new(EmbeddedStore::new(Duration::from_secs(60)));
+        let store =
+            Arc::new(SqliteStore::open(&dir.path().join("db"), Duration::from_secs(60)).unwrap());
         let summary = ingest(store.as_ref(), &path, Duration::from_secs(300))
             .await
             .unwrap();

@@ -116,11 +116,6 @@ fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
         let admin = tokio::net::TcpListener::bind(config.listen.admin)
             .await
             .map_err(|e| format!("`listen.admin` {}: {e}", config.listen.admin))?;
-        let public_addr = public.local_addr().map_err(|e| e.to_string())?;
-        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
-        // One machine-readable line on stdout: scripts and tests read the
-        // ports from it when they ask for port 0.
-        println!("lastclick listening public=http://{public_addr} admin=http://{admin_addr}");
         lastclick::serve::run(config, public, admin, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
@@ -146,7 +141,7 @@ fn worker(path: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
-    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let mut config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
     if config.embedded() {
         return Err("`redis.url`: ingest needs Redis; an embedded store lives inside one serve process, so post to its /v1/events instead".into());
     }
@@ -155,7 +150,7 @@ fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let summary = runtime.block_on(async {
-        let store = lastclick::serve::open_store(&config)
+        let store = lastclick::serve::open_store(&mut config)
             .await
             .map_err(|e| e.to_string())?;
         lastclick::ingest::ingest(store.as_ref(), &file, config.attribution.clock_skew)

@@ -22,8 +22,8 @@ use crate::cookie::CookieSigner;
 use crate::edge::{self, PublicInner, PublicService};
 use crate::metrics::Metrics;
 use crate::redirect::{RedirectSettings, Redirector};
-use crate::store::embedded::{spawn_expiry, EmbeddedStore};
 use crate::store::redis::RedisStore;
+use crate::store::sqlite::{spawn_expiry, SqliteStore};
 use crate::store::Store;
 use crate::worker::{LoopSettings, Worker};
 
@@ -36,24 +36,38 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Fills what embedded mode may leave unset with random values, logging
-/// each: the service then runs on a bare machine with no configuration.
-pub fn fill_embedded_defaults(config: &mut Config) {
-    if !config.embedded() {
-        return;
-    }
+/// Fills what embedded mode may leave unset with values generated at the
+/// first start and kept in the database, so that cookies and tokens keep
+/// working across restarts; a generated token is logged once, at the start
+/// that makes it.
+fn fill_embedded_defaults(config: &mut Config, store: &SqliteStore) -> Result<(), ServeError> {
+    let kept = |name: &str| {
+        store
+            .setting_or_insert(name, random_secret)
+            .map_err(|e| ServeError::Config(format!("`embedded.path`: {e}")))
+    };
     if config.cookie.secrets.is_empty() {
-        tracing::warn!("cookie.secrets is empty: using a random secret; cookies will not verify after a restart");
-        config.cookie.secrets.push(random_secret());
+        let (secret, made) = kept("cookie.secret")?;
+        if made {
+            tracing::warn!("cookie.secrets is empty: generated a secret, kept in the database");
+        }
+        config.cookie.secrets.push(secret);
     }
     if config.auth.admin_token.is_empty() {
-        config.auth.admin_token = random_secret();
-        tracing::warn!(token = %config.auth.admin_token, "auth.admin_token is empty: generated an admin token for this run");
+        let (token, made) = kept("auth.admin_token")?;
+        if made {
+            tracing::warn!(token = %token, "auth.admin_token is empty: generated an admin token, kept in the database (shown once)");
+        }
+        config.auth.admin_token = token;
     }
     if config.auth.merchant_token.is_empty() {
-        config.auth.merchant_token = random_secret();
-        tracing::warn!(token = %config.auth.merchant_token, "auth.merchant_token is empty: generated a merchant token for this run");
+        let (token, made) = kept("auth.merchant_token")?;
+        if made {
+            tracing::warn!(token = %token, "auth.merchant_token is empty: generated a merchant token, kept in the database (shown once)");
+        }
+        config.auth.merchant_token = token;
     }
+    Ok(())
 }
 
 /// Runs the service on the two bound listeners until `shutdown` resolves.
@@ -63,10 +77,10 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    fill_embedded_defaults(&mut config);
+    let store = open_store(&mut config).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&config).await?;
+    announce(&public, &admin)?;
 
     let routes = Arc::new(RouteCache::new(
         config.landing_policy(),
@@ -191,7 +205,7 @@ pub fn worker_settings(config: &Config) -> LoopSettings {
 /// the shared Redis queue. Finishes the event in hand, acknowledges nothing
 /// it did not finish.
 pub async fn run_worker(
-    config: Config,
+    mut config: Config,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -201,9 +215,9 @@ pub async fn run_worker(
                 .into(),
         ));
     }
+    let store = open_store(&mut config).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
-    let store = open_store(&config).await?;
     let (stop, stopped) = watch::channel(false);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics: Arc::clone(&metrics),
@@ -228,10 +242,31 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// The embedded store when `redis.url` is empty, else Redis.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+/// One machine-readable line on stdout, once the store is open: scripts
+/// and tests read the ports from it when they ask for port 0, and know the
+/// service is ready.
+fn announce(public: &TcpListener, admin: &TcpListener) -> Result<(), ServeError> {
+    let address = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| ServeError::Config(e.to_string()))
+    };
+    let (public, admin) = (address(public)?, address(admin)?);
+    println!("lastclick listening public=http://{public} admin=http://{admin}");
+    Ok(())
+}
+
+/// The embedded store when `redis.url` is empty (filling the secrets and
+/// tokens it keeps), else Redis.
+pub async fn open_store(config: &mut Config) -> Result<Arc<dyn Store>, ServeError> {
     if config.embedded() {
-        let embedded = Arc::new(EmbeddedStore::new(config.attribution.window));
+        let path = config.embedded.path.clone();
+        let window = config.attribution.window;
+        let embedded = tokio::task::spawn_blocking(move || SqliteStore::open(&path, window))
+            .await
+            .map_err(|e| ServeError::Config(e.to_string()))?
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let embedded = Arc::new(embedded);
+        fill_embedded_defaults(config, &embedded)?;
         spawn_expiry(Arc::clone(&embedded));
         return Ok(embedded);
     }

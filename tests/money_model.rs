@@ -26,8 +26,8 @@ use lastclick::events::{AttributionRef, Event, EventKind};
 use lastclick::ids::PartnerId;
 use lastclick::metrics::Metrics;
 use lastclick::money::{Billing, Period};
-use lastclick::store::embedded::EmbeddedStore;
 use lastclick::store::redis::RedisStore;
+use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{Click, Delivery, Partner, Store};
 use lastclick::worker::Worker;
 use proptest::prelude::*;
@@ -734,8 +734,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_embedded_store_matches_the_model(case in case()) {
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::new(Duration::from_secs(200 * 86_400)));
+    fn the_sqlite_store_matches_the_model(case in case()) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("lastclick.db"), Duration::from_secs(200 * 86_400));
+        let store: Arc<dyn Store> = Arc::new(store.unwrap());
         runtime().block_on(run_case(store, case));
     }
 }

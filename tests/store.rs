@@ -13,8 +13,8 @@ use lastclick::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::events::{Event, EventKind};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
 use lastclick::money::Period;
-use lastclick::store::embedded::EmbeddedStore;
 use lastclick::store::redis::RedisStore;
+use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{
     Campaign, Click, Commit, CounterCell, InboxItem, Partner, Route, Store, StoreError,
 };
@@ -471,8 +471,11 @@ macro_rules! store_suite {
 
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(120 * DAY as u64);
 
-async fn embedded() -> (Arc<dyn Store>, ()) {
-    (Arc::new(EmbeddedStore::new(WINDOW)), ())
+/// The embedded store on a fresh file, kept as long as the directory.
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("lastclick.db"), WINDOW).unwrap();
+    (Arc::new(store), dir)
 }
 
 async fn redis() -> (Arc<dyn Store>, RedisServer) {
@@ -491,20 +494,22 @@ async fn cluster() -> (Arc<dyn Store>, RedisCluster) {
     (Arc::new(store), cluster)
 }
 
-store_suite!(embedded_store, embedded());
+store_suite!(sqlite_store, sqlite());
 store_suite!(redis_store, redis());
 store_suite!(redis_cluster_store, cluster());
 
 #[tokio::test]
-async fn the_embedded_store_forgets_clicks_and_counters_after_the_window() {
-    let store = EmbeddedStore::new(std::time::Duration::from_secs(2 * DAY as u64));
+async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = std::time::Duration::from_secs(2 * DAY as u64);
+    let store = SqliteStore::open(&dir.path().join("lastclick.db"), window).unwrap();
     let old = click("acme", "spring", None, 1, t0());
     let recent = click("acme", "spring", None, 2, t0() + 3 * DAY);
     store
         .record_clicks(&[old.clone(), recent.clone()])
         .await
         .unwrap();
-    store.expire(t0() + 3 * DAY + 1);
+    store.expire(t0() + 3 * DAY + 1).await.unwrap();
     assert_eq!(store.click(&old.click_id).await.unwrap(), None);
     assert_eq!(store.last_click(&VisitorId([1; 16])).await.unwrap(), None);
     assert_eq!(store.click(&recent.click_id).await.unwrap(), Some(recent));

@@ -1,8 +1,9 @@
-//! The `Store` trait and the records it keeps; `embedded` implements it in
-//! process.
+//! The `Store` trait and the records it keeps; `sqlite` (the embedded
+//! store, on disk) and `redis` implement it.
 
-pub mod embedded;
 pub mod redis;
+pub mod sketch;
+pub mod sqlite;
 
 use std::sync::Arc;
 

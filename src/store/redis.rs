@@ -219,10 +219,11 @@ mod keys {
         set(out, &["lc:{catalog}:campaigns:", partner]);
     }
 
-    /// Click and visitor keys are spread over 256 tags, so a batch in a
+    /// Click and visitor keys are spread over 256 tags (an id's last byte,
+    /// which is random: its first bytes are its time), so a batch in a
     /// cluster needs at most 256 pipelines per kind, not one per click.
     pub fn click(out: &mut String, id: &ClickId) {
-        let tag = hex(id.0[0]);
+        let tag = hex(id.0[15]);
         set(
             out,
             &["lc:{c", hex_str(&tag), "}:click:", id.text().as_str()],
@@ -230,7 +231,7 @@ mod keys {
     }
 
     pub fn visitor(out: &mut String, id: &VisitorId) {
-        let tag = hex(id.0[0]);
+        let tag = hex(id.0[15]);
         set(
             out,
             &["lc:{v", hex_str(&tag), "}:visitor:", id.text().as_str()],

@@ -21,6 +21,8 @@ pub struct TestApp {
     pub public: String,
     pub admin: String,
     pub client: reqwest::Client,
+    /// The embedded store's directory, when the test did not name one.
+    _data: Option<tempfile::TempDir>,
 }
 
 /// The settings every test app starts from; `extra` overrides or adds.
@@ -62,10 +64,15 @@ pub fn env_with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Starts `lastclick SUBCOMMAND` with the test environment and `extra`,
 /// its stdout piped (it prints its addresses there).
 fn start(subcommand: &str, extra: &[(&str, &str)]) -> Child {
+    start_env(subcommand, env_with(extra))
+}
+
+/// Starts `lastclick SUBCOMMAND` with exactly the environment `env`.
+fn start_env(subcommand: &str, env: Vec<(String, String)>) -> Child {
     Command::new(binary())
         .arg(subcommand)
         .env_clear()
-        .envs(env_with(extra))
+        .envs(env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -81,8 +88,26 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
+    /// Starts `serve`; without `LASTCLICK_EMBEDDED__PATH` in `extra`, its
+    /// embedded database lives in a directory removed with the app.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> TestApp {
-        let mut child = start("serve", extra);
+        let named = extra.iter().any(|(k, _)| *k == "LASTCLICK_EMBEDDED__PATH");
+        let data = (!named).then(|| tempfile::tempdir().expect("a temporary directory"));
+        let path = data
+            .as_ref()
+            .map(|d| d.path().join("lastclick.db").to_string_lossy().into_owned());
+        let mut extra = extra.to_vec();
+        if let Some(path) = &path {
+            extra.push(("LASTCLICK_EMBEDDED__PATH", path.as_str()));
+        }
+        let mut app = Self::spawn_env(env_with(&extra)).await;
+        app._data = data;
+        app
+    }
+
+    /// Starts `serve` with exactly the environment `env`.
+    pub async fn spawn_env(env: Vec<(String, String)>) -> TestApp {
+        let mut child = start_env("serve", env);
         let stdout = child.stdout.take().expect("stdout is piped");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
@@ -103,6 +128,7 @@ impl TestApp {
             public,
             admin,
             client,
+            _data: None,
         }
     }
 
@@ -127,6 +153,12 @@ impl TestApp {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

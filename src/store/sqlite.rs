@@ -1,0 +1,1213 @@
+//! The embedded store: one SQLite file on disk (WAL), so a single instance
+//! on a bare machine keeps every partner, click and cent across restarts.
+//!
+//! One writer connection and one reader connection, each behind a mutex and
+//! used only from the blocking pool, never from the runtime's threads. WAL
+//! lets the reader (catalog, reports, ledger pages, book loads) run while
+//! the writer commits. Records the service already speaks in JSON (partners,
+//! campaigns, events, customers, ledger entries) are stored as JSON text;
+//! what is queried by range (clicks, counters, queues, history) has columns.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{NaiveDate, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::sketch::Sketch;
+use super::{
+    Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
+    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
+};
+use crate::book::{
+    parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryChange,
+    LedgerEntry,
+};
+use crate::cookie::{ClickId, VisitorId};
+use crate::customer::{ConversionCounts, Customer, Referral};
+use crate::events::Event;
+use crate::ids::PartnerId;
+
+/// The schema this build writes. Each migration takes the database from
+/// the version before it to its own (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+const MIGRATIONS: &[&str] = &[include_str!("sqlite/schema_1.sql")];
+
+/// Rows deleted per transaction when expiring, so the flusher's batches
+/// get the writer in between.
+const EXPIRE_AT_ONCE: usize = 2_000;
+
+/// Why the database could not be opened: each names `embedded.path`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("`embedded.path` {path}: {reason}")]
+    Unusable { path: PathBuf, reason: String },
+    #[error("`embedded.path` {path}: written by a newer lastclick (schema {found}; this build knows up to {SCHEMA_VERSION}); run that version or restore a backup")]
+    Newer { path: PathBuf, found: i64 },
+}
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    window: Duration,
+    /// Wakes a worker waiting for events (they are queued in-process).
+    events_queued: Arc<Notify>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(format!("sqlite: {e}"))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, mode 0600) and migrates the database at
+    /// `path`. Click records and counters are kept for `window`.
+    pub fn open(path: &Path, window: Duration) -> Result<Self, OpenError> {
+        let unusable = |reason: String| OpenError::Unusable {
+            path: path.to_owned(),
+            reason,
+        };
+        create_private(path).map_err(|e| unusable(e.to_string()))?;
+        let mut writer = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
+        configure(&writer, false).map_err(|e| unusable(e.to_string()))?;
+        let found: i64 = writer
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| unusable(e.to_string()))?;
+        if found > SCHEMA_VERSION {
+            return Err(OpenError::Newer {
+                path: path.to_owned(),
+                found,
+            });
+        }
+        migrate(&mut writer, found).map_err(|e| unusable(format!("migrating: {e}")))?;
+        let reader = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
+        configure(&reader, true).map_err(|e| unusable(e.to_string()))?;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            window,
+            events_queued: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The setting `name`, storing `make()` first if it has none: values
+    /// generated at the first start (secrets, tokens) survive restarts.
+    /// Answers the value and whether it was made now.
+    pub fn setting_or_insert(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> Result<(String, bool), StoreError> {
+        let mut conn = relock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: Option<String> = tx
+            .query_row(
+                "SELECT value FROM settings WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(value) = found {
+            return Ok((value, false));
+        }
+        let value = make();
+        tx.execute(
+            "INSERT INTO settings (name, value) VALUES (?1, ?2)",
+            params![name, value],
+        )?;
+        tx.commit()?;
+        Ok((value, true))
+    }
+
+    /// A consistent copy of the database at `dest`, made while the service
+    /// runs (`VACUUM INTO`: one read transaction, no writer held).
+    pub fn backup_to(path: &Path, dest: &Path) -> Result<(), String> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        Ok(())
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        on_blocking_pool(Arc::clone(&self.writer), f).await
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        on_blocking_pool(Arc::clone(&self.reader), f).await
+    }
+
+    /// Drops click records, last clicks and counters older than the
+    /// window, a few thousand rows per transaction.
+    pub async fn expire(&self, now_unix: i64) -> Result<(), StoreError> {
+        let horizon = now_unix - self.window.as_secs() as i64;
+        let oldest_day = chrono::DateTime::from_timestamp(horizon, 0)
+            .unwrap_or_default()
+            .date_naive()
+            .to_string();
+        for sql in [
+            "DELETE FROM clicks WHERE id IN (SELECT id FROM clicks WHERE at < ?1 LIMIT ?2)",
+            "DELETE FROM last_clicks WHERE visitor IN \
+             (SELECT visitor FROM last_clicks WHERE at < ?1 LIMIT ?2)",
+        ] {
+            loop {
+                let deleted = self
+                    .write(move |conn| Ok(conn.execute(sql, params![horizon, EXPIRE_AT_ONCE])?))
+                    .await?;
+                if deleted < EXPIRE_AT_ONCE {
+                    break;
+                }
+            }
+        }
+        self.write(move |conn| {
+            conn.execute("DELETE FROM click_cells WHERE day < ?1", [oldest_day])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Runs `f` with the connection on the blocking pool.
+async fn on_blocking_pool<T, F>(conn: Arc<Mutex<Connection>>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&mut relock(&conn)))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite task: {e}")))?
+}
+
+/// A panic inside a transaction rolls it back (the transaction is dropped),
+/// so a poisoned connection is still consistent and is taken over.
+fn relock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates the directory and, if missing, the file readable by its owner
+/// only (SQLite gives its `-wal` and `-shm` files the same mode).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
+}
+
+/// WAL, so readers never block the writer; `synchronous = FULL`, so a
+/// commit is on disk when it returns (click batches lower it, see
+/// `record_clicks`); a busy timeout for the moments the two connections
+/// meet on a checkpoint.
+fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -32_000)?; // KiB: 32 MB a connection
+    if read_only {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    // Probe that the file is writable now, not at the first request.
+    if !read_only {
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")?;
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+    }
+    tx.commit()
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize")
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Unavailable(format!("sqlite: a stored record is corrupt: {e}")))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn bump_catalog(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE name = 'catalog_version'",
+        [],
+    )
+    .map(drop)
+}
+
+fn click_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Click> {
+    let id: [u8; 16] = row.get(0)?;
+    let visitor: [u8; 16] = row.get(1)?;
+    let partner: String = row.get(2)?;
+    let campaign: String = row.get(3)?;
+    let term: String = row.get(4)?;
+    Ok(Click {
+        click_id: ClickId(id),
+        visitor_id: VisitorId(visitor),
+        partner: partner.into(),
+        campaign: campaign.into(),
+        term: (!term.is_empty()).then(|| term.into()),
+        at: row.get(5)?,
+    })
+}
+
+const CLICK_COLUMNS: &str = "id, visitor, partner, campaign, term, at";
+
+/// One batch's clicks of one report cell, counted once per batch.
+#[derive(Default)]
+struct CellTally {
+    clicks: u64,
+    visitors: Sketch,
+}
+
+fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut cells: std::collections::HashMap<(String, String, String, String), CellTally> =
+        std::collections::HashMap::new();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        // Last click wins by click time, whatever order clicks arrive in.
+        let mut last = tx.prepare_cached(
+            "INSERT INTO last_clicks (visitor, click, at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
+             WHERE excluded.at >= last_clicks.at",
+        )?;
+        for click in clicks {
+            let term = click.term.as_deref().unwrap_or("");
+            let new = insert.execute(params![
+                click.click_id.0,
+                click.visitor_id.0,
+                &*click.partner,
+                &*click.campaign,
+                term,
+                click.at
+            ])? == 1;
+            // A click written twice (a retried batch) counts once.
+            if !new {
+                continue;
+            }
+            last.execute(params![click.visitor_id.0, click.click_id.0, click.at])?;
+            let cell = (
+                click.partner.to_string(),
+                click.day().to_string(),
+                click.campaign.to_string(),
+                term.to_owned(),
+            );
+            let tally = cells.entry(cell).or_default();
+            tally.clicks += 1;
+            tally.visitors.add(&click.visitor_id);
+        }
+        let mut read = tx.prepare_cached(
+            "SELECT clicks, visitors FROM click_cells \
+             WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
+        )?;
+        let mut store = tx.prepare_cached(
+            "INSERT OR REPLACE INTO click_cells (partner, day, campaign, term, clicks, visitors) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for ((partner, day, campaign, term), mut tally) in cells {
+            let before: Option<(u64, Vec<u8>)> = read
+                .query_row(params![partner, day, campaign, term], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            if let Some((clicks, visitors)) = before {
+                tally.clicks += clicks;
+                tally.visitors.merge(&Sketch::from_bytes(&visitors));
+            }
+            store.execute(params![
+                partner,
+                day,
+                campaign,
+                term,
+                tally.clicks,
+                tally.visitors.as_bytes()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn catalog_version(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let version: i64 = conn.query_row(
+                "SELECT CAST(value AS INTEGER) FROM settings WHERE name = 'catalog_version'",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(version as u64)
+        })
+        .await
+    }
+
+    async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let version: i64 = tx.query_row(
+                "SELECT CAST(value AS INTEGER) FROM settings WHERE name = 'catalog_version'",
+                [],
+                |row| row.get(0),
+            )?;
+            let partners = json_rows(&tx, "SELECT record FROM partners ORDER BY id", [])?;
+            let campaigns = json_rows(
+                &tx,
+                "SELECT record FROM campaigns ORDER BY partner, slug",
+                [],
+            )?;
+            Ok(CatalogSnapshot {
+                version: version as u64,
+                partners,
+                campaigns,
+            })
+        })
+        .await
+    }
+
+    async fn insert_partner(&self, partner: &Partner) -> Result<(), StoreError> {
+        let partner = partner.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO partners (id, token_hash, record) VALUES (?1, ?2, ?3)",
+                params![partner.id.as_str(), partner.token_hash, to_json(&partner)],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            bump_catalog(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_partner(&self, partner: &Partner) -> Result<(), StoreError> {
+        let partner = partner.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let updated = tx.execute(
+                "UPDATE partners SET token_hash = ?2, record = ?3 WHERE id = ?1",
+                params![partner.id.as_str(), partner.token_hash, to_json(&partner)],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::NotFound);
+            }
+            bump_catalog(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn partner(&self, id: &PartnerId) -> Result<Option<Partner>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |conn| {
+            let mut found = json_rows(conn, "SELECT record FROM partners WHERE id = ?1", [id])?;
+            Ok(found.pop())
+        })
+        .await
+    }
+
+    async fn partner_by_token_hash(&self, hash: &str) -> Result<Option<PartnerId>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            let mut found: Vec<Partner> = json_rows(
+                conn,
+                "SELECT record FROM partners WHERE token_hash = ?1",
+                [hash],
+            )?;
+            Ok(found.pop().map(|p| p.id))
+        })
+        .await
+    }
+
+    async fn insert_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
+        let campaign = campaign.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO campaigns (partner, slug, record) VALUES (?1, ?2, ?3)",
+                params![
+                    campaign.partner.as_str(),
+                    campaign.slug.as_str(),
+                    to_json(&campaign)
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            bump_catalog(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn campaigns(&self, partner: &PartnerId) -> Result<Vec<Campaign>, StoreError> {
+        let partner = partner.as_str().to_owned();
+        self.read(move |conn| {
+            json_rows(
+                conn,
+                "SELECT record FROM campaigns WHERE partner = ?1 ORDER BY slug",
+                [partner],
+            )
+        })
+        .await
+    }
+
+    async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
+        if clicks.is_empty() {
+            return Ok(());
+        }
+        let clicks = clicks.to_vec();
+        self.write(move |conn| {
+            // A batch is at risk only until the next checkpoint's sync:
+            // the documented cost of a power loss is the last flush
+            // interval of clicks, and a batch then costs one write, not a
+            // sync per commit.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let written = write_clicks(conn, &clicks);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            written
+        })
+        .await
+    }
+
+    async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
+        let id = id.0;
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE id = ?1"),
+                    [id],
+                    click_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
+        let visitor = visitor.0;
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT c.id, c.visitor, c.partner, c.campaign, c.term, c.at \
+                     FROM last_clicks l JOIN clicks c ON c.id = l.click WHERE l.visitor = ?1",
+                    [visitor],
+                    click_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn click_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickCount>, StoreError> {
+        let partner = partner.as_str().to_owned();
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT day, campaign, term, clicks FROM click_cells \
+                 WHERE partner = ?1 AND day >= ?2 AND day <= ?3 ORDER BY day, campaign, term",
+            )?;
+            let rows =
+                query.query_map(params![partner, from.to_string(), to.to_string()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, u64>(3)?,
+                    ))
+                })?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (day, campaign, term, clicks) = row?;
+                let Ok(day) = day.parse::<NaiveDate>() else {
+                    continue;
+                };
+                counts.push(ClickCount {
+                    cell: CounterCell {
+                        day,
+                        campaign,
+                        term,
+                    },
+                    clicks,
+                });
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn unique_visitors(
+        &self,
+        partner: &PartnerId,
+        cells: &[CounterCell],
+    ) -> Result<u64, StoreError> {
+        let partner = partner.as_str().to_owned();
+        let cells = cells.to_vec();
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT visitors FROM click_cells \
+                 WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
+            )?;
+            let mut union = Sketch::default();
+            for cell in &cells {
+                let found: Option<Vec<u8>> = query
+                    .query_row(
+                        params![partner, cell.day.to_string(), cell.campaign, cell.term],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(bytes) = found {
+                    union.merge(&Sketch::from_bytes(&bytes));
+                }
+            }
+            Ok(union.count())
+        })
+        .await
+    }
+
+    async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError> {
+        let events = events.to_vec();
+        let enqueued = self
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut enqueued = Enqueued::default();
+                {
+                    let mut seen =
+                        tx.prepare_cached("INSERT OR IGNORE INTO event_ids (id) VALUES (?1)")?;
+                    let mut queue = tx.prepare_cached(
+                        "INSERT INTO event_queue (event, queued_at) VALUES (?1, ?2)",
+                    )?;
+                    let now = now_ms();
+                    for event in &events {
+                        if seen.execute([&event.id])? == 1 {
+                            queue.execute(params![to_json(event), now])?;
+                            enqueued.accepted += 1;
+                        } else {
+                            enqueued.duplicates += 1;
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(enqueued)
+            })
+            .await?;
+        self.events_queued.notify_waiters();
+        Ok(enqueued)
+    }
+
+    async fn next_events(
+        &self,
+        _consumer: &str,
+        max: usize,
+        wait: Duration,
+        reclaim_after: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let queued = self.events_queued.notified();
+            let reclaim_ms = reclaim_after.as_millis() as i64;
+            let deliveries = self
+                .write(move |conn| take_events(conn, max, reclaim_ms))
+                .await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if tokio::time::timeout_at(deadline, queued).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = deliveries.iter().filter_map(|d| d.parse().ok()).collect();
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM event_queue WHERE seq = ?1")?;
+                for seq in &seqs {
+                    delete.execute([seq])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn event_queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|conn| {
+            let (waiting, pending): (Option<i64>, Option<i64>) = conn.query_row(
+                "SELECT SUM(taken_at IS NULL), SUM(taken_at IS NOT NULL) FROM event_queue",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let routed: i64 = conn.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0))?;
+            Ok(QueueStats {
+                waiting: waiting.unwrap_or(0) as u64,
+                pending: pending.unwrap_or(0) as u64,
+                routed: routed as u64,
+            })
+        })
+        .await
+    }
+
+    async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
+        let event = event.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(claim) = claim_of(&tx, &event.customer)? {
+                return Ok(Route::Claimed(claim));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO parked (customer, event_id, event, parked_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![event.customer, event.id, to_json(&event), now_ms],
+            )?;
+            tx.commit()?;
+            Ok(Route::Parked)
+        })
+        .await
+    }
+
+    async fn claim_customer(
+        &self,
+        customer: &str,
+        referral: Option<&Referral>,
+    ) -> Result<(Option<Referral>, Vec<Event>), StoreError> {
+        let customer = customer.to_owned();
+        let referral = referral.map(to_json);
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO claims (customer, referral) VALUES (?1, ?2)",
+                params![customer, referral],
+            )?;
+            let claim = claim_of(&tx, &customer)?.unwrap_or(None);
+            let parked = json_rows(
+                &tx,
+                "SELECT event FROM parked WHERE customer = ?1 ORDER BY parked_at, event_id",
+                [&customer],
+            )?;
+            tx.commit()?;
+            Ok((claim, parked))
+        })
+        .await
+    }
+
+    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
+        let customer = customer.to_owned();
+        let ids: Vec<String> = parked.iter().map(|e| e.id.clone()).collect();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM parked WHERE customer = ?1 AND event_id = ?2")?;
+                for id in &ids {
+                    delete.execute(params![customer, id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // A claimed customer's events are its claimant's, which forgets
+            // them once they are in the partner's inbox.
+            let expired = "SELECT customer FROM parked GROUP BY customer \
+                 HAVING MIN(parked_at) < ?1 \
+                 AND customer NOT IN (SELECT customer FROM claims)";
+            tx.execute(
+                &format!(
+                    "INSERT INTO dead (event_id, event, parked_at) \
+                     SELECT event_id, event, parked_at FROM parked \
+                     WHERE customer IN ({expired}) ORDER BY parked_at, event_id"
+                ),
+                [before_ms],
+            )?;
+            let moved = tx.execute(
+                &format!("DELETE FROM parked WHERE customer IN ({expired})"),
+                [before_ms],
+            )?;
+            tx.commit()?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn parked_events(
+        &self,
+        dead: bool,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        let table = if dead { "dead" } else { "parked" };
+        self.read(move |conn| {
+            let mut query = conn.prepare(&format!(
+                "SELECT event, parked_at FROM {table} ORDER BY parked_at, event_id LIMIT ?1"
+            ))?;
+            let rows = query.query_map([limit as i64], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (event, parked_at) = row?;
+                events.push(ParkedEvent {
+                    event: from_json(&event)?,
+                    parked_at,
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn parked_count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM parked", [], |row| row.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn load_book(
+        &self,
+        partner: &str,
+        request: &BookRequest,
+    ) -> Result<BookView, StoreError> {
+        let partner = partner.to_owned();
+        let request = request.clone();
+        self.read(move |conn| {
+            // One read transaction: the version and the rows agree.
+            let tx = conn.transaction()?;
+            let found: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT version, book FROM books WHERE partner = ?1",
+                    [&partner],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let (version, book) = match found {
+                Some((version, book)) => (version as u64, from_json::<Book>(&book)?),
+                None => (0, Book::default()),
+            };
+            let mut view = BookView {
+                book,
+                version,
+                ..BookView::default()
+            };
+            {
+                let mut customer = tx.prepare_cached(
+                    "SELECT record FROM customers WHERE partner = ?1 AND id = ?2",
+                )?;
+                for id in &request.customers {
+                    let found: Option<String> = customer
+                        .query_row(params![partner, id], |row| row.get(0))
+                        .optional()?;
+                    if let Some(record) = found {
+                        view.customers
+                            .insert(id.clone(), from_json::<Customer>(&record)?);
+                    }
+                }
+                let mut cell = tx.prepare_cached(
+                    "SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2",
+                )?;
+                for key in &request.cells {
+                    let found: Option<String> = cell
+                        .query_row(params![partner, key], |row| row.get(0))
+                        .optional()?;
+                    if let Some(counts) = found {
+                        view.cells
+                            .insert(key.clone(), from_json::<ConversionCounts>(&counts)?);
+                    }
+                }
+            }
+            if let Some(from) = request.history_from {
+                let mut query = tx.prepare_cached(
+                    "SELECT member, at FROM history WHERE partner = ?1 AND at >= ?2",
+                )?;
+                let members = query
+                    .query_map(params![partner, from], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                view.history = Some(History::from_members(
+                    from,
+                    members.iter().map(|(m, at)| (m.as_str(), *at)),
+                ));
+            }
+            Ok(view)
+        })
+        .await
+    }
+
+    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
+        let partner = partner.to_owned();
+        let items: Vec<String> = items.iter().map(to_json).collect();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut push =
+                    tx.prepare_cached("INSERT INTO inbox (partner, item) VALUES (?1, ?2)")?;
+                for item in &items {
+                    push.execute(params![partner, item])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        self.read(move |conn| {
+            let mut query = conn
+                .prepare_cached("SELECT DISTINCT partner FROM inbox ORDER BY partner LIMIT ?1")?;
+            let partners = query
+                .query_map([max as i64], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(partners)
+        })
+        .await
+    }
+
+    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let partner = partner.to_owned();
+        self.read(move |conn| {
+            json_rows(
+                conn,
+                "SELECT item FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2",
+                params![partner, max as i64],
+            )
+        })
+        .await
+    }
+
+    async fn settle_ready(&self, _partner: &str) -> Result<(), StoreError> {
+        // Ready partners are read off the inbox itself: nothing to mark.
+        Ok(())
+    }
+
+    async fn lock_book(
+        &self,
+        partner: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (partner, holder) = (partner.to_owned(), holder.to_owned());
+        let ttl_ms = ttl.as_millis() as i64;
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let until: Option<i64> = tx
+                .query_row(
+                    "SELECT until_ms FROM book_locks WHERE partner = ?1",
+                    [&partner],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            // Taken is taken, by another worker or by the same one.
+            if until.is_some_and(|until| until > now) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO book_locks (partner, holder, until_ms) VALUES (?1, ?2, ?3)",
+                params![partner, holder, now + ttl_ms],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+        let (partner, holder) = (partner.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM book_locks WHERE partner = ?1 AND holder = ?2",
+                params![partner, holder],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn commit_book(
+        &self,
+        partner: &str,
+        version: u64,
+        changes: &Changes,
+    ) -> Result<Commit, StoreError> {
+        let partner = partner.to_owned();
+        let book = to_json(&changes.book);
+        let customers: Vec<(String, String)> = changes
+            .customers
+            .iter()
+            .map(|c| (c.id.clone(), to_json(c)))
+            .collect();
+        let cells: Vec<(String, String)> = changes
+            .cells
+            .iter()
+            .map(|(cell, counts)| (cell.clone(), to_json(counts)))
+            .collect();
+        let history = changes.history.clone();
+        let entries: Vec<(u64, String)> = changes
+            .entries
+            .iter()
+            .map(|e| (e.seq, to_json(e)))
+            .collect();
+        let inbox_taken = changes.inbox_taken;
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: i64 = tx
+                .query_row(
+                    "SELECT version FROM books WHERE partner = ?1",
+                    [&partner],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if current as u64 != version {
+                return Ok(Commit::Conflict);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO books (partner, version, book) VALUES (?1, ?2, ?3)",
+                params![partner, current + 1, book],
+            )?;
+            {
+                let mut customer = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO customers (partner, id, record) VALUES (?1, ?2, ?3)",
+                )?;
+                for (id, record) in &customers {
+                    customer.execute(params![partner, id, record])?;
+                }
+                let mut cell = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO conversions (partner, cell, counts) VALUES (?1, ?2, ?3)",
+                )?;
+                for (key, counts) in &cells {
+                    cell.execute(params![partner, key, counts])?;
+                }
+                let mut add = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO history (partner, member, at) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut remove =
+                    tx.prepare_cached("DELETE FROM history WHERE partner = ?1 AND member = ?2")?;
+                for change in &history {
+                    match change {
+                        HistoryChange::Add(member, at) => add.execute(params![partner, member, at]),
+                        HistoryChange::Remove(member) => remove.execute(params![partner, member]),
+                    }?;
+                }
+                let mut entry = tx.prepare_cached(
+                    "INSERT INTO ledger (partner, seq, entry) VALUES (?1, ?2, ?3)",
+                )?;
+                for (seq, json) in &entries {
+                    entry.execute(params![partner, seq, json])?;
+                }
+            }
+            if inbox_taken > 0 {
+                tx.execute(
+                    "DELETE FROM inbox WHERE seq IN \
+                     (SELECT seq FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2)",
+                    params![partner, inbox_taken as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Commit::Applied)
+        })
+        .await
+    }
+
+    async fn conversion_counts(
+        &self,
+        partner: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+        let partner = partner.to_owned();
+        self.read(move |conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT cell, counts FROM conversions WHERE partner = ?1 ORDER BY cell",
+            )?;
+            let rows = query.query_map([&partner], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?;
+            let mut cells = Vec::new();
+            for row in rows {
+                let (cell, counts) = row?;
+                if parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to) {
+                    cells.push((cell, from_json(&counts)?));
+                }
+            }
+            Ok(cells)
+        })
+        .await
+    }
+
+    async fn ledger(
+        &self,
+        partner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let partner = partner.to_owned();
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        self.read(move |conn| {
+            json_rows(
+                conn,
+                "SELECT entry FROM ledger WHERE partner = ?1 AND seq < ?2 \
+                 ORDER BY seq DESC LIMIT ?3",
+                params![partner, before, limit as i64],
+            )
+        })
+        .await
+    }
+}
+
+/// The claim on `customer`, if claimed: `Some(None)` for a customer that
+/// signed up without a valid click.
+fn claim_of(conn: &Connection, customer: &str) -> Result<Option<Option<Referral>>, StoreError> {
+    let found: Option<Option<String>> = conn
+        .query_row(
+            "SELECT referral FROM claims WHERE customer = ?1",
+            [customer],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match found {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(json)) => Ok(Some(Some(from_json(&json)?))),
+    }
+}
+
+/// Events left unacknowledged for `reclaim_ms` first, then new ones.
+fn take_events(
+    conn: &mut Connection,
+    max: usize,
+    reclaim_ms: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let mut taken: Vec<(i64, String, i64)> = Vec::new();
+    {
+        let mut reclaimed = tx.prepare_cached(
+            "SELECT seq, event, queued_at FROM event_queue \
+             WHERE taken_at IS NOT NULL AND taken_at <= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = reclaimed.query_map(params![now - reclaim_ms, max as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        for row in rows {
+            taken.push(row?);
+        }
+        let mut fresh = tx.prepare_cached(
+            "SELECT seq, event, queued_at FROM event_queue \
+             WHERE taken_at IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = fresh.query_map([(max - taken.len()) as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        let fresh: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
+        taken.extend(fresh);
+        let mut mark = tx.prepare_cached("UPDATE event_queue SET taken_at = ?2 WHERE seq = ?1")?;
+        for (seq, ..) in &taken {
+            mark.execute(params![seq, now])?;
+        }
+    }
+    tx.commit()?;
+    taken
+        .into_iter()
+        .map(|(seq, event, queued_at_ms)| {
+            Ok(Delivery {
+                delivery: seq.to_string(),
+                event: from_json(&event)?,
+                queued_at_ms,
+            })
+        })
+        .collect()
+}
+
+/// Every row's first column, a JSON record.
+fn json_rows<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>, StoreError> {
+    let mut query = conn.prepare_cached(sql)?;
+    let rows = query.query_map(params, |row| row.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(from_json(&row?)?);
+    }
+    Ok(out)
+}
+
+/// Runs [`SqliteStore::expire`] once a minute until the store is dropped.
+pub fn spawn_expiry(store: Arc<SqliteStore>) {
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(store) = weak.upgrade() else { return };
+            if let Err(e) = store.expire(Utc::now().timestamp()).await {
+                tracing::warn!(error = %e, "expiring old clicks failed; retrying in a minute");
+            }
+        }
+    });
+}

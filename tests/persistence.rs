@@ -1,0 +1,312 @@
+//! End-to-end, on the real binary: the embedded store is a file, so a
+//! restart (SIGTERM or SIGKILL) loses no partner, campaign, click, event or
+//! cent, and what was generated at the first start (the cookie secret, the
+//! tokens) keeps working.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{base_env, binary, TestApp};
+use serde_json::{json, Value};
+
+/// The test environment with nothing secret configured, on the database
+/// at `path`: what a newcomer runs.
+fn bare_env(path: &std::path::Path) -> Vec<(String, String)> {
+    let mut env = base_env();
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "LASTCLICK_AUTH__ADMIN_TOKEN"
+                | "LASTCLICK_AUTH__MERCHANT_TOKEN"
+                | "LASTCLICK_COOKIE__SECRETS"
+        )
+    });
+    env.push((
+        "LASTCLICK_EMBEDDED__PATH".into(),
+        path.to_string_lossy().into_owned(),
+    ));
+    env
+}
+
+/// A setting the first start generated, read from the database file as an
+/// operator would with `sqlite3`.
+fn kept_setting(path: &std::path::Path, name: &str) -> String {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.query_row(
+        "SELECT value FROM settings WHERE name = ?1",
+        [name],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+fn at(ms_ago: i64) -> String {
+    let ms = chrono::Utc::now().timestamp_millis() - ms_ago;
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Waits until `check` holds of `GET path` (as `token`), answers the body.
+async fn when(app: &TestApp, path: &str, token: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = app.get(path, Some(token)).await;
+        assert_eq!(status, 200, "{body}");
+        if check(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn usd(balance: &Value, field: &str) -> String {
+    balance["balances"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["currency"] == "USD"))
+        .map(|b| b[field].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_partners_clicks_money_tokens_and_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("lastclick.db");
+    let app = TestApp::spawn_env(bare_env(&db)).await;
+    let admin = kept_setting(&db, "auth.admin_token");
+    let merchant = kept_setting(&db, "auth.merchant_token");
+
+    // A partner, a campaign, two clicks; a signup and a payment.
+    let (status, created) = app
+        .send_json(
+            "POST",
+            "/v1/partners",
+            Some(&admin),
+            json!({"id": "acme", "name": "Acme", "paypal_email": "pay@acme.example"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let partner_token = created["token"].as_str().unwrap().to_owned();
+    let (status, campaign) = app
+        .send_json(
+            "POST",
+            "/v1/partners/acme/campaigns",
+            Some(&partner_token),
+            json!({"slug": "spring-sale", "name": "Spring_Sale"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{campaign}");
+    let first = app.click("/r/acme/spring-sale", None, None).await;
+    let cookie = first.cookie_value().expect("a cookie");
+    let click_id = first.param("lc_click").unwrap();
+    app.click("/r/acme", None, None).await;
+    when(&app, "/v1/partners/acme/report", &admin, |r| {
+        r["totals"]["clicks"] == 2
+    })
+    .await;
+    let events = json!([
+        {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
+         "billing": "referral", "attribution": {"click_id": click_id}},
+        {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
+         "amount": "300.00", "currency": "USD", "period": "month"}
+    ]);
+    let (status, body) = app
+        .send_json("POST", "/v1/events", Some(&merchant), events.clone())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let balance = when(&app, "/v1/partners/acme/balance", &admin, |b| {
+        usd(b, "available") == "60.00"
+    })
+    .await;
+    let ledger = app.get("/v1/partners/acme/ledger", Some(&admin)).await.1;
+    let report = app.get("/v1/partners/acme/report", Some(&admin)).await.1;
+
+    assert!(app.terminate().success());
+    let app = TestApp::spawn_env(bare_env(&db)).await;
+    assert_eq!(kept_setting(&db, "auth.admin_token"), admin);
+
+    // Everything is there, with the same tokens.
+    let (status, partner) = app.get("/v1/partners/acme", Some(&partner_token)).await;
+    assert_eq!(status, 200, "{partner}");
+    let (status, campaigns) = app
+        .get("/v1/partners/acme/campaigns", Some(&partner_token))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        campaigns["campaigns"][0]["slug"], "spring-sale",
+        "{campaigns}"
+    );
+    assert_eq!(
+        app.get("/v1/partners/acme/balance", Some(&admin)).await.1,
+        balance
+    );
+    assert_eq!(
+        app.get("/v1/partners/acme/ledger", Some(&admin)).await.1,
+        ledger
+    );
+    assert_eq!(
+        app.get("/v1/partners/acme/report", Some(&admin)).await.1,
+        report
+    );
+    assert_eq!(report["totals"]["clicks"], 2, "{report}");
+    // The campaign link still redirects with its campaign.
+    let again = app.click("/r/acme/spring-sale", None, None).await;
+    assert_eq!(again.status, 302);
+    assert!(
+        again.location.contains("utm_campaign=Spring_Sale"),
+        "{}",
+        again.location
+    );
+
+    // Event ids sent before the restart are duplicates.
+    let (status, body) = app
+        .send_json("POST", "/v1/events", Some(&merchant), events)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["duplicates"], 2, "{body}");
+
+    // A cookie issued before the restart still verifies: a signup naming
+    // it is credited to the partner.
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/events",
+            Some(&merchant),
+            json!([{"id": "s2", "type": "signup", "customer": "cus_2", "at": at(1_000),
+                    "billing": "referral", "attribution": {"cookie": cookie}}]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    when(&app, "/v1/partners/acme/report", &admin, |r| {
+        r["totals"]["signups"] == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sigkill_after_an_accepted_event_and_its_application_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lastclick.db");
+    let mut env = bare_env(&db);
+    env.push(("LASTCLICK_AUTH__ADMIN_TOKEN".into(), common::ADMIN.into()));
+    env.push((
+        "LASTCLICK_AUTH__MERCHANT_TOKEN".into(),
+        common::MERCHANT.into(),
+    ));
+    let app = TestApp::spawn_env(env.clone()).await;
+    app.create_partner("acme").await;
+    let click = app.click("/r/acme", None, None).await;
+    app.report_when("acme", "", 1).await;
+    let click_id = click.param("lc_click").unwrap();
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/events",
+            Some(common::MERCHANT),
+            json!([
+                {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
+                 "billing": "referral", "attribution": {"click_id": click_id}},
+                {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
+                 "amount": "300.00", "currency": "USD", "period": "month"}
+            ]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let balance = when(&app, "/v1/partners/acme/balance", common::ADMIN, |b| {
+        usd(b, "available") == "60.00"
+    })
+    .await;
+    // An event accepted and killed before any worker could look at it.
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/events",
+            Some(common::MERCHANT),
+            json!([{"id": "p2", "type": "payment", "customer": "cus_1", "at": at(40_000),
+                    "amount": "100.00", "currency": "USD", "period": "month"}]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.kill();
+
+    let app = TestApp::spawn_env(env).await;
+    let after = app
+        .get("/v1/partners/acme/balance", Some(common::ADMIN))
+        .await
+        .1;
+    assert!(
+        usd(&after, "available") == "60.00" || usd(&after, "available") == "80.00",
+        "{after} vs {balance}"
+    );
+    // The second payment, accepted before the kill, is applied after it.
+    when(&app, "/v1/partners/acme/balance", common::ADMIN, |b| {
+        usd(b, "available") == "80.00"
+    })
+    .await;
+    let report = app.report_when("acme", "", 1).await;
+    assert_eq!(report["totals"]["clicks"], 1, "{report}");
+}
+
+#[test]
+fn an_unusable_embedded_path_stops_startup_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the file should be.
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let mut env = base_env();
+    env.push((
+        "LASTCLICK_EMBEDDED__PATH".into(),
+        taken.to_string_lossy().into_owned(),
+    ));
+    let out = std::process::Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`embedded.path`"), "{stderr}");
+}
+
+#[test]
+fn a_database_from_a_newer_schema_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lastclick.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let mut env = base_env();
+    env.push((
+        "LASTCLICK_EMBEDDED__PATH".into(),
+        db.to_string_lossy().into_owned(),
+    ));
+    let out = std::process::Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`embedded.path`") && stderr.contains("newer"),
+        "{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new").join("lastclick.db");
+    let store =
+        lastclick::store::sqlite::SqliteStore::open(&db, Duration::from_secs(3600)).unwrap();
+    drop(store);
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
