@@ -132,8 +132,6 @@ fn worker(path: Option<PathBuf>) -> Result<(), String> {
         let admin = tokio::net::TcpListener::bind(config.worker.admin)
             .await
             .map_err(|e| format!("`worker.admin` {}: {e}", config.worker.admin))?;
-        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
-        println!("lastclick worker admin=http://{admin_addr}");
         lastclick::serve::run_worker(config, admin, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

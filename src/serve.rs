@@ -218,6 +218,11 @@ pub async fn run_worker(
     let store = open_store(&mut config).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    // Once the store is open, as `serve` does.
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    println!("lastclick worker admin=http://{admin_addr}");
     let (stop, stopped) = watch::channel(false);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics: Arc::clone(&metrics),
@@ -277,6 +282,13 @@ pub async fn open_store(config: &mut Config) -> Result<Arc<dyn Store>, ServeErro
     )
     .await
     .map_err(|e| ServeError::Config(format!("`redis.url`: {e}")))?;
+    for warning in store
+        .check_settings()
+        .await
+        .map_err(|refusal| ServeError::Config(format!("`redis.url`: {refusal}")))?
+    {
+        tracing::warn!("{warning}");
+    }
     Ok(Arc::new(store))
 }
 

@@ -215,3 +215,55 @@ async fn serve_runs_on_a_redis_cluster() {
     }
     assert_eq!(ready_status(&app).await, 200);
 }
+
+/// `serve` on `redis`, until its listening line or its exit; answers
+/// whether it started and what it wrote to stderr.
+fn start_and_read_stderr(redis: &RedisServer, subcommand: &str) -> (bool, String) {
+    use std::io::{BufRead, BufReader};
+    let mut env = common::base_env();
+    env.push(("LASTCLICK_REDIS__URL".into(), redis.url()));
+    let mut child = std::process::Command::new(common::binary())
+        .arg(subcommand)
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started = !line.is_empty();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (started, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_evicting_redis_is_refused_at_startup() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    for subcommand in ["serve", "worker"] {
+        let (started, stderr) = start_and_read_stderr(&redis, subcommand);
+        assert!(!started, "{subcommand} started on an evicting Redis");
+        assert!(
+            stderr.contains("`redis.url`") && stderr.contains("maxmemory-policy is `allkeys-lru`"),
+            "{subcommand}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_redis_without_persistence_is_warned_about() {
+    let redis = RedisServer::start_with(&["--appendonly", "no"]);
+    let (started, stderr) = start_and_read_stderr(&redis, "serve");
+    assert!(started, "{stderr}");
+    assert!(
+        stderr.contains("appendonly no and no RDB snapshots"),
+        "{stderr}"
+    );
+    // The default test Redis (appendonly yes, appendfsync always) is quiet.
+    let (started, stderr) = start_and_read_stderr(&RedisServer::start(), "serve");
+    assert!(started, "{stderr}");
+    assert!(!stderr.contains("Redis runs with"), "{stderr}");
+}

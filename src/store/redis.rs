@@ -679,6 +679,65 @@ impl RedisStore {
         })
     }
 
+    /// Reads Redis's own settings for what they risk: an evicting
+    /// `maxmemory-policy` silently deletes ledgers and event ids, so it is
+    /// refused (`Err`); no persistence loses everything on a Redis
+    /// restart, which is a warning. A Redis that does not answer `CONFIG
+    /// GET` (managed services disable it, or it is down now) is a warning
+    /// that nothing could be checked.
+    pub async fn check_settings(&self) -> Result<Vec<String>, String> {
+        let read = |name: &'static str| async move {
+            let pairs: HashMap<String, String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok::<_, redis::RedisError>(pairs.get(name).cloned().unwrap_or_default())
+        };
+        let settings = async {
+            Ok::<_, redis::RedisError>((
+                read("maxmemory-policy").await?,
+                read("appendonly").await?,
+                read("appendfsync").await?,
+                read("save").await?,
+            ))
+        };
+        let (policy, appendonly, appendfsync, save) = match settings.await {
+            Ok(settings) => settings,
+            Err(e) => {
+                return Ok(vec![format!(
+                    "Redis's settings could not be checked (CONFIG GET: {e}): it must run with \
+                     maxmemory-policy noeviction and appendonly yes"
+                )])
+            }
+        };
+        if policy != "noeviction" {
+            return Err(format!(
+                "Redis's maxmemory-policy is `{policy}`: an evicting Redis silently deletes \
+                 ledgers and event ids; set it to noeviction"
+            ));
+        }
+        let mut warnings = Vec::new();
+        if appendonly != "yes" {
+            warnings.push(if save.trim().is_empty() {
+                "Redis runs with appendonly no and no RDB snapshots: a Redis restart loses \
+                 every partner, event and ledger"
+                    .to_owned()
+            } else {
+                format!(
+                    "Redis runs with appendonly no: a Redis restart loses what changed since \
+                     its last RDB snapshot (save {save})"
+                )
+            });
+        } else if appendfsync != "always" {
+            warnings.push(format!(
+                "Redis runs with appendfsync {appendfsync}: a power loss can lose about the \
+                 last second of writes, events answered 202 included"
+            ));
+        }
+        Ok(warnings)
+    }
+
     fn conn(&self) -> Connection {
         self.connection.clone()
     }

@@ -76,7 +76,8 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    fn start_with(extra: &[&str]) -> RedisServer {
+    /// Starts with `extra` arguments after the defaults (later ones win).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
