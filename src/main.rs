@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Copy the embedded store's database (embedded.path) to DEST while the
+    /// service runs: a consistent copy as of one moment.
+    Backup {
+        /// Where the copy goes (replaced if it exists).
+        dest: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
     /// Print an affiliate link built from the configuration.
     Link {
         /// Partner id.
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         Command::Serve { config, check } => serve(config, check),
         Command::Worker { config } => worker(config),
         Command::Ingest { file, config } => ingest(file, config),
+        Command::Backup { dest, config } => backup(dest, config),
         Command::Link {
             partner,
             campaign,
@@ -136,6 +145,31 @@ fn worker(path: Option<PathBuf>) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+fn backup(dest: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
+    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    if !config.embedded() {
+        return Err("`redis.url`: backup copies the embedded store; back Redis up with its own tools (an AOF or RDB copy)".into());
+    }
+    let source = &config.embedded.path;
+    if !source.exists() {
+        return Err(format!(
+            "`embedded.path` {}: no database there",
+            source.display()
+        ));
+    }
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} pages {msg}")
+            .expect("a valid template"),
+    );
+    lastclick::store::sqlite::backup(source, &dest, |done, all| {
+        bar.set_length(all);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    println!("backed up {} to {}", source.display(), dest.display());
+    Ok(())
 }
 
 fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {

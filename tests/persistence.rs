@@ -310,3 +310,114 @@ fn the_database_file_is_private_to_its_owner() {
     let mode = std::fs::metadata(&db).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn a_backup_under_click_load_opens_with_the_same_partners_and_ledgers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lastclick.db");
+    let copy = dir.path().join("copy.db");
+    let db_env = db.to_string_lossy().into_owned();
+    let app = TestApp::spawn_with(&[("LASTCLICK_EMBEDDED__PATH", &db_env)]).await;
+    for id in ["acme", "globex"] {
+        app.create_partner(id).await;
+    }
+    let click = app.click("/r/acme", None, None).await;
+    app.report_when("acme", "", 1).await;
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/events",
+            Some(common::MERCHANT),
+            json!([
+                {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
+                 "billing": "referral", "attribution": {"click_id": click.param("lc_click").unwrap()}},
+                {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
+                 "amount": "300.00", "currency": "USD", "period": "month"}
+            ]),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    when(&app, "/v1/partners/acme/balance", common::ADMIN, |b| {
+        usd(b, "available") == "60.00"
+    })
+    .await;
+
+    // Clicks keep coming while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, client, url) = (stop.clone(), app.client.clone(), app.url("/r/globex"));
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.get(&url).send().await.unwrap();
+                sent += 1;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut env = base_env();
+    env.push(("LASTCLICK_EMBEDDED__PATH".into(), db_env.clone()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary())
+            .arg("backup")
+            .arg(&copy)
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sent > 0);
+
+    // The copy serves the same partners and ledgers.
+    let copy_env = dir.path().join("copy.db").to_string_lossy().into_owned();
+    let restored = TestApp::spawn_with(&[("LASTCLICK_EMBEDDED__PATH", &copy_env)]).await;
+    for path in [
+        "/v1/partners/acme",
+        "/v1/partners/globex",
+        "/v1/partners/acme/ledger",
+        "/v1/partners/acme/balance",
+    ] {
+        assert_eq!(
+            restored.get(path, Some(common::ADMIN)).await,
+            app.get(path, Some(common::ADMIN)).await,
+            "{path}"
+        );
+    }
+    let clicks = restored
+        .get("/v1/partners/globex/report", Some(common::ADMIN))
+        .await
+        .1;
+    assert!(
+        clicks["totals"]["clicks"].as_u64().unwrap() <= sent,
+        "{clicks}"
+    );
+}
+
+#[test]
+fn backup_without_a_database_names_embedded_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = base_env();
+    env.push((
+        "LASTCLICK_EMBEDDED__PATH".into(),
+        dir.path().join("none.db").to_string_lossy().into_owned(),
+    ));
+    let out = std::process::Command::new(binary())
+        .arg("backup")
+        .arg(dir.path().join("copy.db"))
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`embedded.path`"));
+}

@@ -125,21 +125,6 @@ impl SqliteStore {
         Ok((value, true))
     }
 
-    /// A consistent copy of the database at `dest`, made while the service
-    /// runs (`VACUUM INTO`: one read transaction, no writer held).
-    pub fn backup_to(path: &Path, dest: &Path) -> Result<(), String> {
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(|e| e.to_string())?;
-        conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
-        Ok(())
-    }
-
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -184,6 +169,51 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Copies the database at `path` to `dest` while a service may be writing
+/// it: SQLite's online backup API, page by page, inside one read
+/// transaction on the source, so the copy is the database as of one
+/// moment (WAL lets the service go on writing meanwhile) and is never
+/// restarted by those writes. The copy is written beside `dest` and
+/// renamed into place, mode 0600. `progress` hears (pages copied, pages
+/// in all) after each step.
+pub fn backup(path: &Path, dest: &Path, mut progress: impl FnMut(u64, u64)) -> Result<(), String> {
+    use rusqlite::backup::{Backup, StepResult};
+    use rusqlite::OpenFlags;
+    let named = |e: &dyn std::fmt::Display| format!("`embedded.path` {}: {e}", path.display());
+    let source = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| named(&e))?;
+    source
+        .busy_timeout(Duration::from_secs(30))
+        .map_err(|e| named(&e))?;
+    source
+        .execute_batch("BEGIN; SELECT COUNT(*) FROM sqlite_schema;")
+        .map_err(|e| named(&e))?;
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&partial);
+    create_private(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    let mut copy = Connection::open(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+    {
+        let backup = Backup::new(&source, &mut copy).map_err(|e| named(&e))?;
+        loop {
+            let step = backup.step(1024).map_err(|e| named(&e))?;
+            let at = backup.progress();
+            let all = at.pagecount.max(0) as u64;
+            progress(all - at.remaining.max(0) as u64, all);
+            match step {
+                StepResult::Done => break,
+                StepResult::More => {}
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+    source.execute_batch("COMMIT").map_err(|e| named(&e))?;
+    // The copy is a plain database file, not left in WAL mode.
+    copy.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    drop(copy);
+    std::fs::rename(&partial, dest).map_err(|e| format!("{}: {e}", dest.display()))
 }
 
 /// Runs `f` with the connection on the blocking pool.
