@@ -422,6 +422,126 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     assert_eq!(store.event_queue_stats().await.unwrap().routed, 0);
 }
 
+async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn Store>) {
+    let (e1, e2) = (payment_event("e1", "cus_1"), payment_event("e2", "cus_1"));
+    let enqueued = store
+        .enqueue_events(&[e1.clone(), e2.clone(), e1.clone()])
+        .await
+        .unwrap();
+    assert_eq!((enqueued.accepted, enqueued.duplicates), (2, 1));
+    let again = store
+        .enqueue_events(std::slice::from_ref(&e2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.accepted, again.duplicates),
+        (0, 1),
+        "an id seen before is a duplicate forever"
+    );
+    assert_eq!(store.event_queue_stats().await.unwrap().waiting, 2);
+
+    let (short, long) = (
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_secs(3600),
+    );
+    let taken = store.next_events("w1", 10, short, long).await.unwrap();
+    let events: Vec<&Event> = taken.iter().map(|d| &d.event).collect();
+    assert_eq!(events, vec![&e1, &e2], "in the order queued");
+    let stats = store.event_queue_stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.pending), (0, 2));
+    assert!(
+        store
+            .next_events("w2", 10, short, long)
+            .await
+            .unwrap()
+            .is_empty(),
+        "taken events are not handed out again before reclaim_after"
+    );
+    // Left unacknowledged past reclaim_after: another worker takes them.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let reclaimed = store
+        .next_events("w2", 10, short, std::time::Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 2);
+    let ids: Vec<String> = reclaimed.iter().map(|d| d.delivery.clone()).collect();
+    store.ack_events(&ids).await.unwrap();
+    let stats = store.event_queue_stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.pending), (0, 0));
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    assert!(store
+        .next_events("w1", 10, short, std::time::Duration::from_millis(10))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<dyn Store>) {
+    let entry = |seq: u64| LedgerEntry {
+        seq,
+        id: format!("e{seq}"),
+        kind: EntryKind::Commission,
+        customer: Some("cus_1".into()),
+        amount: "1.00".parse().unwrap(),
+        currency: "USD".into(),
+        at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+    };
+    let cell_on = |offset: i64| {
+        lastclick::book::conversion_cell(&Referral {
+            click_at: t0() + offset * DAY,
+            ..referral("acme")
+        })
+    };
+    let counts = ConversionCounts {
+        signups: 1,
+        ..ConversionCounts::default()
+    };
+    let changes = Changes {
+        book: Book {
+            entries: 5,
+            ..Book::default()
+        },
+        cells: vec![(cell_on(0), counts.clone()), (cell_on(3), counts.clone())],
+        entries: (1..=5).map(entry).collect(),
+        ..Changes::default()
+    };
+    assert_eq!(
+        store.commit_book("acme", 0, &changes).await.unwrap(),
+        Commit::Applied
+    );
+    let page = |before, limit| {
+        let store = store.clone();
+        async move {
+            let entries = store.ledger("acme", before, limit).await.unwrap();
+            entries.iter().map(|e| e.seq).collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(page(None, 2).await, vec![5, 4]);
+    assert_eq!(page(Some(4), 2).await, vec![3, 2]);
+    assert_eq!(page(Some(2), 10).await, vec![1]);
+    assert!(page(Some(1), 10).await.is_empty());
+    assert!(store.ledger("nobody", None, 10).await.unwrap().is_empty());
+
+    let days = |from, to| {
+        let store = store.clone();
+        async move {
+            let cells = store
+                .conversion_counts("acme", d(from), d(to))
+                .await
+                .unwrap();
+            cells
+                .into_iter()
+                .map(|(cell, _)| cell)
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(days(0, 0).await, vec![cell_on(0)]);
+    assert_eq!(days(1, 3).await, vec![cell_on(3)]);
+    assert_eq!(days(-5, 5).await.len(), 2);
+    assert!(days(4, 9).await.is_empty());
+}
+
 /// Each test gets a fresh store; `$make` returns it with whatever must live
 /// as long as it (a Redis server).
 macro_rules! store_suite {
@@ -457,6 +577,18 @@ macro_rules! store_suite {
             async fn inboxes_hold_routed_events_until_a_commit_takes_them() {
                 let (store, _server) = $make.await;
                 super::inboxes_hold_routed_events_until_a_commit_takes_them(store).await;
+            }
+
+            #[tokio::test]
+            async fn the_event_queue_hands_each_event_out_until_acknowledged() {
+                let (store, _server) = $make.await;
+                super::the_event_queue_hands_each_event_out_until_acknowledged(store).await;
+            }
+
+            #[tokio::test]
+            async fn ledger_pages_count_down_and_conversion_cells_filter_by_day() {
+                let (store, _server) = $make.await;
+                super::ledger_pages_count_down_and_conversion_cells_filter_by_day(store).await;
             }
 
             #[tokio::test]
