@@ -635,17 +635,39 @@ async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let window = std::time::Duration::from_secs(2 * DAY as u64);
     let store = SqliteStore::open(&dir.path().join("lastclick.db"), window).unwrap();
-    let old = click("acme", "spring", None, 1, t0());
-    let recent = click("acme", "spring", None, 2, t0() + 3 * DAY);
+    let now = Utc::now().timestamp();
+    let old = click("acme", "spring", None, 1, now - 3 * DAY);
+    let recent = click("acme", "spring", None, 2, now - 3_600);
     store
         .record_clicks(&[old.clone(), recent.clone()])
         .await
         .unwrap();
-    store.expire(t0() + 3 * DAY + 1).await.unwrap();
+    // Past the window, a click is not answered even before expiry runs.
     assert_eq!(store.click(&old.click_id).await.unwrap(), None);
     assert_eq!(store.last_click(&VisitorId([1; 16])).await.unwrap(), None);
-    assert_eq!(store.click(&recent.click_id).await.unwrap(), Some(recent));
     let acme = PartnerId::parse("acme").unwrap();
-    let counts = store.click_counts(&acme, d(-30), d(30)).await.unwrap();
+    let range = (d(-30), Utc::now().date_naive());
+    assert_eq!(
+        store
+            .click_counts(&acme, range.0, range.1)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    store.expire(now, usize::MAX).await.unwrap();
+    let rows: i64 = rusqlite::Connection::open(dir.path().join("lastclick.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM clicks", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "the old click's row is gone");
+    assert_eq!(store.click(&recent.click_id).await.unwrap(), Some(recent));
+    assert!(store
+        .last_click(&VisitorId([2; 16]))
+        .await
+        .unwrap()
+        .is_some());
+    let counts = store.click_counts(&acme, range.0, range.1).await.unwrap();
     assert_eq!(counts.len(), 1, "the old day's counters are gone");
 }

@@ -38,9 +38,12 @@ use crate::ids::PartnerId;
 pub const SCHEMA_VERSION: i64 = 1;
 const MIGRATIONS: &[&str] = &[include_str!("sqlite/schema_1.sql")];
 
-/// Rows deleted per transaction when expiring, so the flusher's batches
+/// Keys looked at per transaction when expiring, so the flusher's batches
 /// get the writer in between.
 const EXPIRE_AT_ONCE: usize = 2_000;
+/// Keys of each click table looked at per minute: a table of 3,000,000
+/// visitors is walked about every two hours.
+const EXPIRE_PER_MINUTE: usize = 30_000;
 
 /// Why the database could not be opened: each names `embedded.path`.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub struct SqliteStore {
     window: Duration,
     /// Wakes a worker waiting for events (they are queued in-process).
     events_queued: Arc<Notify>,
+    /// Where expiry stopped in `clicks` and in `last_clicks` (a key).
+    expiry_cursors: [Mutex<Vec<u8>>; 2],
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -93,6 +98,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             window,
             events_queued: Arc::new(Notify::new()),
+            expiry_cursors: Default::default(),
         })
     }
 
@@ -141,34 +147,70 @@ impl SqliteStore {
         on_blocking_pool(Arc::clone(&self.reader), f).await
     }
 
+    /// The oldest click time still kept.
+    fn horizon(&self) -> i64 {
+        Utc::now().timestamp() - self.window.as_secs() as i64
+    }
+
     /// Drops click records, last clicks and counters older than the
-    /// window, a few thousand rows per transaction.
-    pub async fn expire(&self, now_unix: i64) -> Result<(), StoreError> {
+    /// window, walking at most `rows` keys of each click table from where
+    /// the last call stopped (a few thousand rows per transaction, so the
+    /// flusher's batches get the writer in between). Reads never answer
+    /// an expired click, so how soon a row goes is only a matter of space.
+    pub async fn expire(&self, now_unix: i64, rows: usize) -> Result<(), StoreError> {
         let horizon = now_unix - self.window.as_secs() as i64;
-        let oldest_day = chrono::DateTime::from_timestamp(horizon, 0)
-            .unwrap_or_default()
-            .date_naive()
-            .to_string();
-        for sql in [
-            "DELETE FROM clicks WHERE id IN (SELECT id FROM clicks WHERE at < ?1 LIMIT ?2)",
-            "DELETE FROM last_clicks WHERE visitor IN \
-             (SELECT visitor FROM last_clicks WHERE at < ?1 LIMIT ?2)",
+        for (table, key, cursor) in [
+            ("clicks", "id", &self.expiry_cursors[0]),
+            ("last_clicks", "visitor", &self.expiry_cursors[1]),
         ] {
-            loop {
-                let deleted = self
-                    .write(move |conn| Ok(conn.execute(sql, params![horizon, EXPIRE_AT_ONCE])?))
+            let mut walked = 0;
+            while walked < rows {
+                let from = relock(cursor).clone();
+                let (scanned, last) = self
+                    .write(move |conn| expire_range(conn, table, key, &from, horizon))
                     .await?;
-                if deleted < EXPIRE_AT_ONCE {
+                walked += scanned.max(1);
+                // At the end of the table, start again from its beginning.
+                *relock(cursor) = last.unwrap_or_default();
+                if scanned < EXPIRE_AT_ONCE {
                     break;
                 }
             }
         }
+        let oldest_day = chrono::DateTime::from_timestamp(horizon, 0)
+            .unwrap_or_default()
+            .date_naive()
+            .to_string();
         self.write(move |conn| {
             conn.execute("DELETE FROM click_cells WHERE day < ?1", [oldest_day])?;
             Ok(())
         })
         .await
     }
+}
+
+/// Deletes the expired rows among the next `EXPIRE_AT_ONCE` keys after
+/// `from`; answers how many keys it looked at and the last one.
+fn expire_range(
+    conn: &mut Connection,
+    table: &str,
+    key: &str,
+    from: &[u8],
+    horizon: i64,
+) -> Result<(usize, Option<Vec<u8>>), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let range = format!("SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2");
+    let (scanned, last): (usize, Option<Vec<u8>>) = tx.query_row(
+        &format!("SELECT COUNT(*), MAX({key}) FROM ({range})"),
+        params![from, EXPIRE_AT_ONCE],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    tx.execute(
+        &format!("DELETE FROM {table} WHERE {key} IN ({range}) AND at < ?3"),
+        params![from, EXPIRE_AT_ONCE, horizon],
+    )?;
+    tx.commit()?;
+    Ok((scanned, last))
 }
 
 /// Copies the database at `path` to `dest` while a service may be writing
@@ -320,46 +362,116 @@ struct CellTally {
     visitors: Sketch,
 }
 
+/// Clicks per multi-row statement: one statement for many rows saves most
+/// of what a click costs beyond its two B-tree inserts.
+const ROWS_AT_ONCE: usize = 128;
+
+/// `INSERT ... VALUES (..), (..)` for `rows` rows of `width` parameters.
+fn multi_row(head: &str, rows: usize, width: usize, tail: &str) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    format!("{head} VALUES {}{tail}", vec![row; rows].join(", "))
+}
+
+/// The clicks of `chunk` not stored before, inserting them.
+fn insert_one_by_one<'c>(
+    tx: &rusqlite::Transaction<'_>,
+    chunk: &'c [Click],
+) -> Result<Vec<&'c Click>, StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut fresh = Vec::new();
+    for click in chunk {
+        let term = click.term.as_deref().unwrap_or("");
+        let values = params![
+            click.click_id.0,
+            click.visitor_id.0,
+            &*click.partner,
+            &*click.campaign,
+            term,
+            click.at
+        ];
+        if insert.execute(values)? == 1 {
+            fresh.push(click);
+        }
+    }
+    Ok(fresh)
+}
+
 fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut cells: std::collections::HashMap<(String, String, String, String), CellTally> =
-        std::collections::HashMap::new();
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        // Last click wins by click time, whatever order clicks arrive in.
-        let mut last = tx.prepare_cached(
-            "INSERT INTO last_clicks (visitor, click, at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
-             WHERE excluded.at >= last_clicks.at",
-        )?;
-        for click in clicks {
-            let term = click.term.as_deref().unwrap_or("");
-            let new = insert.execute(params![
-                click.click_id.0,
-                click.visitor_id.0,
-                &*click.partner,
-                &*click.campaign,
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Keyed by the clicks' own `Arc`s: counting a click allocates nothing.
+    type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
+    let mut cells: std::collections::HashMap<Cell, CellTally> = std::collections::HashMap::new();
+    for chunk in clicks.chunks(ROWS_AT_ONCE) {
+        // A click written twice (a retried batch) counts once. Nearly
+        // always every row is new, which the count of inserted rows shows;
+        // otherwise each row is looked up.
+        let texts: Vec<[&str; 3]> = chunk
+            .iter()
+            .map(|c| [&*c.partner, &*c.campaign, c.term.as_deref().unwrap_or("")])
+            .collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 6);
+        for (click, [partner, campaign, term]) in chunk.iter().zip(&texts) {
+            values.extend([
+                &click.click_id.0 as &dyn rusqlite::ToSql,
+                &click.visitor_id.0,
+                partner,
+                campaign,
                 term,
-                click.at
-            ])? == 1;
-            // A click written twice (a retried batch) counts once.
-            if !new {
-                continue;
-            }
-            last.execute(params![click.visitor_id.0, click.click_id.0, click.at])?;
+                &click.at,
+            ]);
+        }
+        let savepoint = tx.savepoint()?;
+        let inserted = savepoint
+            .prepare_cached(&multi_row(
+                "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
+                chunk.len(),
+                6,
+                "",
+            ))?
+            .execute(values.as_slice())?;
+        let fresh: Vec<&Click> = if inserted == chunk.len() {
+            savepoint.commit()?;
+            chunk.iter().collect()
+        } else {
+            drop(savepoint); // rolls back: the rows go in one by one
+            insert_one_by_one(&tx, chunk)?
+        };
+        if fresh.is_empty() {
+            continue;
+        }
+        // Last click wins by click time, whatever order clicks arrive in.
+        let mut last = tx.prepare_cached(&multi_row(
+            "INSERT INTO last_clicks (visitor, click, at)",
+            fresh.len(),
+            3,
+            " ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
+             WHERE excluded.at >= last_clicks.at",
+        ))?;
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(fresh.len() * 3);
+        for click in &fresh {
+            values.extend([
+                &click.visitor_id.0 as &dyn rusqlite::ToSql,
+                &click.click_id.0,
+                &click.at,
+            ]);
+        }
+        last.execute(values.as_slice())?;
+        for click in fresh {
             let cell = (
-                click.partner.to_string(),
-                click.day().to_string(),
-                click.campaign.to_string(),
-                term.to_owned(),
+                Arc::clone(&click.partner),
+                click.day(),
+                Arc::clone(&click.campaign),
+                click.term.clone(),
             );
             let tally = cells.entry(cell).or_default();
             tally.clicks += 1;
             tally.visitors.add(&click.visitor_id);
         }
+    }
+    {
         let mut read = tx.prepare_cached(
             "SELECT clicks, visitors FROM click_cells \
              WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
@@ -369,6 +481,8 @@ fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<(), StoreErro
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for ((partner, day, campaign, term), mut tally) in cells {
+            let (partner, day, campaign) = (&*partner, day.to_string(), &*campaign);
+            let term = term.as_deref().unwrap_or("");
             let before: Option<(u64, Vec<u8>)> = read
                 .query_row(params![partner, day, campaign, term], |row| {
                     Ok((row.get(0)?, row.get(1)?))
@@ -545,12 +659,12 @@ impl Store for SqliteStore {
     }
 
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
-        let id = id.0;
+        let (id, horizon) = (id.0, self.horizon());
         self.read(move |conn| {
             Ok(conn
                 .query_row(
-                    &format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE id = ?1"),
-                    [id],
+                    &format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE id = ?1 AND at >= ?2"),
+                    params![id, horizon],
                     click_from_row,
                 )
                 .optional()?)
@@ -559,13 +673,14 @@ impl Store for SqliteStore {
     }
 
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
-        let visitor = visitor.0;
+        let (visitor, horizon) = (visitor.0, self.horizon());
         self.read(move |conn| {
             Ok(conn
                 .query_row(
                     "SELECT c.id, c.visitor, c.partner, c.campaign, c.term, c.at \
-                     FROM last_clicks l JOIN clicks c ON c.id = l.click WHERE l.visitor = ?1",
-                    [visitor],
+                     FROM last_clicks l JOIN clicks c ON c.id = l.click \
+                     WHERE l.visitor = ?1 AND c.at >= ?2",
+                    params![visitor, horizon],
                     click_from_row,
                 )
                 .optional()?)
@@ -1235,7 +1350,10 @@ pub fn spawn_expiry(store: Arc<SqliteStore>) {
         loop {
             tick.tick().await;
             let Some(store) = weak.upgrade() else { return };
-            if let Err(e) = store.expire(Utc::now().timestamp()).await {
+            if let Err(e) = store
+                .expire(Utc::now().timestamp(), EXPIRE_PER_MINUTE)
+                .await
+            {
                 tracing::warn!(error = %e, "expiring old clicks failed; retrying in a minute");
             }
         }
