@@ -100,6 +100,10 @@ pub async fn run_flusher(
         }
         metrics.click_queue_depth.set(queue.rx.len() as i64);
         if stopping {
+            if let Err(e) = store.sync().await {
+                metrics.count_store_error("sync");
+                tracing::warn!(error = %e, "unique-visitor counts of the last seconds not written");
+            }
             return;
         }
     }

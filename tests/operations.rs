@@ -257,8 +257,10 @@ fn the_production_example_configuration_is_valid_and_uses_the_state_directory() 
     );
     let text = std::fs::read_to_string(example).unwrap();
     assert!(text.contains("path = \"/var/lib/lastclick/lastclick.db\""));
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/lastclick.service"))
-            .unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/lastclick.service"
+    ))
+    .unwrap();
     assert!(unit.contains("StateDirectory=lastclick"), "{unit}");
 }

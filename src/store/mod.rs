@@ -193,6 +193,11 @@ pub trait Store: Send + Sync + 'static {
     /// the same batch again, as the flusher does when an outcome is unknown,
     /// counts nothing twice.
     async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError>;
+    /// Writes what `record_clicks` keeps back for a while (the embedded
+    /// store's unique-visitor sketches); the flusher calls it on shutdown.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError>;
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError>;
 

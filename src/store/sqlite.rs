@@ -62,6 +62,9 @@ pub struct SqliteStore {
     events_queued: Arc<Notify>,
     /// Where expiry stopped in `clicks` and in `last_clicks` (a key).
     expiry_cursors: [Mutex<Vec<u8>>; 2],
+    /// Unique-visitor sketches of recent batches, merged into the
+    /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
+    visitors: Mutex<PendingVisitors>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -99,6 +102,10 @@ impl SqliteStore {
             window,
             events_queued: Arc::new(Notify::new()),
             expiry_cursors: Default::default(),
+            visitors: Mutex::new(PendingVisitors {
+                cells: std::collections::HashMap::new(),
+                since: std::time::Instant::now(),
+            }),
         })
     }
 
@@ -182,7 +189,8 @@ impl SqliteStore {
             .date_naive()
             .to_string();
         self.write(move |conn| {
-            conn.execute("DELETE FROM click_cells WHERE day < ?1", [oldest_day])?;
+            conn.execute("DELETE FROM click_cells WHERE day < ?1", [&oldest_day])?;
+            conn.execute("DELETE FROM cell_visitors WHERE day < ?1", [&oldest_day])?;
             Ok(())
         })
         .await
@@ -355,12 +363,21 @@ fn click_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Click> {
 
 const CLICK_COLUMNS: &str = "id, visitor, partner, campaign, term, at";
 
-/// One batch's clicks of one report cell, counted once per batch.
-#[derive(Default)]
-struct CellTally {
-    clicks: u64,
-    visitors: Sketch,
+/// A report cell, keyed by the clicks' own `Arc`s: counting a click
+/// allocates nothing.
+type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
+
+/// Unique-visitor sketches not yet merged into the database.
+struct PendingVisitors {
+    cells: std::collections::HashMap<Cell, Sketch>,
+    since: std::time::Instant,
 }
+
+/// How often pending sketches are merged into the database.
+const VISITORS_EVERY: Duration = Duration::from_secs(5);
+/// Cells with pending sketches (4 KiB each) that trigger a merge at once,
+/// however recent the last: memory stays under 16 MB whatever the traffic.
+const VISITORS_PENDING_MAX: usize = 4_096;
 
 /// Clicks per multi-row statement: one statement for many rows saves most
 /// of what a click costs beyond its two B-tree inserts.
@@ -399,11 +416,16 @@ fn insert_one_by_one<'c>(
     Ok(fresh)
 }
 
-fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<(), StoreError> {
+/// Writes a batch in one transaction: click records, last clicks, click
+/// counters. Answers the batch's unique-visitor sketches by cell, for the
+/// caller to merge later.
+fn write_clicks(
+    conn: &mut Connection,
+    clicks: &[Click],
+) -> Result<Vec<(Cell, Sketch)>, StoreError> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Keyed by the clicks' own `Arc`s: counting a click allocates nothing.
-    type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
-    let mut cells: std::collections::HashMap<Cell, CellTally> = std::collections::HashMap::new();
+    let mut cells: std::collections::HashMap<Cell, (u64, Sketch)> =
+        std::collections::HashMap::new();
     for chunk in clicks.chunks(ROWS_AT_ONCE) {
         // A click written twice (a retried batch) counts once. Nearly
         // always every row is new, which the count of inserted rows shows;
@@ -466,40 +488,56 @@ fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<(), StoreErro
                 Arc::clone(&click.campaign),
                 click.term.clone(),
             );
-            let tally = cells.entry(cell).or_default();
-            tally.clicks += 1;
-            tally.visitors.add(&click.visitor_id);
+            let (count, visitors) = cells.entry(cell).or_default();
+            *count += 1;
+            visitors.add(&click.visitor_id);
         }
     }
+    let mut sketches = Vec::with_capacity(cells.len());
+    {
+        let mut add = tx.prepare_cached(
+            "INSERT INTO click_cells (partner, day, campaign, term, clicks) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT DO UPDATE SET clicks = clicks + excluded.clicks",
+        )?;
+        for (cell, (count, visitors)) in cells {
+            let (partner, day, campaign, term) = &cell;
+            let term = term.as_deref().unwrap_or("");
+            add.execute(params![
+                &**partner,
+                day.to_string(),
+                &**campaign,
+                term,
+                count
+            ])?;
+            sketches.push((cell, visitors));
+        }
+    }
+    tx.commit()?;
+    Ok(sketches)
+}
+
+/// Merges pending sketches into the stored ones, in one transaction.
+fn merge_visitors(conn: &mut Connection, cells: Vec<(Cell, Sketch)>) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut read = tx.prepare_cached(
-            "SELECT clicks, visitors FROM click_cells \
+            "SELECT visitors FROM cell_visitors \
              WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
         )?;
-        let mut store = tx.prepare_cached(
-            "INSERT OR REPLACE INTO click_cells (partner, day, campaign, term, clicks, visitors) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        let mut write = tx.prepare_cached(
+            "INSERT OR REPLACE INTO cell_visitors (partner, day, campaign, term, visitors) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for ((partner, day, campaign, term), mut tally) in cells {
-            let (partner, day, campaign) = (&*partner, day.to_string(), &*campaign);
-            let term = term.as_deref().unwrap_or("");
-            let before: Option<(u64, Vec<u8>)> = read
-                .query_row(params![partner, day, campaign, term], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
+        for ((partner, day, campaign, term), mut sketch) in cells {
+            let (day, term) = (day.to_string(), term.as_deref().unwrap_or(""));
+            let stored: Option<Vec<u8>> = read
+                .query_row(params![&*partner, day, &*campaign, term], |row| row.get(0))
                 .optional()?;
-            if let Some((clicks, visitors)) = before {
-                tally.clicks += clicks;
-                tally.visitors.merge(&Sketch::from_bytes(&visitors));
+            if let Some(bytes) = stored {
+                sketch.merge(&Sketch::from_bytes(&bytes));
             }
-            store.execute(params![
-                partner,
-                day,
-                campaign,
-                term,
-                tally.clicks,
-                tally.visitors.as_bytes()
-            ])?;
+            write.execute(params![&*partner, day, &*campaign, term, sketch.as_bytes()])?;
         }
     }
     tx.commit()?;
@@ -645,17 +683,50 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let clicks = clicks.to_vec();
-        self.write(move |conn| {
-            // A batch is at risk only until the next checkpoint's sync:
-            // the documented cost of a power loss is the last flush
-            // interval of clicks, and a batch then costs one write, not a
-            // sync per commit.
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let written = write_clicks(conn, &clicks);
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            written
-        })
-        .await
+        let sketches = self
+            .write(move |conn| {
+                // A batch is at risk only until the next synced commit: the
+                // documented cost of a power loss is the last flush interval
+                // of clicks, and a batch then costs one write, not a sync.
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                let written = write_clicks(conn, &clicks);
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                written
+            })
+            .await?;
+        let due = {
+            let mut pending = relock(&self.visitors);
+            for (cell, sketch) in sketches {
+                pending.cells.entry(cell).or_default().merge(&sketch);
+            }
+            pending.cells.len() >= VISITORS_PENDING_MAX || pending.since.elapsed() >= VISITORS_EVERY
+        };
+        if due {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let cells: Vec<(Cell, Sketch)> = {
+            let mut pending = relock(&self.visitors);
+            pending.since = std::time::Instant::now();
+            pending.cells.drain().collect()
+        };
+        if cells.is_empty() {
+            return Ok(());
+        }
+        // Merging is idempotent (a register's maximum): what a failed write
+        // did not merge goes back to wait for the next one.
+        let retry = cells.clone();
+        let merged = self.write(move |conn| merge_visitors(conn, cells)).await;
+        if merged.is_err() {
+            let mut pending = relock(&self.visitors);
+            for (cell, sketch) in retry {
+                pending.cells.entry(cell).or_default().merge(&sketch);
+            }
+        }
+        merged
     }
 
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
@@ -734,28 +805,39 @@ impl Store for SqliteStore {
         partner: &PartnerId,
         cells: &[CounterCell],
     ) -> Result<u64, StoreError> {
-        let partner = partner.as_str().to_owned();
-        let cells = cells.to_vec();
-        self.read(move |conn| {
-            let mut query = conn.prepare_cached(
-                "SELECT visitors FROM click_cells \
-                 WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
-            )?;
-            let mut union = Sketch::default();
-            for cell in &cells {
-                let found: Option<Vec<u8>> = query
-                    .query_row(
-                        params![partner, cell.day.to_string(), cell.campaign, cell.term],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                if let Some(bytes) = found {
-                    union.merge(&Sketch::from_bytes(&bytes));
+        let wanted = cells.to_vec();
+        let owner = partner.as_str().to_owned();
+        let mut union = self
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT visitors FROM cell_visitors \
+                     WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
+                )?;
+                let mut union = Sketch::default();
+                for cell in &wanted {
+                    let key = params![owner, cell.day.to_string(), cell.campaign, cell.term];
+                    let found: Option<Vec<u8>> =
+                        query.query_row(key, |row| row.get(0)).optional()?;
+                    if let Some(bytes) = found {
+                        union.merge(&Sketch::from_bytes(&bytes));
+                    }
                 }
+                Ok(union)
+            })
+            .await?;
+        // What recent batches saw and is not merged yet.
+        let pending = relock(&self.visitors);
+        for ((of, day, campaign, term), sketch) in &pending.cells {
+            let term = term.as_deref().unwrap_or("");
+            let asked = **of == *partner.as_str()
+                && cells
+                    .iter()
+                    .any(|c| c.day == *day && c.campaign == **campaign && c.term == term);
+            if asked {
+                union.merge(sketch);
             }
-            Ok(union.count())
-        })
-        .await
+        }
+        Ok(union.count())
     }
 
     async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError> {

@@ -40,18 +40,28 @@ CREATE TABLE last_clicks (
     click BLOB NOT NULL,
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Report counters per (partner, UTC day, campaign, term): clicks, and a
--- HyperLogLog sketch of the distinct visitors.
+-- Report counters per (partner, UTC day, campaign, term): clicks (added to
+-- by every click batch), and apart, a HyperLogLog sketch of the distinct
+-- visitors (merged every few seconds: 4 KiB a cell is too much to rewrite
+-- with every batch).
 CREATE TABLE click_cells (
     partner TEXT NOT NULL,
     day TEXT NOT NULL,
     campaign TEXT NOT NULL,
     term TEXT NOT NULL,
     clicks INTEGER NOT NULL,
-    visitors BLOB NOT NULL,
     PRIMARY KEY (partner, day, campaign, term)
 ) WITHOUT ROWID;
 CREATE INDEX click_cells_day ON click_cells (day);
+CREATE TABLE cell_visitors (
+    partner TEXT NOT NULL,
+    day TEXT NOT NULL,
+    campaign TEXT NOT NULL,
+    term TEXT NOT NULL,
+    visitors BLOB NOT NULL,
+    PRIMARY KEY (partner, day, campaign, term)
+) WITHOUT ROWID;
+CREATE INDEX cell_visitors_day ON cell_visitors (day);
 
 -- Conversion events: every id ever accepted (idempotency keys, forever),
 -- and the queue the worker takes them from (taken_at set while a worker
