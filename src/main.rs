@@ -43,7 +43,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Queue conversion events from a JSON Lines file (one event per line),
-    /// validated as POST /v1/events validates them. Needs redis.url.
+    /// validated as POST /v1/events validates them, into Redis or the
+    /// embedded store's database (a running serve applies them).
     Ingest {
         /// The JSON Lines file.
         file: PathBuf,
@@ -174,9 +175,6 @@ fn backup(dest: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
 
 fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
     let mut config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
-    if config.embedded() {
-        return Err("`redis.url`: ingest needs Redis; an embedded store lives inside one serve process, so post to its /v1/events instead".into());
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -421,3 +421,45 @@ fn backup_without_a_database_names_embedded_path() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`embedded.path`"));
 }
+
+#[tokio::test]
+async fn ingest_queues_events_into_a_running_embedded_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir
+        .path()
+        .join("lastclick.db")
+        .to_string_lossy()
+        .into_owned();
+    let app = TestApp::spawn_with(&[("LASTCLICK_EMBEDDED__PATH", &db)]).await;
+    app.create_partner("acme").await;
+    let click = app.click("/r/acme", None, None).await;
+    app.report_when("acme", "", 1).await;
+    let file = dir.path().join("events.jsonl");
+    let lines = [
+        json!({"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
+               "billing": "referral", "attribution": {"click_id": click.param("lc_click").unwrap()}}),
+        json!({"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
+               "amount": "300.00", "currency": "USD", "period": "month"}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    let mut env = base_env();
+    env.push(("LASTCLICK_EMBEDDED__PATH".into(), db));
+    let out = std::process::Command::new(binary())
+        .arg("ingest")
+        .arg(&file)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted 2"));
+    when(&app, "/v1/partners/acme/balance", common::ADMIN, |b| {
+        usd(b, "available") == "60.00"
+    })
+    .await;
+}
