@@ -557,7 +557,13 @@ fn merge_visitors(conn: &mut Connection, cells: Vec<(Cell, Sketch)>) -> Result<(
             if let Some(bytes) = stored {
                 sketch.merge(&Sketch::from_bytes(&bytes));
             }
-            write.execute(params![&*partner, day, &*campaign, term, sketch.as_bytes()])?;
+            write.execute(params![
+                &*partner,
+                day,
+                &*campaign,
+                term,
+                &sketch.to_bytes()
+            ])?;
         }
     }
     tx.commit()?;

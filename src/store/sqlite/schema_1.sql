@@ -41,9 +41,9 @@ CREATE TABLE last_clicks (
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
 -- Report counters per (partner, UTC day, campaign, term): clicks (added to
--- by every click batch), and apart, a HyperLogLog sketch of the distinct
--- visitors (merged every few seconds: 4 KiB a cell is too much to rewrite
--- with every batch).
+-- by every click batch), and apart, the distinct visitors (src/store/
+-- sketch.rs: exact hashes while few, then a 4 KiB HyperLogLog; merged every
+-- few seconds, too much to rewrite with every batch).
 CREATE TABLE click_cells (
     partner TEXT NOT NULL,
     day TEXT NOT NULL,
