@@ -90,14 +90,14 @@ impl Sketch {
             Sketch::Exact(hashes) => {
                 hashes.insert(hash);
                 if hashes.len() > EXACT_MAX {
-                    self.to_registers();
+                    self.grow_into_registers();
                 }
             }
             Sketch::Registers(registers) => register(registers, hash),
         }
     }
 
-    fn to_registers(&mut self) {
+    fn grow_into_registers(&mut self) {
         if let Sketch::Exact(hashes) = self {
             let mut registers = vec![0u8; REGISTERS].into_boxed_slice();
             for hash in hashes.iter() {
@@ -116,7 +116,7 @@ impl Sketch {
                 }
             }
             Sketch::Registers(theirs) => {
-                self.to_registers();
+                self.grow_into_registers();
                 if let Sketch::Registers(mine) = self {
                     for (mine, theirs) in mine.iter_mut().zip(theirs.iter()) {
                         *mine = (*mine).max(*theirs);
