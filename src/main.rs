@@ -180,7 +180,7 @@ fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let summary = runtime.block_on(async {
-        let store = lastclick::serve::open_store(&mut config)
+        let store = lastclick::serve::open_store(&mut config, false)
             .await
             .map_err(|e| e.to_string())?;
         lastclick::ingest::ingest(store.as_ref(), &file, config.attribution.clock_skew)

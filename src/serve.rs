@@ -77,7 +77,7 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let store = open_store(&mut config).await?;
+    let store = open_store(&mut config, true).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     announce(&public, &admin)?;
@@ -215,7 +215,7 @@ pub async fn run_worker(
                 .into(),
         ));
     }
-    let store = open_store(&mut config).await?;
+    let store = open_store(&mut config, false).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     // Once the store is open, as `serve` does.
@@ -261,8 +261,12 @@ fn announce(public: &TcpListener, admin: &TcpListener) -> Result<(), ServeError>
 }
 
 /// The embedded store when `redis.url` is empty (filling the secrets and
-/// tokens it keeps), else Redis.
-pub async fn open_store(config: &mut Config) -> Result<Arc<dyn Store>, ServeError> {
+/// tokens it keeps; `runs_worker` for `serve`, which takes over what a
+/// previous `serve` left taken), else Redis.
+pub async fn open_store(
+    config: &mut Config,
+    runs_worker: bool,
+) -> Result<Arc<dyn Store>, ServeError> {
     if config.embedded() {
         let path = config.embedded.path.clone();
         let window = config.attribution.window;
@@ -272,6 +276,11 @@ pub async fn open_store(config: &mut Config) -> Result<Arc<dyn Store>, ServeErro
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let embedded = Arc::new(embedded);
         fill_embedded_defaults(config, &embedded)?;
+        if runs_worker {
+            embedded
+                .take_over()
+                .map_err(|e| ServeError::Config(format!("`embedded.path`: {e}")))?;
+        }
         spawn_expiry(Arc::clone(&embedded));
         return Ok(embedded);
     }

@@ -190,6 +190,8 @@ async fn a_sigkill_after_an_accepted_event_and_its_application_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("lastclick.db");
     let mut env = bare_env(&db);
+    // Events the killed process had taken must not wait for reclaim_after.
+    env.push(("LASTCLICK_WORKER__RECLAIM_AFTER".into(), "1h".into()));
     env.push(("LASTCLICK_AUTH__ADMIN_TOKEN".into(), common::ADMIN.into()));
     env.push((
         "LASTCLICK_AUTH__MERCHANT_TOKEN".into(),

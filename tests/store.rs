@@ -671,3 +671,40 @@ async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
     let counts = store.click_counts(&acme, range.0, range.1).await.unwrap();
     assert_eq!(counts.len(), 1, "the old day's counters are gone");
 }
+
+#[tokio::test]
+async fn a_restarted_sqlite_store_hands_out_at_once_what_a_killed_serve_had_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lastclick.db");
+    let hour = std::time::Duration::from_secs(3600);
+    let short = std::time::Duration::from_millis(20);
+    let store = SqliteStore::open(&path, WINDOW).unwrap();
+    let event = payment_event("e1", "cus_1");
+    store
+        .enqueue_events(std::slice::from_ref(&event))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_events("w", 10, short, hour).await.unwrap().len(),
+        1
+    );
+    assert!(store.lock_book("acme", "w", hour).await.unwrap());
+    drop(store); // killed: taken, never acknowledged; the book locked
+
+    let store = SqliteStore::open(&path, WINDOW).unwrap();
+    assert!(
+        store
+            .next_events("w2", 10, short, hour)
+            .await
+            .unwrap()
+            .is_empty(),
+        "opening alone (ingest, backup) takes nothing over"
+    );
+    store.take_over().unwrap();
+    let again = store.next_events("w2", 10, short, hour).await.unwrap();
+    assert_eq!(
+        again.iter().map(|d| &d.event).collect::<Vec<_>>(),
+        vec![&event]
+    );
+    assert!(store.lock_book("acme", "w2", hour).await.unwrap());
+}

@@ -109,6 +109,23 @@ impl SqliteStore {
         })
     }
 
+    /// Takes over from a `serve` that stopped without finishing (a SIGKILL,
+    /// a power cut): the events it had taken and the books it had locked
+    /// are free again at once, rather than after `worker.reclaim_after`.
+    /// Only the process that runs the worker calls this: the database has
+    /// one.
+    pub fn take_over(&self) -> Result<(), StoreError> {
+        let mut conn = relock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE event_queue SET taken_at = NULL WHERE taken_at IS NOT NULL",
+            [],
+        )?;
+        tx.execute("DELETE FROM book_locks", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The setting `name`, storing `make()` first if it has none: values
     /// generated at the first start (secrets, tokens) survive restarts.
     /// Answers the value and whether it was made now.
