@@ -41,6 +41,22 @@ fn kept_setting(path: &std::path::Path, name: &str) -> String {
     .unwrap()
 }
 
+/// Runs `lastclick ARGS` to its end with the test environment on the
+/// database at `db`.
+fn lastclick(args: &[&std::ffi::OsStr], db: &std::path::Path) -> std::process::Output {
+    let mut env = base_env();
+    env.push((
+        "LASTCLICK_EMBEDDED__PATH".into(),
+        db.to_string_lossy().into_owned(),
+    ));
+    std::process::Command::new(binary())
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap()
+}
+
 fn at(ms_ago: i64) -> String {
     let ms = chrono::Utc::now().timestamp_millis() - ms_ago;
     chrono::DateTime::from_timestamp_millis(ms)
@@ -257,17 +273,7 @@ fn an_unusable_embedded_path_stops_startup_naming_it() {
     // A directory where the file should be.
     let taken = dir.path().join("taken");
     std::fs::create_dir(&taken).unwrap();
-    let mut env = base_env();
-    env.push((
-        "LASTCLICK_EMBEDDED__PATH".into(),
-        taken.to_string_lossy().into_owned(),
-    ));
-    let out = std::process::Command::new(binary())
-        .arg("serve")
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+    let out = lastclick(&["serve".as_ref()], &taken);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`embedded.path`"), "{stderr}");
@@ -281,17 +287,7 @@ fn a_database_from_a_newer_schema_stops_startup() {
         .unwrap()
         .pragma_update(None, "user_version", 99)
         .unwrap();
-    let mut env = base_env();
-    env.push((
-        "LASTCLICK_EMBEDDED__PATH".into(),
-        db.to_string_lossy().into_owned(),
-    ));
-    let out = std::process::Command::new(binary())
-        .arg("serve")
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+    let out = lastclick(&["serve".as_ref()], &db);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -358,16 +354,9 @@ async fn a_backup_under_click_load_opens_with_the_same_partners_and_ledgers() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut env = base_env();
-    env.push(("LASTCLICK_EMBEDDED__PATH".into(), db_env.clone()));
+    let source = db.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary())
-            .arg("backup")
-            .arg(&copy)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
+        lastclick(&["backup".as_ref(), copy.as_os_str()], &source)
     })
     .await
     .unwrap();
@@ -408,18 +397,11 @@ async fn a_backup_under_click_load_opens_with_the_same_partners_and_ledgers() {
 #[test]
 fn backup_without_a_database_names_embedded_path() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = base_env();
-    env.push((
-        "LASTCLICK_EMBEDDED__PATH".into(),
-        dir.path().join("none.db").to_string_lossy().into_owned(),
-    ));
-    let out = std::process::Command::new(binary())
-        .arg("backup")
-        .arg(dir.path().join("copy.db"))
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+    let copy = dir.path().join("copy.db");
+    let out = lastclick(
+        &["backup".as_ref(), copy.as_os_str()],
+        &dir.path().join("none.db"),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`embedded.path`"));
 }
@@ -445,15 +427,10 @@ async fn ingest_queues_events_into_a_running_embedded_service() {
     ];
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&file, text.join("\n")).unwrap();
-    let mut env = base_env();
-    env.push(("LASTCLICK_EMBEDDED__PATH".into(), db));
-    let out = std::process::Command::new(binary())
-        .arg("ingest")
-        .arg(&file)
-        .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+    let out = lastclick(
+        &["ingest".as_ref(), file.as_os_str()],
+        &dir.path().join("lastclick.db"),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -374,12 +374,25 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn bump_catalog(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+/// One catalog change and the catalog version's rise, in one synced
+/// transaction; `unchanged` is the error when the statement touched no row
+/// (an insert that found the key taken, an update that found none).
+fn change_catalog(
+    conn: &mut Connection,
+    sql: &str,
+    row: [String; 3],
+    unchanged: StoreError,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if tx.execute(sql, row)? == 0 {
+        return Err(unchanged);
+    }
     tx.execute(
         "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE name = 'catalog_version'",
         [],
-    )
-    .map(drop)
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 fn click_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Click> {
@@ -412,9 +425,10 @@ struct PendingVisitors {
 
 /// How often pending sketches are merged into the database.
 const VISITORS_EVERY: Duration = Duration::from_secs(5);
-/// Cells with pending sketches (4 KiB each) that trigger a merge at once,
-/// however recent the last: memory stays under 16 MB whatever the traffic.
-const VISITORS_PENDING_MAX: usize = 4_096;
+/// Cells with pending sketches (at most 16 KiB each) that trigger a merge
+/// at once, however recent the last: memory stays under 16 MB whatever the
+/// traffic.
+const VISITORS_PENDING_MAX: usize = 1_024;
 
 /// Clicks per multi-row statement: one statement for many rows saves most
 /// of what a click costs beyond its two B-tree inserts.
@@ -630,37 +644,35 @@ impl Store for SqliteStore {
     }
 
     async fn insert_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let partner = partner.clone();
+        let row = [
+            partner.id.as_str().to_owned(),
+            partner.token_hash.clone(),
+            to_json(partner),
+        ];
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = tx.execute(
+            change_catalog(
+                conn,
                 "INSERT OR IGNORE INTO partners (id, token_hash, record) VALUES (?1, ?2, ?3)",
-                params![partner.id.as_str(), partner.token_hash, to_json(&partner)],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::Conflict);
-            }
-            bump_catalog(&tx)?;
-            tx.commit()?;
-            Ok(())
+                row,
+                StoreError::Conflict,
+            )
         })
         .await
     }
 
     async fn update_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let partner = partner.clone();
+        let row = [
+            partner.id.as_str().to_owned(),
+            partner.token_hash.clone(),
+            to_json(partner),
+        ];
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let updated = tx.execute(
+            change_catalog(
+                conn,
                 "UPDATE partners SET token_hash = ?2, record = ?3 WHERE id = ?1",
-                params![partner.id.as_str(), partner.token_hash, to_json(&partner)],
-            )?;
-            if updated == 0 {
-                return Err(StoreError::NotFound);
-            }
-            bump_catalog(&tx)?;
-            tx.commit()?;
-            Ok(())
+                row,
+                StoreError::NotFound,
+            )
         })
         .await
     }
@@ -688,23 +700,18 @@ impl Store for SqliteStore {
     }
 
     async fn insert_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
-        let campaign = campaign.clone();
+        let row = [
+            campaign.partner.as_str().to_owned(),
+            campaign.slug.as_str().to_owned(),
+            to_json(campaign),
+        ];
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = tx.execute(
+            change_catalog(
+                conn,
                 "INSERT OR IGNORE INTO campaigns (partner, slug, record) VALUES (?1, ?2, ?3)",
-                params![
-                    campaign.partner.as_str(),
-                    campaign.slug.as_str(),
-                    to_json(&campaign)
-                ],
-            )?;
-            if inserted == 0 {
-                return Err(StoreError::Conflict);
-            }
-            bump_catalog(&tx)?;
-            tx.commit()?;
-            Ok(())
+                row,
+                StoreError::Conflict,
+            )
         })
         .await
     }
