@@ -630,6 +630,29 @@ store_suite!(sqlite_store, sqlite());
 store_suite!(redis_store, redis());
 store_suite!(redis_cluster_store, cluster());
 
+/// Beyond the contract (a batch sent again counts once), the embedded
+/// store counts each click once even in a batch that only partly repeats
+/// an earlier one.
+#[tokio::test]
+async fn the_sqlite_store_counts_each_click_once_in_a_partly_repeated_batch() {
+    let (store, _dir) = sqlite().await;
+    let acme = PartnerId::parse("acme").unwrap();
+    let old = click("acme", "spring", None, 1, t0());
+    store
+        .record_clicks(std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    let new = click("acme", "spring", None, 2, t0() + 30);
+    store
+        .record_clicks(&[new.clone(), old.clone()])
+        .await
+        .unwrap();
+    let counts = store.click_counts(&acme, d(0), d(0)).await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].clicks, 2);
+    assert_eq!(store.click(&new.click_id).await.unwrap(), Some(new));
+}
+
 #[tokio::test]
 async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
