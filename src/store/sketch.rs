@@ -80,6 +80,16 @@ impl Sketch {
         }
     }
 
+    /// About how many bytes of memory the sketch holds.
+    pub fn memory(&self) -> usize {
+        match self {
+            // A B-tree set's nodes hold up to 11 keys: 8 bytes a key and
+            // about as much again for the node around it.
+            Sketch::Exact(hashes) => 16 * hashes.len(),
+            Sketch::Registers(_) => REGISTERS,
+        }
+    }
+
     /// Counts a visitor.
     pub fn add(&mut self, visitor: &VisitorId) {
         self.add_hash(hash(visitor));
@@ -162,6 +172,21 @@ mod tests {
         assert_eq!(Sketch::from_bytes(&sketch.to_bytes()), sketch);
         assert_eq!(sketch.to_bytes().len(), 1 + 1_000 * 8);
         assert_eq!(Sketch::default().count(), 0);
+    }
+
+    #[test]
+    fn memory_grows_with_hashes_and_stops_at_the_registers() {
+        let mut sketch = Sketch::default();
+        assert_eq!(sketch.memory(), 0);
+        sketch.add(&VisitorId::random());
+        let one = sketch.memory();
+        assert!(one > 0);
+        for _ in 0..EXACT_MAX {
+            sketch.add(&VisitorId::random());
+        }
+        assert_eq!(sketch.memory(), REGISTERS, "registers from 1,025 visitors");
+        sketch.add(&VisitorId::random());
+        assert_eq!(sketch.memory(), REGISTERS);
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl SqliteStore {
             expiry_cursors: Default::default(),
             visitors: Mutex::new(PendingVisitors {
                 cells: HashMap::new(),
+                bytes: 0,
                 since: std::time::Instant::now(),
             }),
         })
@@ -340,11 +341,6 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// meet on a checkpoint.
 fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // 16 KiB pages for a new database (an existing one keeps its own):
-    // a click batch appends to fewer, fuller pages, and each page a commit
-    // touches is written to the WAL whole. Measured on the store bench:
-    // about 15 % more clicks a second than with 4 KiB pages.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -32_000)?; // KiB: 32 MB a connection
@@ -436,18 +432,37 @@ type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
 /// Unique-visitor sketches not yet merged into the database.
 struct PendingVisitors {
     cells: HashMap<Cell, Sketch>,
+    /// What `cells` holds, by `Sketch::memory`.
+    bytes: usize,
     since: std::time::Instant,
 }
 
-/// How often pending sketches are merged into the database.
-const VISITORS_EVERY: Duration = Duration::from_secs(5);
-/// Cells with pending sketches (at most 16 KiB each) that trigger a merge
-/// at once, however recent the last: memory stays under 16 MB whatever the
-/// traffic.
-const VISITORS_PENDING_MAX: usize = 1_024;
+impl PendingVisitors {
+    fn merge(&mut self, cell: Cell, sketch: &Sketch) {
+        let pending = self.cells.entry(cell).or_default();
+        self.bytes -= pending.memory();
+        pending.merge(sketch);
+        self.bytes += pending.memory();
+    }
+}
 
-/// The page size of a new database.
-const PAGE_SIZE: i64 = 16 << 10;
+/// How often pending sketches are merged into the database. A merge
+/// rewrites every sketch touched since the last (up to 16 KiB each, and
+/// thousands of cells are active at once), so not often; reports add the
+/// pending ones meanwhile.
+const VISITORS_EVERY: Duration = Duration::from_secs(30);
+/// Memory held by pending sketches that triggers a merge at once, however
+/// recent the last: a bound whatever the traffic. (A bound by count of
+/// cells, 1,024, merged several times a second under `loadtest/run`'s
+/// 3,000 cells, though nearly all held a few hashes.)
+const VISITORS_PENDING_MAX_BYTES: usize = 16 << 20;
+
+/// SQLite's page size (its default). 16 KiB pages made the store bench's
+/// batches (10 report cells) about 15 % faster, but `loadtest/run`'s mix
+/// (3,000 cells, each touching a page of its own) cost the redirect 1.87×
+/// nginx's CPU instead of 1.52×: each page a commit touches is written to
+/// the WAL whole.
+const PAGE_SIZE: i64 = 4 << 10;
 
 /// Clicks per multi-row statement: one statement for many rows saves most
 /// of what a click costs beyond its two B-tree inserts.
@@ -764,9 +779,9 @@ impl Store for SqliteStore {
         let due = {
             let mut pending = relock(&self.visitors);
             for (cell, sketch) in sketches {
-                pending.cells.entry(cell).or_default().merge(&sketch);
+                pending.merge(cell, &sketch);
             }
-            pending.cells.len() >= VISITORS_PENDING_MAX || pending.since.elapsed() >= VISITORS_EVERY
+            pending.bytes >= VISITORS_PENDING_MAX_BYTES || pending.since.elapsed() >= VISITORS_EVERY
         };
         if due {
             self.sync().await?;
@@ -778,6 +793,7 @@ impl Store for SqliteStore {
         let cells: Vec<(Cell, Sketch)> = {
             let mut pending = relock(&self.visitors);
             pending.since = std::time::Instant::now();
+            pending.bytes = 0;
             pending.cells.drain().collect()
         };
         if cells.is_empty() {
@@ -790,7 +806,7 @@ impl Store for SqliteStore {
         if merged.is_err() {
             let mut pending = relock(&self.visitors);
             for (cell, sketch) in retry {
-                pending.cells.entry(cell).or_default().merge(&sketch);
+                pending.merge(cell, &sketch);
             }
         }
         merged
@@ -1303,7 +1319,7 @@ impl Store for SqliteStore {
             .map(|e| (e.seq, to_json(e)))
             .collect();
         let inbox_taken = changes.inbox_taken;
-        self.write(move |conn| {
+        let commit = move |conn: &mut Connection| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current: i64 = tx
                 .query_row(
@@ -1360,8 +1376,19 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(Commit::Applied)
-        })
-        .await
+        };
+        // A commit that applies queued events is not synced by itself: a
+        // power cut can undo it only together with every later commit (the
+        // WAL keeps them in order), and what it applied is then still in
+        // the inbox (or, before that, in the synced event queue) and is
+        // applied again, to the same figures. A commit asked for over the
+        // API (a payout) is synced before it answers, and syncs all before
+        // it with it.
+        if inbox_taken > 0 {
+            self.write_unsynced(commit).await
+        } else {
+            self.write(commit).await
+        }
     }
 
     async fn conversion_counts(
