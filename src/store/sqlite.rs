@@ -170,16 +170,18 @@ impl SqliteStore {
     /// they work on were committed, synced, when accepted) and click
     /// batches. WAL keeps commits in order, so a power cut loses a suffix
     /// of them, never one in the middle, and the next synced commit (an
-    /// accepted event, a book commit, a catalog change) syncs them all.
+    /// accepted event, a payout, a catalog change) syncs them all.
     async fn write_unsynced<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.write(move |conn| {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.prepare_cached("PRAGMA synchronous = NORMAL")?
+                .execute([])?;
             let done = f(conn);
-            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.prepare_cached("PRAGMA synchronous = FULL")?
+                .execute([])?;
             done
         })
         .await
@@ -1055,6 +1057,9 @@ impl Store for SqliteStore {
     }
 
     async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
+        if parked.is_empty() {
+            return Ok(()); // nearly every signup: nothing waited for it
+        }
         let customer = customer.to_owned();
         let ids: Vec<String> = parked.iter().map(|e| e.id.clone()).collect();
         self.write_unsynced(move |conn| {
