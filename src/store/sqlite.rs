@@ -343,6 +343,8 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// meet on a checkpoint.
 fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Room for the click writes' statements of every chunk size, and the rest.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -32_000)?; // KiB: 32 MB a connection
@@ -470,6 +472,25 @@ const PAGE_SIZE: i64 = 4 << 10;
 /// of what a click costs beyond its two B-tree inserts.
 const ROWS_AT_ONCE: usize = 128;
 
+/// `items` in chunks of `ROWS_AT_ONCE`, then of halving powers of two:
+/// a multi-row statement is prepared once for each size and then found in
+/// the statement cache, where a batch's remainder of any size would be
+/// parsed anew for every batch.
+fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut size = ROWS_AT_ONCE;
+    std::iter::from_fn(move || {
+        while size > items.len() {
+            size /= 2;
+        }
+        if size == 0 {
+            return None;
+        }
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// `INSERT ... VALUES (..), (..)` for `rows` rows of `width` parameters.
 fn multi_row(head: &str, rows: usize, width: usize, tail: &str) -> String {
     let row = format!("({})", vec!["?"; width].join(", "));
@@ -508,7 +529,7 @@ fn insert_clicks<'c>(
     clicks: &[&'c Click],
 ) -> Result<Vec<&'c Click>, StoreError> {
     let mut fresh = Vec::with_capacity(clicks.len());
-    for chunk in clicks.chunks(ROWS_AT_ONCE) {
+    for chunk in statement_chunks(clicks) {
         let texts: Vec<[&str; 3]> = chunk
             .iter()
             .map(|c| [&*c.partner, &*c.campaign, c.term.as_deref().unwrap_or("")])
@@ -547,7 +568,7 @@ fn insert_clicks<'c>(
 /// Each visitor's last click: the latest by click time, whatever order
 /// clicks arrive in.
 fn upsert_last_clicks(tx: &rusqlite::Transaction<'_>, clicks: &[&Click]) -> Result<(), StoreError> {
-    for chunk in clicks.chunks(ROWS_AT_ONCE) {
+    for chunk in statement_chunks(clicks) {
         let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 3);
         for click in chunk {
             values.extend([
@@ -1538,4 +1559,21 @@ pub fn spawn_expiry(store: Arc<SqliteStore>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_chunks_cover_everything_in_few_sizes() {
+        for len in [0, 1, 2, 3, 127, 128, 129, 500, 1_000] {
+            let items: Vec<usize> = (0..len).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&items).collect();
+            assert_eq!(chunks.concat(), items, "{len} items, in order");
+            assert!(chunks
+                .iter()
+                .all(|c| c.len().is_power_of_two() && c.len() <= ROWS_AT_ONCE));
+        }
+    }
 }
