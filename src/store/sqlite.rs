@@ -347,10 +347,11 @@ fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -32_000)?; // KiB: 32 MB a connection
-                                                      // Statement journals (a multi-row upsert's undo within its
-                                                      // transaction) in memory: a few pages each, and on disk they were a
-                                                      // temporary file written for every click batch.
+    // 32 MB of page cache a connection (a negative size is in KiB).
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    // Statement journals (a multi-row upsert's undo within its
+    // transaction) in memory: a few pages each, and on disk they were a
+    // temporary file written for every click batch.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoint once the WAL holds about 64 MB rather than 4 MB: a page
     // that many commits rewrite (the end of each tree) is copied back to
@@ -502,10 +503,8 @@ fn multi_row(head: &str, rows: usize, width: usize, tail: &str) -> String {
 /// caller to merge later.
 ///
 /// Rows go in in key order: ids are time-prefixed, so a sorted batch
-/// appends at the end of each tree, and SQLite splits a page once it is
-/// full. In arrival order the clicks of one millisecond land at random
-/// among the last pages and split them again and again: measured, that
-/// wrote about 75 pages a batch of 256 where sorted writes about a third.
+/// appends at the end of each tree, where in arrival order the clicks of
+/// one millisecond would land at random among its last pages.
 fn write_clicks(
     conn: &mut Connection,
     clicks: &[Click],
