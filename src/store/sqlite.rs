@@ -187,6 +187,19 @@ impl SqliteStore {
         .await
     }
 
+    /// A read the worker follows with writes, on the writer's connection:
+    /// its page cache stays warm, where the reader's is dropped (and its
+    /// pages read again) whenever the writer has committed since its last
+    /// read, as it nearly always has while the worker works (`perf` of the
+    /// embedded worker: a tenth of its CPU).
+    async fn read_for_worker<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(f).await
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -1164,7 +1177,7 @@ impl Store for SqliteStore {
     ) -> Result<BookView, StoreError> {
         let partner = partner.to_owned();
         let request = request.clone();
-        self.read(move |conn| {
+        self.read_for_worker(move |conn| {
             // One read transaction: the version and the rows agree.
             let tx = conn.transaction()?;
             let found: Option<(i64, String)> = tx
@@ -1247,7 +1260,7 @@ impl Store for SqliteStore {
     }
 
     async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
-        self.read(move |conn| {
+        self.read_for_worker(move |conn| {
             let mut query = conn
                 .prepare_cached("SELECT DISTINCT partner FROM inbox ORDER BY partner LIMIT ?1")?;
             let partners = query
@@ -1260,7 +1273,7 @@ impl Store for SqliteStore {
 
     async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
         let partner = partner.to_owned();
-        self.read(move |conn| {
+        self.read_for_worker(move |conn| {
             json_rows(
                 conn,
                 "SELECT item FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2",
