@@ -64,6 +64,17 @@ fn at(ms_ago: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A signup credited to `click_id` and its first payment, 300.00 USD a
+/// month: 60.00 of commission for the click's partner.
+fn signup_and_payment(click_id: &str) -> Value {
+    json!([
+        {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
+         "billing": "referral", "attribution": {"click_id": click_id}},
+        {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
+         "amount": "300.00", "currency": "USD", "period": "month"}
+    ])
+}
+
 /// Waits until `check` holds of `GET path` (as `token`), answers the body.
 async fn when(app: &TestApp, path: &str, token: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -122,12 +133,7 @@ async fn a_restart_keeps_partners_clicks_money_tokens_and_cookies() {
         r["totals"]["clicks"] == 2
     })
     .await;
-    let events = json!([
-        {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
-         "billing": "referral", "attribution": {"click_id": click_id}},
-        {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
-         "amount": "300.00", "currency": "USD", "period": "month"}
-    ]);
+    let events = signup_and_payment(&click_id);
     let (status, body) = app
         .send_json("POST", "/v1/events", Some(&merchant), events.clone())
         .await;
@@ -223,12 +229,7 @@ async fn a_sigkill_after_an_accepted_event_and_its_application_loses_nothing() {
             "POST",
             "/v1/events",
             Some(common::MERCHANT),
-            json!([
-                {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
-                 "billing": "referral", "attribution": {"click_id": click_id}},
-                {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
-                 "amount": "300.00", "currency": "USD", "period": "month"}
-            ]),
+            signup_and_payment(&click_id),
         )
         .await;
     assert_eq!(status, 202, "{body}");
@@ -326,12 +327,7 @@ async fn a_backup_under_click_load_opens_with_the_same_partners_and_ledgers() {
             "POST",
             "/v1/events",
             Some(common::MERCHANT),
-            json!([
-                {"id": "s1", "type": "signup", "customer": "cus_1", "at": at(60_000),
-                 "billing": "referral", "attribution": {"click_id": click.param("lc_click").unwrap()}},
-                {"id": "p1", "type": "payment", "customer": "cus_1", "at": at(50_000),
-                 "amount": "300.00", "currency": "USD", "period": "month"}
-            ]),
+            signup_and_payment(&click.param("lc_click").unwrap()),
         )
         .await;
     assert_eq!(status, 202, "{body}");

@@ -80,12 +80,13 @@ impl Sketch {
         }
     }
 
-    /// About how many bytes of memory the sketch holds.
+    /// About how many bytes of memory the sketch holds beyond its own size.
     pub fn memory(&self) -> usize {
         match self {
-            // A B-tree set's nodes hold up to 11 keys: 8 bytes a key and
-            // about as much again for the node around it.
-            Sketch::Exact(hashes) => 16 * hashes.len(),
+            Sketch::Exact(hashes) if hashes.is_empty() => 0,
+            // A B-tree set allocates nodes of 11 keys (about 100 bytes
+            // with their header) and keeps them at least half full.
+            Sketch::Exact(hashes) => 100 + 16 * hashes.len(),
             Sketch::Registers(_) => REGISTERS,
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! One writer connection and one reader connection, each behind a mutex and
 //! used only from the blocking pool, never from the runtime's threads. WAL
-//! lets the reader (catalog, reports, ledger pages, book loads) run while
-//! the writer commits. Records the service already speaks in JSON (partners,
+//! lets the reader (catalog, reports, ledger pages) run while the writer
+//! commits; the worker reads on the writer's connection (`read_for_worker`). Records the service already speaks in JSON (partners,
 //! campaigns, events, customers, ledger entries) are stored as JSON text;
 //! what is queried by range (clicks, counters, queues, history) has columns.
 
@@ -455,9 +455,17 @@ struct PendingVisitors {
     since: std::time::Instant,
 }
 
+/// What a pending cell holds besides its sketch's own memory: the map's
+/// entry (the cell's key and the sketch) and its share of the table.
+const PENDING_CELL_BYTES: usize = 128;
+
 impl PendingVisitors {
     fn merge(&mut self, cell: Cell, sketch: &Sketch) {
-        let pending = self.cells.entry(cell).or_default();
+        let entry = self.cells.entry(cell);
+        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
+            self.bytes += PENDING_CELL_BYTES;
+        }
+        let pending = entry.or_default();
         self.bytes -= pending.memory();
         pending.merge(sketch);
         self.bytes += pending.memory();
@@ -470,9 +478,10 @@ impl PendingVisitors {
 /// pending ones meanwhile.
 const VISITORS_EVERY: Duration = Duration::from_secs(30);
 /// Memory held by pending sketches that triggers a merge at once, however
-/// recent the last: a bound whatever the traffic. (A bound by count of
-/// cells, 1,024, merged several times a second under `loadtest/run`'s
-/// 3,000 cells, though nearly all held a few hashes.)
+/// recent the last: a bound whatever the traffic, however many distinct
+/// cells (`utm_term`s) it brings. (A bound by count of cells, 1,024,
+/// merged several times a second under `loadtest/run`'s 3,000 cells,
+/// though nearly all held a few hashes.)
 const VISITORS_PENDING_MAX_BYTES: usize = 16 << 20;
 
 /// SQLite's page size (its default). 16 KiB pages made the store bench's
@@ -944,14 +953,14 @@ impl Store for SqliteStore {
             })
             .await?;
         // What recent batches saw and is not merged yet.
+        let asked: HashSet<(NaiveDate, &str, &str)> = cells
+            .iter()
+            .map(|c| (c.day, c.campaign.as_str(), c.term.as_str()))
+            .collect();
         let pending = relock(&self.visitors);
         for ((of, day, campaign, term), sketch) in &pending.cells {
             let term = term.as_deref().unwrap_or("");
-            let asked = **of == *partner.as_str()
-                && cells
-                    .iter()
-                    .any(|c| c.day == *day && c.campaign == **campaign && c.term == term);
-            if asked {
+            if **of == *partner.as_str() && asked.contains(&(*day, &**campaign, term)) {
                 union.merge(sketch);
             }
         }
@@ -1576,6 +1585,36 @@ pub fn spawn_expiry(store: Arc<SqliteStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_visitors_count_each_cell_not_only_its_hashes() {
+        let mut pending = PendingVisitors {
+            cells: HashMap::new(),
+            bytes: 0,
+            since: std::time::Instant::now(),
+        };
+        let (partner, campaign): (Arc<str>, Arc<str>) = ("acme".into(), "spring".into());
+        let day = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let mut one = Sketch::default();
+        one.add(&VisitorId::random());
+        // Ten thousand distinct terms, one visitor each: what a hostile
+        // link can bring.
+        for term in 0..10_000 {
+            let cell = (
+                Arc::clone(&partner),
+                day,
+                Arc::clone(&campaign),
+                Some(term.to_string().into()),
+            );
+            pending.merge(cell, &one);
+        }
+        assert!(pending.bytes >= 10_000 * (PENDING_CELL_BYTES + one.memory()));
+        // The same cells again add no cells, only what their sketches grew.
+        let before = pending.bytes;
+        let cell = (partner, day, campaign, Some("0".into()));
+        pending.merge(cell, &one);
+        assert_eq!(pending.bytes, before);
+    }
 
     #[test]
     fn statement_chunks_cover_everything_in_few_sizes() {

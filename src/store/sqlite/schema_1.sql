@@ -43,7 +43,7 @@ CREATE TABLE last_clicks (
 -- Report counters per (partner, UTC day, campaign, term): clicks (added to
 -- by every click batch), and apart, the distinct visitors (src/store/
 -- sketch.rs: exact hashes while few, then a 16 KiB HyperLogLog; merged every
--- few seconds, too much to rewrite with every batch).
+-- 30 s, too much to rewrite with every batch).
 CREATE TABLE click_cells (
     partner TEXT NOT NULL,
     day TEXT NOT NULL,
