@@ -135,7 +135,9 @@ impl History {
 pub enum HistoryChange {
     /// A member and its score (the event's time, ms).
     Add(String, i64),
-    Remove(String),
+    /// A member and the score it was added with: the embedded store keys
+    /// members by time, so that in-order events append.
+    Remove(String, i64),
 }
 
 /// A balance as the API shows it.
@@ -516,7 +518,7 @@ impl<'r> BatchRun<'r> {
         if let Some(at) = self.book.signups.iter().position(|s| *s == key.at) {
             self.book.signups.swap_remove(at);
         }
-        self.remove_member(signup_member(key, customer, rate));
+        self.remove_member(signup_member(key, customer, rate), key.at);
         if let Some(history) = &mut self.history {
             history.signups.remove(key);
         }
@@ -531,7 +533,7 @@ impl<'r> BatchRun<'r> {
         rate: Decimal,
     ) {
         if let Some(before) = before {
-            self.remove_member(signup_member(key, customer, before));
+            self.remove_member(signup_member(key, customer, before), key.at);
         }
         self.add_member(signup_member(key, customer, rate), key.at);
         if let Some(history) = &mut self.history {
@@ -547,8 +549,8 @@ impl<'r> BatchRun<'r> {
         self.history_changes.push(HistoryChange::Add(member, at));
     }
 
-    fn remove_member(&mut self, member: String) {
-        self.history_changes.push(HistoryChange::Remove(member));
+    fn remove_member(&mut self, member: String, at: i64) {
+        self.history_changes.push(HistoryChange::Remove(member, at));
     }
 
     /// Derives a customer again and moves the partner's ARR with it.
@@ -573,7 +575,7 @@ impl<'r> BatchRun<'r> {
                 moved = Some(key.clone()); // keys come in order
             }
             if let Some(old) = old {
-                self.remove_member(arr_member(key, *old));
+                self.remove_member(arr_member(key, *old), key.at);
             }
             if let Some(new) = new {
                 self.add_member(arr_member(key, *new), key.at);

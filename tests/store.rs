@@ -338,7 +338,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         history: vec![
             HistoryChange::Add("a\te1\t1".into(), 1_000),
             HistoryChange::Add("a\te2\t2".into(), 2_000),
-            HistoryChange::Remove("a\te1\t1".into()),
+            HistoryChange::Remove("a\te1\t1".into(), 1_000),
             HistoryChange::Add("s\te0\tcus_1\t0.20".into(), 500),
         ],
         entries: vec![LedgerEntry {

@@ -127,7 +127,7 @@ impl Kept {
         for change in &changes.history {
             match change {
                 HistoryChange::Add(member, at) => self.history.insert(member.clone(), *at),
-                HistoryChange::Remove(member) => self.history.remove(member),
+                HistoryChange::Remove(member, _) => self.history.remove(member),
             };
         }
         self.ledger.extend(changes.entries.iter().cloned());

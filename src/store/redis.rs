@@ -1536,7 +1536,7 @@ impl Store for RedisStore {
         for change in &changes.history {
             match change {
                 HistoryChange::Add(member, at) => invocation.arg("+").arg(*at).arg(member),
-                HistoryChange::Remove(member) => invocation.arg("-").arg(member),
+                HistoryChange::Remove(member, _) => invocation.arg("-").arg(member),
             };
         }
         for entry in &changes.entries {

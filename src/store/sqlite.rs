@@ -36,8 +36,11 @@ use crate::ids::PartnerId;
 
 /// The schema this build writes. Each migration takes the database from
 /// the version before it to its own (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
-const MIGRATIONS: &[&str] = &[include_str!("sqlite/schema_1.sql")];
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+const MIGRATIONS: &[&str] = &[
+    include_str!("sqlite/schema_1.sql"),
+    include_str!("sqlite/schema_2.sql"),
+];
 
 /// Keys looked at per transaction when expiring, so the flusher's batches
 /// get the writer in between.
@@ -66,6 +69,10 @@ pub struct SqliteStore {
     /// Unique-visitor sketches of recent batches, merged into the
     /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
     visitors: Mutex<PendingVisitors>,
+    /// Locked books: holder and until when. In memory, since the database
+    /// has one worker (the process that calls `take_over`), and a restart
+    /// frees them all, as `take_over` did when they were rows.
+    book_locks: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -108,6 +115,7 @@ impl SqliteStore {
                 bytes: 0,
                 since: std::time::Instant::now(),
             }),
+            book_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -123,7 +131,6 @@ impl SqliteStore {
             "UPDATE event_queue SET taken_at = NULL WHERE taken_at IS NOT NULL",
             [],
         )?;
-        tx.execute("DELETE FROM book_locks", [])?;
         tx.commit()?;
         Ok(())
     }
@@ -1008,11 +1015,21 @@ impl Store for SqliteStore {
         loop {
             let queued = self.events_queued.notified();
             let reclaim_ms = reclaim_after.as_millis() as i64;
-            let deliveries = self
+            let taken = self
                 .write_unsynced(move |conn| take_events(conn, max, reclaim_ms))
                 .await?;
-            if !deliveries.is_empty() {
-                return Ok(deliveries);
+            if !taken.is_empty() {
+                // Decoded here, with the writer free for others.
+                return taken
+                    .into_iter()
+                    .map(|(seq, event, queued_at_ms)| {
+                        Ok(Delivery {
+                            delivery: seq.to_string(),
+                            event: from_json(&event)?,
+                            queued_at_ms,
+                        })
+                    })
+                    .collect();
             }
             if tokio::time::timeout_at(deadline, queued).await.is_err() {
                 return Ok(Vec::new());
@@ -1186,68 +1203,34 @@ impl Store for SqliteStore {
     ) -> Result<BookView, StoreError> {
         let partner = partner.to_owned();
         let request = request.clone();
-        self.read_for_worker(move |conn| {
-            // One read transaction: the version and the rows agree.
-            let tx = conn.transaction()?;
-            let found: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT version, book FROM books WHERE partner = ?1",
-                    [&partner],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            let (version, book) = match found {
-                Some((version, book)) => (version as u64, from_json::<Book>(&book)?),
-                None => (0, Book::default()),
-            };
-            let mut view = BookView {
-                book,
-                version,
-                ..BookView::default()
-            };
-            {
-                let mut customer = tx.prepare_cached(
-                    "SELECT record FROM customers WHERE partner = ?1 AND id = ?2",
-                )?;
-                for id in &request.customers {
-                    let found: Option<String> = customer
-                        .query_row(params![partner, id], |row| row.get(0))
-                        .optional()?;
-                    if let Some(record) = found {
-                        view.customers
-                            .insert(id.clone(), from_json::<Customer>(&record)?);
-                    }
-                }
-                let mut cell = tx.prepare_cached(
-                    "SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2",
-                )?;
-                for key in &request.cells {
-                    let found: Option<String> = cell
-                        .query_row(params![partner, key], |row| row.get(0))
-                        .optional()?;
-                    if let Some(counts) = found {
-                        view.cells
-                            .insert(key.clone(), from_json::<ConversionCounts>(&counts)?);
-                    }
-                }
-            }
-            if let Some(from) = request.history_from {
-                let mut query = tx.prepare_cached(
-                    "SELECT member, at FROM history WHERE partner = ?1 AND at >= ?2",
-                )?;
-                let members = query
-                    .query_map(params![partner, from], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                view.history = Some(History::from_members(
-                    from,
-                    members.iter().map(|(m, at)| (m.as_str(), *at)),
-                ));
-            }
-            Ok(view)
-        })
-        .await
+        let history_from = request.history_from;
+        let stored = self
+            .read_for_worker(move |conn| read_book(conn, &partner, &request))
+            .await?;
+        // Decoded here, with the writer free for others.
+        let (version, book) = match stored.book {
+            Some((version, book)) => (version as u64, from_json::<Book>(&book)?),
+            None => (0, Book::default()),
+        };
+        let mut view = BookView {
+            book,
+            version,
+            ..BookView::default()
+        };
+        for (id, record) in stored.customers {
+            view.customers.insert(id, from_json::<Customer>(&record)?);
+        }
+        for (key, counts) in stored.cells {
+            view.cells
+                .insert(key, from_json::<ConversionCounts>(&counts)?);
+        }
+        if let Some(from) = history_from {
+            view.history = Some(History::from_members(
+                from,
+                stored.history.iter().map(|(m, at)| (m.as_str(), *at)),
+            ));
+        }
+        Ok(view)
     }
 
     async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
@@ -1282,14 +1265,16 @@ impl Store for SqliteStore {
 
     async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
         let partner = partner.to_owned();
-        self.read_for_worker(move |conn| {
-            json_rows(
-                conn,
-                "SELECT item FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2",
-                params![partner, max as i64],
-            )
-        })
-        .await
+        let items: Vec<String> = self
+            .read_for_worker(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT item FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = query.query_map(params![partner, max as i64], |row| row.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .await?;
+        items.iter().map(|item| from_json(item)).collect()
     }
 
     async fn settle_ready(&self, _partner: &str) -> Result<(), StoreError> {
@@ -1303,42 +1288,22 @@ impl Store for SqliteStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let (partner, holder) = (partner.to_owned(), holder.to_owned());
-        let ttl_ms = ttl.as_millis() as i64;
-        self.write_unsynced(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            let until: Option<i64> = tx
-                .query_row(
-                    "SELECT until_ms FROM book_locks WHERE partner = ?1",
-                    [&partner],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            // Taken is taken, by another worker or by the same one.
-            if until.is_some_and(|until| until > now) {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO book_locks (partner, holder, until_ms) VALUES (?1, ?2, ?3)",
-                params![partner, holder, now + ttl_ms],
-            )?;
-            tx.commit()?;
-            Ok(true)
-        })
-        .await
+        let now = std::time::Instant::now();
+        let mut locks = relock(&self.book_locks);
+        // Taken is taken, by another worker or by the same one.
+        if locks.get(partner).is_some_and(|(_, until)| *until > now) {
+            return Ok(false);
+        }
+        locks.insert(partner.to_owned(), (holder.to_owned(), now + ttl));
+        Ok(true)
     }
 
     async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
-        let (partner, holder) = (partner.to_owned(), holder.to_owned());
-        self.write_unsynced(move |conn| {
-            conn.execute(
-                "DELETE FROM book_locks WHERE partner = ?1 AND holder = ?2",
-                params![partner, holder],
-            )?;
-            Ok(())
-        })
-        .await
+        let mut locks = relock(&self.book_locks);
+        if locks.get(partner).is_some_and(|(h, _)| h == holder) {
+            locks.remove(partner);
+        }
+        Ok(())
     }
 
     async fn commit_book(
@@ -1369,23 +1334,22 @@ impl Store for SqliteStore {
         let commit = move |conn: &mut Connection| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current: i64 = tx
-                .query_row(
-                    "SELECT version FROM books WHERE partner = ?1",
-                    [&partner],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT version FROM books WHERE partner = ?1")?
+                .query_row([&partner], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
             if current as u64 != version {
                 return Ok(Commit::Conflict);
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO books (partner, version, book) VALUES (?1, ?2, ?3)",
-                params![partner, current + 1, book],
-            )?;
+            tx.prepare_cached(
+                "INSERT INTO books (partner, version, book) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (partner) DO UPDATE SET version = excluded.version, book = excluded.book",
+            )?
+            .execute(params![partner, current + 1, book])?;
             {
                 let mut customer = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO customers (partner, id, record) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO customers (partner, id, record) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (partner, id) DO UPDATE SET record = excluded.record",
                 )?;
                 for (id, record) in &customers {
                     customer.execute(params![partner, id, record])?;
@@ -1397,14 +1361,17 @@ impl Store for SqliteStore {
                     cell.execute(params![partner, key, counts])?;
                 }
                 let mut add = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO history (partner, member, at) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO history (partner, at, member) VALUES (?1, ?2, ?3)",
                 )?;
-                let mut remove =
-                    tx.prepare_cached("DELETE FROM history WHERE partner = ?1 AND member = ?2")?;
+                let mut remove = tx.prepare_cached(
+                    "DELETE FROM history WHERE partner = ?1 AND at = ?2 AND member = ?3",
+                )?;
                 for change in &history {
                     match change {
-                        HistoryChange::Add(member, at) => add.execute(params![partner, member, at]),
-                        HistoryChange::Remove(member) => remove.execute(params![partner, member]),
+                        HistoryChange::Add(member, at) => add.execute(params![partner, at, member]),
+                        HistoryChange::Remove(member, at) => {
+                            remove.execute(params![partner, at, member])
+                        }
                     }?;
                 }
                 let mut entry = tx.prepare_cached(
@@ -1415,11 +1382,11 @@ impl Store for SqliteStore {
                 }
             }
             if inbox_taken > 0 {
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM inbox WHERE seq IN \
                      (SELECT seq FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2)",
-                    params![partner, inbox_taken as i64],
-                )?;
+                )?
+                .execute(params![partner, inbox_taken as i64])?;
             }
             tx.commit()?;
             Ok(Commit::Applied)
@@ -1502,11 +1469,13 @@ fn claim_of(conn: &Connection, customer: &str) -> Result<Option<Option<Referral>
 }
 
 /// Events left unacknowledged for `reclaim_ms` first, then new ones.
+/// Marks up to `max` events taken (those taken more than `reclaim_ms` ago
+/// first), answering their sequence numbers, JSON and queue times.
 fn take_events(
     conn: &mut Connection,
     max: usize,
     reclaim_ms: i64,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<(i64, String, i64)>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     let mut taken: Vec<(i64, String, i64)> = Vec::new();
@@ -1536,16 +1505,67 @@ fn take_events(
         }
     }
     tx.commit()?;
-    taken
-        .into_iter()
-        .map(|(seq, event, queued_at_ms)| {
-            Ok(Delivery {
-                delivery: seq.to_string(),
-                event: from_json(&event)?,
-                queued_at_ms,
-            })
-        })
-        .collect()
+    Ok(taken)
+}
+
+/// A partner's book rows as stored: JSON, decoded off the writer.
+struct StoredBook {
+    /// Version and book.
+    book: Option<(i64, String)>,
+    customers: Vec<(String, String)>,
+    cells: Vec<(String, String)>,
+    /// Members and their times, when the request asks for the history.
+    history: Vec<(String, i64)>,
+}
+
+/// Reads what `request` asks of a partner's book, in one read transaction
+/// so that the version and the rows agree.
+fn read_book(
+    conn: &mut Connection,
+    partner: &str,
+    request: &BookRequest,
+) -> Result<StoredBook, StoreError> {
+    let tx = conn.transaction()?;
+    let book = tx
+        .prepare_cached("SELECT version, book FROM books WHERE partner = ?1")?
+        .query_row([partner], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let mut stored = StoredBook {
+        book,
+        customers: Vec::with_capacity(request.customers.len()),
+        cells: Vec::with_capacity(request.cells.len()),
+        history: Vec::new(),
+    };
+    {
+        let mut customer =
+            tx.prepare_cached("SELECT record FROM customers WHERE partner = ?1 AND id = ?2")?;
+        for id in &request.customers {
+            let found: Option<String> = customer
+                .query_row(params![partner, id], |row| row.get(0))
+                .optional()?;
+            stored
+                .customers
+                .extend(found.map(|record| (id.clone(), record)));
+        }
+        let mut cell =
+            tx.prepare_cached("SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2")?;
+        for key in &request.cells {
+            let found: Option<String> = cell
+                .query_row(params![partner, key], |row| row.get(0))
+                .optional()?;
+            stored
+                .cells
+                .extend(found.map(|counts| (key.clone(), counts)));
+        }
+    }
+    if let Some(from) = request.history_from {
+        let mut query =
+            tx.prepare_cached("SELECT member, at FROM history WHERE partner = ?1 AND at >= ?2")?;
+        stored.history = query
+            .query_map(params![partner, from], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(stored)
 }
 
 /// Every row's first column, a JSON record.
@@ -1585,6 +1605,62 @@ pub fn spawn_expiry(store: Arc<SqliteStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database written by the first schema keeps its books, customers
+    /// and tier history through the migrations.
+    #[tokio::test]
+    async fn a_first_schema_database_keeps_its_books_when_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let customer = Customer::new(
+                "cus_1",
+                Referral {
+                    partner: "acme".into(),
+                    campaign: "spring".into(),
+                    term: None,
+                    click_at: 1_000,
+                },
+            );
+            conn.execute(
+                "INSERT INTO customers (partner, id, record) VALUES ('acme', 'cus_1', ?1)",
+                [to_json(&customer)],
+            )
+            .unwrap();
+            let book = Book {
+                entries: 7,
+                ..Book::default()
+            };
+            conn.execute(
+                "INSERT INTO books (partner, version, book) VALUES ('acme', 3, ?1)",
+                [to_json(&book)],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO history (partner, member, at) VALUES ('acme', 'a\te1\t120', 5000)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Duration::from_secs(86_400)).unwrap();
+        let request = BookRequest {
+            customers: ["cus_1".to_owned()].into(),
+            history_from: Some(0),
+            ..BookRequest::default()
+        };
+        let view = store.load_book("acme", &request).await.unwrap();
+        assert_eq!((view.version, view.book.entries), (3, 7));
+        assert_eq!(view.customers["cus_1"].id, "cus_1");
+        let history = view.history.unwrap();
+        assert_eq!(history.arr.len(), 1, "{history:?}");
+        let version: i64 = relock(&store.writer)
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
 
     #[test]
     fn pending_visitors_count_each_cell_not_only_its_hashes() {
