@@ -8,7 +8,7 @@
 //! campaigns, events, customers, ledger entries) are stored as JSON text;
 //! what is queried by range (clicks, counters, queues, history) has columns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +73,10 @@ pub struct SqliteStore {
     /// has one worker (the process that calls `take_over`), and a restart
     /// frees them all, as `take_over` did when they were rows.
     book_locks: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Events handed to the worker and not yet acknowledged, by sequence
+    /// number, with when they were handed out. In memory for the same
+    /// reason: taking events is then a read, not a write of every row.
+    taken_events: Mutex<BTreeMap<i64, std::time::Instant>>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -116,6 +120,7 @@ impl SqliteStore {
                 since: std::time::Instant::now(),
             }),
             book_locks: Mutex::new(HashMap::new()),
+            taken_events: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -125,6 +130,10 @@ impl SqliteStore {
     /// Only the process that runs the worker calls this: the database has
     /// one.
     pub fn take_over(&self) -> Result<(), StoreError> {
+        relock(&self.taken_events).clear();
+        relock(&self.book_locks).clear();
+        // Marks a database of the first schema may hold: events are no
+        // longer marked in the database.
         let mut conn = relock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -1014,10 +1023,7 @@ impl Store for SqliteStore {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let queued = self.events_queued.notified();
-            let reclaim_ms = reclaim_after.as_millis() as i64;
-            let taken = self
-                .write_unsynced(move |conn| take_events(conn, max, reclaim_ms))
-                .await?;
+            let taken = self.take_events(max, reclaim_after).await?;
             if !taken.is_empty() {
                 // Decoded here, with the writer free for others.
                 return taken
@@ -1042,6 +1048,7 @@ impl Store for SqliteStore {
         if seqs.is_empty() {
             return Ok(());
         }
+        let acked = seqs.clone();
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
@@ -1053,23 +1060,30 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        let mut taken = relock(&self.taken_events);
+        for seq in &acked {
+            taken.remove(seq);
+        }
+        Ok(())
     }
 
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError> {
-        self.read(|conn| {
-            // Counted on the (taken_at, seq) index, never the events' rows.
-            let count = |sql: &str| conn.query_row(sql, [], |row| row.get::<_, i64>(0));
-            let waiting = count("SELECT COUNT(*) FROM event_queue WHERE taken_at IS NULL")?;
-            let pending = count("SELECT COUNT(*) FROM event_queue WHERE taken_at IS NOT NULL")?;
-            let routed: i64 = conn.query_row("SELECT COUNT(*) FROM inbox", [], |row| row.get(0))?;
-            Ok(QueueStats {
-                waiting: waiting as u64,
-                pending: pending as u64,
-                routed: routed as u64,
+        let (queued, routed) = self
+            .read(|conn| {
+                // Counted on the (taken_at, seq) index, never the events' rows.
+                let count = |sql: &str| conn.query_row(sql, [], |row| row.get::<_, i64>(0));
+                let queued = count("SELECT COUNT(*) FROM event_queue WHERE taken_at IS NULL")?;
+                let routed = count("SELECT COUNT(*) FROM inbox")?;
+                Ok((queued as u64, routed as u64))
             })
+            .await?;
+        let pending = relock(&self.taken_events).len() as u64;
+        Ok(QueueStats {
+            waiting: queued.saturating_sub(pending),
+            pending,
+            routed,
         })
-        .await
     }
 
     async fn route_event(&self, event: &Event, now_ms: i64) -> Result<Route, StoreError> {
@@ -1468,44 +1482,70 @@ fn claim_of(conn: &Connection, customer: &str) -> Result<Option<Option<Referral>
     }
 }
 
-/// Events left unacknowledged for `reclaim_ms` first, then new ones.
-/// Marks up to `max` events taken (those taken more than `reclaim_ms` ago
-/// first), answering their sequence numbers, JSON and queue times.
-fn take_events(
-    conn: &mut Connection,
+/// An event row as taken: sequence number, JSON, queue time (ms).
+type QueuedRow = (i64, String, i64);
+
+/// Reads up to `max` queued events: those named in `reclaim` first (taken
+/// long ago and never acknowledged; gone if acknowledged since), then the
+/// oldest not in `taken`.
+fn read_events(
+    conn: &Connection,
     max: usize,
-    reclaim_ms: i64,
-) -> Result<Vec<(i64, String, i64)>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let now = now_ms();
-    let mut taken: Vec<(i64, String, i64)> = Vec::new();
-    {
-        let mut reclaimed = tx.prepare_cached(
-            "SELECT seq, event, queued_at FROM event_queue \
-             WHERE taken_at IS NOT NULL AND taken_at <= ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = reclaimed.query_map(params![now - reclaim_ms, max as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        for row in rows {
-            taken.push(row?);
-        }
-        let mut fresh = tx.prepare_cached(
-            "SELECT seq, event, queued_at FROM event_queue \
-             WHERE taken_at IS NULL ORDER BY seq LIMIT ?1",
-        )?;
-        let rows = fresh.query_map([(max - taken.len()) as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        let fresh: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
-        taken.extend(fresh);
-        let mut mark = tx.prepare_cached("UPDATE event_queue SET taken_at = ?2 WHERE seq = ?1")?;
-        for (seq, ..) in &taken {
-            mark.execute(params![seq, now])?;
+    reclaim: &[i64],
+    taken: &HashSet<i64>,
+) -> Result<Vec<QueuedRow>, StoreError> {
+    let row = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?));
+    let mut out = Vec::with_capacity(max);
+    let mut by_seq =
+        conn.prepare_cached("SELECT seq, event, queued_at FROM event_queue WHERE seq = ?1")?;
+    for seq in reclaim {
+        out.extend(by_seq.query_row([seq], row).optional()?);
+    }
+    // In sequence order on the (taken_at, seq) index: the events still
+    // being worked on come first, and are stepped over.
+    let mut fresh = conn.prepare_cached(
+        "SELECT seq, event, queued_at FROM event_queue WHERE taken_at IS NULL ORDER BY seq",
+    )?;
+    let mut rows = fresh.query([])?;
+    while out.len() < max {
+        let Some(next) = rows.next()? else { break };
+        let seq: i64 = next.get(0)?;
+        if !taken.contains(&seq) {
+            out.push(row(next)?);
         }
     }
-    tx.commit()?;
-    Ok(taken)
+    Ok(out)
+}
+
+impl SqliteStore {
+    /// Hands out up to `max` events: those left unacknowledged for
+    /// `reclaim_after` first, then new ones. A read, on the reader's
+    /// connection: what is taken is kept in memory.
+    async fn take_events(
+        &self,
+        max: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<QueuedRow>, StoreError> {
+        let now = std::time::Instant::now();
+        let (reclaim, taken): (Vec<i64>, HashSet<i64>) = {
+            let taken = relock(&self.taken_events);
+            let reclaim = taken
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) >= reclaim_after)
+                .map(|(seq, _)| *seq)
+                .take(max)
+                .collect();
+            (reclaim, taken.keys().copied().collect())
+        };
+        let rows = self
+            .read(move |conn| read_events(conn, max, &reclaim, &taken))
+            .await?;
+        let mut taken = relock(&self.taken_events);
+        for (seq, ..) in &rows {
+            taken.insert(*seq, now);
+        }
+        Ok(rows)
+    }
 }
 
 /// A partner's book rows as stored: JSON, decoded off the writer.
