@@ -653,6 +653,46 @@ async fn the_sqlite_store_counts_each_click_once_in_a_partly_repeated_batch() {
     assert_eq!(store.click(&new.click_id).await.unwrap(), Some(new));
 }
 
+/// Counters are added up about once a second; a store dropped in between
+/// (a SIGKILL: its memory is gone, its batches committed) finds the counts
+/// of its last batches at the next start, and counts nothing twice.
+#[tokio::test]
+async fn the_sqlite_store_counts_every_stored_click_once_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lastclick.db");
+    async fn counted(store: &SqliteStore) -> Vec<(String, u64)> {
+        let acme = PartnerId::parse("acme").unwrap();
+        let counts = store.click_counts(&acme, d(0), d(0)).await.unwrap();
+        counts
+            .iter()
+            .map(|c| (c.cell.term.clone(), c.clicks))
+            .collect()
+    }
+    let store = SqliteStore::open(&path, WINDOW).unwrap();
+    store
+        .record_clicks(&[
+            click("acme", "spring", Some("a"), 1, t0()),
+            click("acme", "spring", Some("b"), 2, t0()),
+        ])
+        .await
+        .unwrap();
+    store.sync().await.unwrap(); // merged into the counters
+    store
+        .record_clicks(&[click("acme", "spring", Some("a"), 3, t0() + 1)])
+        .await
+        .unwrap();
+    let want = vec![("a".to_owned(), 2), ("b".to_owned(), 1)];
+    assert_eq!(counted(&store).await, want, "pending counts are read too");
+    drop(store); // killed: the last batch's counts were never merged
+
+    let store = SqliteStore::open(&path, WINDOW).unwrap();
+    assert_eq!(counted(&store).await, want);
+    store.sync().await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path, WINDOW).unwrap();
+    assert_eq!(counted(&store).await, want, "nothing counted twice");
+}
+
 #[tokio::test]
 async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+mod counts;
+
+use self::counts::{Cell, PendingCounts};
 use super::sketch::Sketch;
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
@@ -69,6 +72,11 @@ pub struct SqliteStore {
     /// Unique-visitor sketches of recent batches, merged into the
     /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
     visitors: Mutex<PendingVisitors>,
+    /// Click counts of recent batches, added to `click_cells` every
+    /// `counts::COUNTS_EVERY`; reads add them.
+    counts: Mutex<PendingCounts>,
+    /// One merge of pending counts at a time.
+    merging_counts: tokio::sync::Mutex<()>,
     /// Locked books: holder and until when. In memory, since the database
     /// has one worker (the process that calls `take_over`), and a restart
     /// frees them all, as `take_over` did when they were rows.
@@ -106,6 +114,8 @@ impl SqliteStore {
             });
         }
         migrate(&mut writer, found).map_err(|e| unusable(format!("migrating: {e}")))?;
+        counts::recover(&mut writer)
+            .map_err(|e| unusable(format!("adding up pending click counts: {e}")))?;
         let reader = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
         configure(&reader, true).map_err(|e| unusable(e.to_string()))?;
         Ok(SqliteStore {
@@ -119,6 +129,8 @@ impl SqliteStore {
                 bytes: 0,
                 since: std::time::Instant::now(),
             }),
+            counts: Mutex::new(PendingCounts::default()),
+            merging_counts: tokio::sync::Mutex::new(()),
             book_locks: Mutex::new(HashMap::new()),
             taken_events: Mutex::new(BTreeMap::new()),
         })
@@ -236,6 +248,8 @@ impl SqliteStore {
     /// an expired click, so how soon a row goes is only a matter of space.
     pub async fn expire(&self, now_unix: i64, rows: usize) -> Result<(), StoreError> {
         let horizon = now_unix - self.window.as_secs() as i64;
+        // Counts still pending would bring an expired day's cells back.
+        self.merge_counts().await?;
         for (table, key, cursor) in [
             ("clicks", "id", &self.expiry_cursors[0]),
             ("last_clicks", "visitor", &self.expiry_cursors[1]),
@@ -459,10 +473,6 @@ fn click_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Click> {
 
 const CLICK_COLUMNS: &str = "id, visitor, partner, campaign, term, at";
 
-/// A report cell, keyed by the clicks' own `Arc`s: counting a click
-/// allocates nothing.
-type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
-
 /// Unique-visitor sketches not yet merged into the database.
 struct PendingVisitors {
     cells: HashMap<Cell, Sketch>,
@@ -536,17 +546,21 @@ fn multi_row(head: &str, rows: usize, width: usize, tail: &str) -> String {
     format!("{head} VALUES {}{tail}", vec![row; rows].join(", "))
 }
 
-/// Writes a batch in one transaction: click records, last clicks, click
-/// counters. Answers the batch's unique-visitor sketches by cell, for the
-/// caller to merge later.
+/// What a batch leaves for later: its counts (stored as `pending_counts`
+/// row `seq`) and unique-visitor sketches by cell.
+struct BatchCells {
+    seq: i64,
+    counts: HashMap<Cell, u64>,
+    sketches: Vec<(Cell, Sketch)>,
+}
+
+/// Writes a batch in one transaction: click records, last clicks, and the
+/// batch's counts by cell as one row (added to the counters later).
 ///
 /// Rows go in in key order: ids are time-prefixed, so a sorted batch
 /// appends at the end of each tree, where in arrival order the clicks of
 /// one millisecond would land at random among its last pages.
-fn write_clicks(
-    conn: &mut Connection,
-    clicks: &[Click],
-) -> Result<Vec<(Cell, Sketch)>, StoreError> {
+fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut by_id: Vec<&Click> = clicks.iter().collect();
     by_id.sort_unstable_by_key(|c| c.click_id.0);
@@ -554,9 +568,14 @@ fn write_clicks(
     // Stable: of one visitor's clicks in the same second, the later id wins.
     fresh.sort_by_key(|c| c.visitor_id.0);
     upsert_last_clicks(&tx, &fresh)?;
-    let sketches = add_to_cells(&tx, &fresh)?;
+    let (counts, sketches) = by_cell(&fresh);
+    let seq = counts::store_batch(&tx, &counts)?;
     tx.commit()?;
-    Ok(sketches)
+    Ok(BatchCells {
+        seq,
+        counts,
+        sketches,
+    })
 }
 
 /// Inserts click records, answering those not stored before: a click
@@ -626,12 +645,8 @@ fn upsert_last_clicks(tx: &rusqlite::Transaction<'_>, clicks: &[&Click]) -> Resu
     Ok(())
 }
 
-/// Adds the clicks to their report cells' counters (one upsert a cell),
-/// answering each cell's unique-visitor sketch.
-fn add_to_cells(
-    tx: &rusqlite::Transaction<'_>,
-    clicks: &[&Click],
-) -> Result<Vec<(Cell, Sketch)>, StoreError> {
+/// The clicks' counts and unique-visitor sketches by report cell.
+fn by_cell(clicks: &[&Click]) -> (HashMap<Cell, u64>, Vec<(Cell, Sketch)>) {
     let mut cells: HashMap<Cell, (u64, Sketch)> = HashMap::new();
     for click in clicks {
         let cell = (
@@ -644,25 +659,13 @@ fn add_to_cells(
         *count += 1;
         visitors.add(&click.visitor_id);
     }
-    let mut add = tx.prepare_cached(
-        "INSERT INTO click_cells (partner, day, campaign, term, clicks) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT DO UPDATE SET clicks = clicks + excluded.clicks",
-    )?;
+    let mut counts = HashMap::with_capacity(cells.len());
     let mut sketches = Vec::with_capacity(cells.len());
     for (cell, (count, visitors)) in cells {
-        let (partner, day, campaign, term) = &cell;
-        let term = term.as_deref().unwrap_or("");
-        add.execute(params![
-            &**partner,
-            day.to_string(),
-            &**campaign,
-            term,
-            count
-        ])?;
+        counts.insert(cell.clone(), count);
         sketches.push((cell, visitors));
     }
-    Ok(sketches)
+    (counts, sketches)
 }
 
 /// Merges pending sketches into the stored ones, in one transaction.
@@ -833,43 +836,34 @@ impl Store for SqliteStore {
         // A batch is at risk only until the next synced commit: the
         // documented cost of a power loss is the last flush interval of
         // clicks, and a batch then costs one write, not a sync.
-        let sketches = self
+        let batch = self
             .write_unsynced(move |conn| write_clicks(conn, &clicks))
             .await?;
-        let due = {
+        let counts_due = {
+            let mut pending = relock(&self.counts);
+            pending.add(batch.seq, batch.counts);
+            pending.cells() >= counts::COUNTS_PENDING_MAX_CELLS
+                || pending.since.elapsed() >= counts::COUNTS_EVERY
+        };
+        if counts_due {
+            self.merge_counts().await?;
+        }
+        let visitors_due = {
             let mut pending = relock(&self.visitors);
-            for (cell, sketch) in sketches {
+            for (cell, sketch) in batch.sketches {
                 pending.merge(cell, &sketch);
             }
             pending.bytes >= VISITORS_PENDING_MAX_BYTES || pending.since.elapsed() >= VISITORS_EVERY
         };
-        if due {
-            self.sync().await?;
+        if visitors_due {
+            self.merge_visitors().await?;
         }
         Ok(())
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        let cells: Vec<(Cell, Sketch)> = {
-            let mut pending = relock(&self.visitors);
-            pending.since = std::time::Instant::now();
-            pending.bytes = 0;
-            pending.cells.drain().collect()
-        };
-        if cells.is_empty() {
-            return Ok(());
-        }
-        // Merging is idempotent (a register's maximum): what a failed write
-        // did not merge goes back to wait for the next one.
-        let retry = cells.clone();
-        let merged = self.write(move |conn| merge_visitors(conn, cells)).await;
-        if merged.is_err() {
-            let mut pending = relock(&self.visitors);
-            for (cell, sketch) in retry {
-                pending.merge(cell, &sketch);
-            }
-        }
-        merged
+        self.merge_counts().await?;
+        self.merge_visitors().await
     }
 
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
@@ -908,39 +902,59 @@ impl Store for SqliteStore {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<ClickCount>, StoreError> {
+        // Pending counts first, the cells and their merge mark after: a
+        // generation merged meanwhile is then counted from the cells only.
+        let pending = relock(&self.counts).of_partner(partner.as_str());
         let partner = partner.as_str().to_owned();
-        self.read(move |conn| {
-            let mut query = conn.prepare_cached(
-                "SELECT day, campaign, term, clicks FROM click_cells \
-                 WHERE partner = ?1 AND day >= ?2 AND day <= ?3 ORDER BY day, campaign, term",
-            )?;
-            let rows =
-                query.query_map(params![partner, from.to_string(), to.to_string()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, u64>(3)?,
-                    ))
-                })?;
-            let mut counts = Vec::new();
-            for row in rows {
-                let (day, campaign, term, clicks) = row?;
-                let Ok(day) = day.parse::<NaiveDate>() else {
-                    continue;
-                };
-                counts.push(ClickCount {
-                    cell: CounterCell {
-                        day,
-                        campaign,
-                        term,
-                    },
-                    clicks,
-                });
+        let (merged_upto, stored) = self
+            .read(move |conn| {
+                let tx = conn.transaction()?;
+                let merged_upto = counts::merged_upto(&tx)?;
+                let mut query = tx.prepare_cached(
+                    "SELECT day, campaign, term, clicks FROM click_cells \
+                     WHERE partner = ?1 AND day >= ?2 AND day <= ?3",
+                )?;
+                let rows = query
+                    .query_map(params![partner, from.to_string(), to.to_string()], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, u64>(3)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((merged_upto, rows))
+            })
+            .await?;
+        let mut cells: BTreeMap<(NaiveDate, String, String), u64> = BTreeMap::new();
+        for (day, campaign, term, clicks) in stored {
+            let Ok(day) = day.parse::<NaiveDate>() else {
+                continue;
+            };
+            *cells.entry((day, campaign, term)).or_default() += clicks;
+        }
+        for (upto, counts) in pending {
+            if upto <= merged_upto {
+                continue;
             }
-            Ok(counts)
-        })
-        .await
+            for (day, campaign, term, clicks) in counts {
+                if (from..=to).contains(&day) {
+                    *cells.entry((day, campaign, term)).or_default() += clicks;
+                }
+            }
+        }
+        Ok(cells
+            .into_iter()
+            .map(|((day, campaign, term), clicks)| ClickCount {
+                cell: CounterCell {
+                    day,
+                    campaign,
+                    term,
+                },
+                clicks,
+            })
+            .collect())
     }
 
     async fn unique_visitors(
@@ -1518,6 +1532,44 @@ fn read_events(
 }
 
 impl SqliteStore {
+    /// Adds every pending click count to `click_cells` (see `counts`).
+    async fn merge_counts(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.merging_counts.lock().await;
+        let Some((upto, cells)) = relock(&self.counts).seal() else {
+            return Ok(());
+        };
+        // Unsynced: the merge and the deletion of the rows it merged commit
+        // together, and a power cut undoes both or neither.
+        self.write_unsynced(move |conn| counts::merge(conn, upto, &cells))
+            .await?;
+        relock(&self.counts).merged(upto);
+        Ok(())
+    }
+
+    /// Merges pending unique-visitor sketches into the stored ones.
+    async fn merge_visitors(&self) -> Result<(), StoreError> {
+        let cells: Vec<(Cell, Sketch)> = {
+            let mut pending = relock(&self.visitors);
+            pending.since = std::time::Instant::now();
+            pending.bytes = 0;
+            pending.cells.drain().collect()
+        };
+        if cells.is_empty() {
+            return Ok(());
+        }
+        // Merging is idempotent (a register's maximum): what a failed write
+        // did not merge goes back to wait for the next one.
+        let retry = cells.clone();
+        let merged = self.write(move |conn| merge_visitors(conn, cells)).await;
+        if merged.is_err() {
+            let mut pending = relock(&self.visitors);
+            for (cell, sketch) in retry {
+                pending.merge(cell, &sketch);
+            }
+        }
+        merged
+    }
+
     /// Hands out up to `max` events: those left unacknowledged for
     /// `reclaim_after` first, then new ones. A read, on the reader's
     /// connection: what is taken is kept in memory.

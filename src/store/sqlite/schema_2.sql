@@ -35,3 +35,11 @@ DROP TABLE history;
 ALTER TABLE history_v2 RENAME TO history;
 -- Book locks are held in memory: the database has one worker.
 DROP TABLE book_locks;
+-- Each click batch's counts by report cell, added to click_cells about once
+-- a second (src/store/sqlite/counts.rs); `counts_merged_upto` is the last
+-- row added. AUTOINCREMENT: numbers never come back once rows are deleted.
+CREATE TABLE pending_counts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    counts BLOB NOT NULL
+);
+INSERT INTO settings (name, value) VALUES ('counts_merged_upto', '0');
