@@ -561,10 +561,25 @@ struct BatchCells {
 /// appends at the end of each tree, where in arrival order the clicks of
 /// one millisecond would land at random among its last pages.
 fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut by_id: Vec<&Click> = clicks.iter().collect();
     by_id.sort_unstable_by_key(|c| c.click_id.0);
-    let mut fresh = insert_clicks(&tx, &by_id)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(fresh) = insert_clicks(&tx, &by_id, Repeats::Unexpected)? {
+        return finish_batch(tx, fresh);
+    }
+    // Some click was stored before (a retried batch): again, asking which
+    // ones are new. Dropping the transaction rolls it back.
+    drop(tx);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let fresh = insert_clicks(&tx, &by_id, Repeats::Expected)?.unwrap_or_default();
+    finish_batch(tx, fresh)
+}
+
+/// The rest of a batch's transaction once its click records are in.
+fn finish_batch(
+    tx: rusqlite::Transaction<'_>,
+    mut fresh: Vec<&Click>,
+) -> Result<BatchCells, StoreError> {
     // Stable: of one visitor's clicks in the same second, the later id wins.
     fresh.sort_by_key(|c| c.visitor_id.0);
     upsert_last_clicks(&tx, &fresh)?;
@@ -578,12 +593,24 @@ fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, S
     })
 }
 
+/// Whether `insert_clicks` should expect clicks stored before.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeats {
+    /// No: insert, and answer `None` if some were (the caller then asks
+    /// again, `Expected`, in a new transaction).
+    Unexpected,
+    /// Yes: have each insert answer the ids it stored (`RETURNING`, which
+    /// costs the common case about a fifth of the insert).
+    Expected,
+}
+
 /// Inserts click records, answering those not stored before: a click
 /// written twice (a retried batch) counts once.
 fn insert_clicks<'c>(
     tx: &rusqlite::Transaction<'_>,
     clicks: &[&'c Click],
-) -> Result<Vec<&'c Click>, StoreError> {
+    repeats: Repeats,
+) -> Result<Option<Vec<&'c Click>>, StoreError> {
     let mut fresh = Vec::with_capacity(clicks.len());
     for chunk in statement_chunks(clicks) {
         let texts: Vec<[&str; 3]> = chunk
@@ -601,14 +628,20 @@ fn insert_clicks<'c>(
                 &click.at,
             ]);
         }
-        // The insert answers the ids it stored: nearly always all of them.
+        let head = "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)";
+        if repeats == Repeats::Unexpected {
+            let stored = tx
+                .prepare_cached(&multi_row(head, chunk.len(), 6, ""))?
+                .execute(values.as_slice())?;
+            if stored < chunk.len() {
+                return Ok(None);
+            }
+            fresh.extend_from_slice(chunk);
+            continue;
+        }
+        // The insert answers the ids it stored.
         let inserted: Vec<[u8; 16]> = tx
-            .prepare_cached(&multi_row(
-                "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
-                chunk.len(),
-                6,
-                " RETURNING id",
-            ))?
+            .prepare_cached(&multi_row(head, chunk.len(), 6, " RETURNING id"))?
             .query_map(values.as_slice(), |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         if inserted.len() == chunk.len() {
@@ -618,7 +651,7 @@ fn insert_clicks<'c>(
             fresh.extend(chunk.iter().filter(|c| inserted.contains(&c.click_id.0)));
         }
     }
-    Ok(fresh)
+    Ok(Some(fresh))
 }
 
 /// Each visitor's last click: the latest by click time, whatever order
