@@ -486,6 +486,19 @@ struct PendingVisitors {
 const PENDING_CELL_BYTES: usize = 128;
 
 impl PendingVisitors {
+    /// Counts `visitor` in `cell`. Sketches are sets: a click written
+    /// twice (a retried batch) adds nothing the second time.
+    fn add(&mut self, cell: Cell, visitor: &VisitorId) {
+        let entry = self.cells.entry(cell);
+        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
+            self.bytes += PENDING_CELL_BYTES;
+        }
+        let pending = entry.or_default();
+        self.bytes -= pending.memory();
+        pending.add(visitor);
+        self.bytes += pending.memory();
+    }
+
     fn merge(&mut self, cell: Cell, sketch: &Sketch) {
         let entry = self.cells.entry(cell);
         if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
@@ -540,18 +553,65 @@ fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `INSERT ... VALUES (..), (..)` for `rows` rows of `width` parameters.
-fn multi_row(head: &str, rows: usize, width: usize, tail: &str) -> String {
-    let row = format!("({})", vec!["?"; width].join(", "));
-    format!("{head} VALUES {}{tail}", vec![row; rows].join(", "))
+/// A multi-row statement: `head VALUES (..), (..) tail` for chunks of
+/// `width` parameters a row, its text built once for each chunk size (the
+/// statement cache finds statements by their text).
+struct MultiRow {
+    head: &'static str,
+    width: usize,
+    tail: &'static str,
+    /// By `rows.trailing_zeros()`: chunks are powers of two.
+    texts: std::sync::OnceLock<Vec<String>>,
 }
 
-/// What a batch leaves for later: its counts (stored as `pending_counts`
-/// row `seq`) and unique-visitor sketches by cell.
+impl MultiRow {
+    const fn new(head: &'static str, width: usize, tail: &'static str) -> Self {
+        MultiRow {
+            head,
+            width,
+            tail,
+            texts: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows, a power of two up to `ROWS_AT_ONCE`.
+    fn sql(&self, rows: usize) -> &str {
+        let texts = self.texts.get_or_init(|| {
+            let row = format!("({})", vec!["?"; self.width].join(", "));
+            (0..=ROWS_AT_ONCE.trailing_zeros())
+                .map(|shift| {
+                    let rows = vec![row.as_str(); 1 << shift].join(", ");
+                    format!("{} VALUES {rows}{}", self.head, self.tail)
+                })
+                .collect()
+        });
+        debug_assert!(rows.is_power_of_two() && rows <= ROWS_AT_ONCE);
+        &texts[rows.trailing_zeros() as usize]
+    }
+}
+
+static INSERT_CLICKS: MultiRow = MultiRow::new(
+    "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
+    6,
+    "",
+);
+static INSERT_CLICKS_ANSWERING: MultiRow = MultiRow::new(
+    "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
+    6,
+    " RETURNING id",
+);
+static UPSERT_LAST_CLICKS: MultiRow = MultiRow::new(
+    "INSERT INTO last_clicks (visitor, click, at)",
+    3,
+    " ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
+     WHERE excluded.at >= last_clicks.at",
+);
+
+/// What a batch leaves for later: its counts by cell, stored as
+/// `pending_counts` row `seq`.
 struct BatchCells {
     seq: i64,
     counts: HashMap<Cell, u64>,
-    sketches: Vec<(Cell, Sketch)>,
 }
 
 /// Writes a batch in one transaction: click records, last clicks, and the
@@ -583,14 +643,10 @@ fn finish_batch(
     // Stable: of one visitor's clicks in the same second, the later id wins.
     fresh.sort_by_key(|c| c.visitor_id.0);
     upsert_last_clicks(&tx, &fresh)?;
-    let (counts, sketches) = by_cell(&fresh);
+    let counts = by_cell(&fresh);
     let seq = counts::store_batch(&tx, &counts)?;
     tx.commit()?;
-    Ok(BatchCells {
-        seq,
-        counts,
-        sketches,
-    })
+    Ok(BatchCells { seq, counts })
 }
 
 /// Whether `insert_clicks` should expect clicks stored before.
@@ -628,10 +684,9 @@ fn insert_clicks<'c>(
                 &click.at,
             ]);
         }
-        let head = "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)";
         if repeats == Repeats::Unexpected {
             let stored = tx
-                .prepare_cached(&multi_row(head, chunk.len(), 6, ""))?
+                .prepare_cached(INSERT_CLICKS.sql(chunk.len()))?
                 .execute(values.as_slice())?;
             if stored < chunk.len() {
                 return Ok(None);
@@ -641,7 +696,7 @@ fn insert_clicks<'c>(
         }
         // The insert answers the ids it stored.
         let inserted: Vec<[u8; 16]> = tx
-            .prepare_cached(&multi_row(head, chunk.len(), 6, " RETURNING id"))?
+            .prepare_cached(INSERT_CLICKS_ANSWERING.sql(chunk.len()))?
             .query_map(values.as_slice(), |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         if inserted.len() == chunk.len() {
@@ -666,39 +721,29 @@ fn upsert_last_clicks(tx: &rusqlite::Transaction<'_>, clicks: &[&Click]) -> Resu
                 &click.at,
             ]);
         }
-        tx.prepare_cached(&multi_row(
-            "INSERT INTO last_clicks (visitor, click, at)",
-            chunk.len(),
-            3,
-            " ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
-             WHERE excluded.at >= last_clicks.at",
-        ))?
-        .execute(values.as_slice())?;
+        tx.prepare_cached(UPSERT_LAST_CLICKS.sql(chunk.len()))?
+            .execute(values.as_slice())?;
     }
     Ok(())
 }
 
-/// The clicks' counts and unique-visitor sketches by report cell.
-fn by_cell(clicks: &[&Click]) -> (HashMap<Cell, u64>, Vec<(Cell, Sketch)>) {
-    let mut cells: HashMap<Cell, (u64, Sketch)> = HashMap::new();
+/// A click's report cell.
+fn cell_of(click: &Click) -> Cell {
+    (
+        Arc::clone(&click.partner),
+        click.day(),
+        Arc::clone(&click.campaign),
+        click.term.clone(),
+    )
+}
+
+/// The clicks' counts by report cell.
+fn by_cell(clicks: &[&Click]) -> HashMap<Cell, u64> {
+    let mut counts: HashMap<Cell, u64> = HashMap::new();
     for click in clicks {
-        let cell = (
-            Arc::clone(&click.partner),
-            click.day(),
-            Arc::clone(&click.campaign),
-            click.term.clone(),
-        );
-        let (count, visitors) = cells.entry(cell).or_default();
-        *count += 1;
-        visitors.add(&click.visitor_id);
+        *counts.entry(cell_of(click)).or_default() += 1;
     }
-    let mut counts = HashMap::with_capacity(cells.len());
-    let mut sketches = Vec::with_capacity(cells.len());
-    for (cell, (count, visitors)) in cells {
-        counts.insert(cell.clone(), count);
-        sketches.push((cell, visitors));
-    }
-    (counts, sketches)
+    counts
 }
 
 /// Merges pending sketches into the stored ones, in one transaction.
@@ -865,12 +910,12 @@ impl Store for SqliteStore {
         if clicks.is_empty() {
             return Ok(());
         }
-        let clicks = clicks.to_vec();
+        let owned = clicks.to_vec();
         // A batch is at risk only until the next synced commit: the
         // documented cost of a power loss is the last flush interval of
         // clicks, and a batch then costs one write, not a sync.
         let batch = self
-            .write_unsynced(move |conn| write_clicks(conn, &clicks))
+            .write_unsynced(move |conn| write_clicks(conn, &owned))
             .await?;
         let counts_due = {
             let mut pending = relock(&self.counts);
@@ -883,8 +928,8 @@ impl Store for SqliteStore {
         }
         let visitors_due = {
             let mut pending = relock(&self.visitors);
-            for (cell, sketch) in batch.sketches {
-                pending.merge(cell, &sketch);
+            for click in clicks {
+                pending.add(cell_of(click), &click.visitor_id);
             }
             pending.bytes >= VISITORS_PENDING_MAX_BYTES || pending.since.elapsed() >= VISITORS_EVERY
         };
@@ -1815,6 +1860,23 @@ mod tests {
         let cell = (partner, day, campaign, Some("0".into()));
         pending.merge(cell, &one);
         assert_eq!(pending.bytes, before);
+    }
+
+    #[test]
+    fn a_multi_row_statement_has_one_group_of_parameters_a_row() {
+        let insert = MultiRow::new("INSERT INTO t (a, b)", 2, " RETURNING a");
+        assert_eq!(
+            insert.sql(1),
+            "INSERT INTO t (a, b) VALUES (?, ?) RETURNING a"
+        );
+        assert_eq!(
+            insert.sql(4),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?), (?, ?) RETURNING a"
+        );
+        assert_eq!(
+            insert.sql(ROWS_AT_ONCE).matches('?').count(),
+            2 * ROWS_AT_ONCE
+        );
     }
 
     #[test]
