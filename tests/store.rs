@@ -167,6 +167,17 @@ async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
         Some(newest)
     );
     assert_eq!(store.click(&older.click_id).await.unwrap(), Some(older));
+
+    // Of many clicks of one visitor in a batch, the latest by time wins.
+    let run: Vec<Click> = [200, 300, 250, 100]
+        .iter()
+        .map(|offset| click("acme", "spring", None, 3, t0() + offset))
+        .collect();
+    store.record_clicks(&run).await.unwrap();
+    assert_eq!(
+        store.last_click(&VisitorId([3; 16])).await.unwrap(),
+        Some(run[1].clone())
+    );
 }
 
 async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store: Arc<dyn Store>) {

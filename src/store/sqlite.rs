@@ -640,9 +640,15 @@ fn finish_batch(
     tx: rusqlite::Transaction<'_>,
     mut fresh: Vec<&Click>,
 ) -> Result<BatchCells, StoreError> {
-    // Stable: of one visitor's clicks in the same second, the later id wins.
+    // Only each visitor's latest click of the batch is upserted: the
+    // latest by click time, of two in the same second the later id (the
+    // sort is stable, and `max_by_key` answers the last of equals).
     fresh.sort_by_key(|c| c.visitor_id.0);
-    upsert_last_clicks(&tx, &fresh)?;
+    let latest: Vec<&Click> = fresh
+        .chunk_by(|a, b| a.visitor_id == b.visitor_id)
+        .filter_map(|run| run.iter().max_by_key(|c| c.at).copied())
+        .collect();
+    upsert_last_clicks(&tx, &latest)?;
     let counts = by_cell(&fresh);
     let seq = counts::store_batch(&tx, &counts)?;
     tx.commit()?;
