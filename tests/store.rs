@@ -696,12 +696,38 @@ async fn the_sqlite_store_counts_every_stored_click_once_across_a_kill() {
     assert_eq!(counted(&store).await, want, "pending counts are read too");
     drop(store); // killed: the last batch's counts were never merged
 
+    // The next `serve` takes over and adds them up.
     let store = SqliteStore::open(&path, WINDOW).unwrap();
+    store.take_over().unwrap();
     assert_eq!(counted(&store).await, want);
     store.sync().await.unwrap();
     drop(store);
     let store = SqliteStore::open(&path, WINDOW).unwrap();
+    store.take_over().unwrap();
     assert_eq!(counted(&store).await, want, "nothing counted twice");
+}
+
+/// `ingest` and `serve --check` open the file of a running `serve`: they
+/// must leave its pending counts to it, or the counts are added twice.
+#[tokio::test]
+async fn opening_a_running_stores_file_adds_no_pending_count_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lastclick.db");
+    let running = SqliteStore::open(&path, WINDOW).unwrap();
+    running.take_over().unwrap();
+    running
+        .record_clicks(&[
+            click("acme", "spring", None, 1, t0()),
+            click("acme", "spring", None, 2, t0()),
+        ])
+        .await
+        .unwrap();
+    let other = SqliteStore::open(&path, WINDOW).unwrap();
+    running.sync().await.unwrap();
+    drop(other);
+    let acme = PartnerId::parse("acme").unwrap();
+    let counts = running.click_counts(&acme, d(0), d(0)).await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.clicks).collect::<Vec<_>>(), vec![2]);
 }
 
 #[tokio::test]

@@ -3,10 +3,12 @@
 //!
 //! One writer connection and one reader connection, each behind a mutex and
 //! used only from the blocking pool, never from the runtime's threads. WAL
-//! lets the reader (catalog, reports, ledger pages) run while the writer
-//! commits; the worker reads on the writer's connection (`read_for_worker`). Records the service already speaks in JSON (partners,
-//! campaigns, events, customers, ledger entries) are stored as JSON text;
-//! what is queried by range (clicks, counters, queues, history) has columns.
+//! lets the reader (catalog, reports, ledger pages, the worker's taking of
+//! events) run while the writer commits; the worker's other reads use the
+//! writer's connection (`read_for_worker`). Records the service already
+//! speaks in JSON (partners, campaigns, events, customers, ledger entries)
+//! are stored as JSON text; what is queried by range (clicks, counters,
+//! queues, history) has columns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -114,8 +116,6 @@ impl SqliteStore {
             });
         }
         migrate(&mut writer, found).map_err(|e| unusable(format!("migrating: {e}")))?;
-        counts::recover(&mut writer)
-            .map_err(|e| unusable(format!("adding up pending click counts: {e}")))?;
         let reader = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
         configure(&reader, true).map_err(|e| unusable(e.to_string()))?;
         Ok(SqliteStore {
@@ -141,12 +141,18 @@ impl SqliteStore {
     /// are free again at once, rather than after `worker.reclaim_after`.
     /// Only the process that runs the worker calls this: the database has
     /// one.
+    ///
+    /// It also adds up the click counts the predecessor's last batches left
+    /// pending. Only here: another process opening the file (`ingest`,
+    /// `serve --check`) must not merge rows whose counts the running
+    /// `serve` holds in memory and merges itself.
     pub fn take_over(&self) -> Result<(), StoreError> {
         relock(&self.taken_events).clear();
         relock(&self.book_locks).clear();
+        let mut conn = relock(&self.writer);
+        counts::recover(&mut conn)?;
         // Marks a database of the first schema may hold: events are no
         // longer marked in the database.
-        let mut conn = relock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE event_queue SET taken_at = NULL WHERE taken_at IS NOT NULL",
@@ -489,24 +495,22 @@ impl PendingVisitors {
     /// Counts `visitor` in `cell`. Sketches are sets: a click written
     /// twice (a retried batch) adds nothing the second time.
     fn add(&mut self, cell: Cell, visitor: &VisitorId) {
-        let entry = self.cells.entry(cell);
-        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
-            self.bytes += PENDING_CELL_BYTES;
-        }
-        let pending = entry.or_default();
-        self.bytes -= pending.memory();
-        pending.add(visitor);
-        self.bytes += pending.memory();
+        self.update(cell, |sketch| sketch.add(visitor));
     }
 
-    fn merge(&mut self, cell: Cell, sketch: &Sketch) {
+    fn merge(&mut self, cell: Cell, other: &Sketch) {
+        self.update(cell, |sketch| sketch.merge(other));
+    }
+
+    /// Changes a cell's pending sketch, keeping `bytes` up to date.
+    fn update(&mut self, cell: Cell, change: impl FnOnce(&mut Sketch)) {
         let entry = self.cells.entry(cell);
         if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
             self.bytes += PENDING_CELL_BYTES;
         }
         let pending = entry.or_default();
         self.bytes -= pending.memory();
-        pending.merge(sketch);
+        change(pending);
         self.bytes += pending.memory();
     }
 }
@@ -662,7 +666,8 @@ enum Repeats {
     /// again, `Expected`, in a new transaction).
     Unexpected,
     /// Yes: have each insert answer the ids it stored (`RETURNING`, which
-    /// costs the common case about a fifth of the insert).
+    /// cost about a tenth of a redirect's instructions when every batch
+    /// used it: `loadtest/instructions`).
     Expected,
 }
 
