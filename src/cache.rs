@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use crate::ids::DEFAULT_LINK;
 use crate::landing::{LandingPolicy, LandingUrl};
@@ -37,7 +38,7 @@ pub struct PartnerRoute {
     pub id: Arc<str>,
     pub enabled: bool,
     pub default_link: Arc<CampaignRoute>,
-    campaigns: HashMap<Box<str>, Arc<CampaignRoute>>,
+    campaigns: HashMap<Box<str>, Arc<CampaignRoute>, RandomState>,
 }
 
 impl PartnerRoute {
@@ -50,8 +51,12 @@ impl PartnerRoute {
 
 /// Partners by id, each with its campaigns. Readers never wait for a
 /// refresh: a refresh swaps whole partner entries.
+///
+/// Both maps hash with foldhash, seeded at random per process: keyed, as
+/// slugs come from public URLs, and cheaper than std's SipHash on the
+/// redirect's path.
 pub struct RouteCache {
-    partners: DashMap<Box<str>, Arc<PartnerRoute>>,
+    partners: DashMap<Box<str>, Arc<PartnerRoute>, RandomState>,
     version: AtomicU64,
     policy: LandingPolicy,
     default_landing: LandingUrl,
@@ -60,7 +65,7 @@ pub struct RouteCache {
 impl RouteCache {
     pub fn new(policy: LandingPolicy, default_landing: LandingUrl) -> Self {
         RouteCache {
-            partners: DashMap::new(),
+            partners: DashMap::with_hasher(RandomState::default()),
             version: AtomicU64::new(NEVER_LOADED),
             policy,
             default_landing,

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 
 mod counts;
 
-use self::counts::{Cell, PendingCounts};
+use self::counts::{Cell, CellMap, PendingCounts};
 use super::sketch::Sketch;
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
@@ -125,7 +125,7 @@ impl SqliteStore {
             events_queued: Arc::new(Notify::new()),
             expiry_cursors: Default::default(),
             visitors: Mutex::new(PendingVisitors {
-                cells: HashMap::new(),
+                cells: CellMap::default(),
                 bytes: 0,
                 since: std::time::Instant::now(),
             }),
@@ -481,7 +481,7 @@ const CLICK_COLUMNS: &str = "id, visitor, partner, campaign, term, at";
 
 /// Unique-visitor sketches not yet merged into the database.
 struct PendingVisitors {
-    cells: HashMap<Cell, Sketch>,
+    cells: CellMap<Sketch>,
     /// What `cells` holds, by `Sketch::memory`.
     bytes: usize,
     since: std::time::Instant,
@@ -492,10 +492,10 @@ struct PendingVisitors {
 const PENDING_CELL_BYTES: usize = 128;
 
 impl PendingVisitors {
-    /// Counts `visitor` in `cell`. Sketches are sets: a click written
+    /// Counts `visitors` in `cell`. Sketches are sets: a click written
     /// twice (a retried batch) adds nothing the second time.
-    fn add(&mut self, cell: Cell, visitor: &VisitorId) {
-        self.update(cell, |sketch| sketch.add(visitor));
+    fn add(&mut self, cell: Cell, visitors: &[VisitorId]) {
+        self.update(cell, |sketch| visitors.iter().for_each(|v| sketch.add(v)));
     }
 
     fn merge(&mut self, cell: Cell, other: &Sketch) {
@@ -615,7 +615,16 @@ static UPSERT_LAST_CLICKS: MultiRow = MultiRow::new(
 /// `pending_counts` row `seq`.
 struct BatchCells {
     seq: i64,
-    counts: HashMap<Cell, u64>,
+    cells: CellMap<CellClicks>,
+}
+
+/// A batch's clicks of one report cell: how many were new (counted), and
+/// every click's visitor (a sketch is a set: a visitor seen again adds
+/// nothing, and a click written before may not have reached the sketches).
+#[derive(Default)]
+struct CellClicks {
+    fresh: u64,
+    visitors: Vec<VisitorId>,
 }
 
 /// Writes a batch in one transaction: click records, last clicks, and the
@@ -629,19 +638,20 @@ fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, S
     by_id.sort_unstable_by_key(|c| c.click_id.0);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(fresh) = insert_clicks(&tx, &by_id, Repeats::Unexpected)? {
-        return finish_batch(tx, fresh);
+        return finish_batch(tx, clicks, fresh);
     }
     // Some click was stored before (a retried batch): again, asking which
     // ones are new. Dropping the transaction rolls it back.
     drop(tx);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let fresh = insert_clicks(&tx, &by_id, Repeats::Expected)?.unwrap_or_default();
-    finish_batch(tx, fresh)
+    finish_batch(tx, clicks, fresh)
 }
 
 /// The rest of a batch's transaction once its click records are in.
 fn finish_batch(
     tx: rusqlite::Transaction<'_>,
+    all: &[Click],
     mut fresh: Vec<&Click>,
 ) -> Result<BatchCells, StoreError> {
     // Only each visitor's latest click of the batch is upserted: the
@@ -653,10 +663,10 @@ fn finish_batch(
         .filter_map(|run| run.iter().max_by_key(|c| c.at).copied())
         .collect();
     upsert_last_clicks(&tx, &latest)?;
-    let counts = by_cell(&fresh);
-    let seq = counts::store_batch(&tx, &counts)?;
+    let cells = by_cell(all, &fresh);
+    let seq = counts::store_batch(&tx, fresh_counts(&cells))?;
     tx.commit()?;
-    Ok(BatchCells { seq, counts })
+    Ok(BatchCells { seq, cells })
 }
 
 /// Whether `insert_clicks` should expect clicks stored before.
@@ -748,13 +758,31 @@ fn cell_of(click: &Click) -> Cell {
     )
 }
 
-/// The clicks' counts by report cell.
-fn by_cell(clicks: &[&Click]) -> HashMap<Cell, u64> {
-    let mut counts: HashMap<Cell, u64> = HashMap::new();
-    for click in clicks {
-        *counts.entry(cell_of(click)).or_default() += 1;
+/// A batch's clicks by report cell, each click's cell hashed once.
+fn by_cell(all: &[Click], fresh: &[&Click]) -> CellMap<CellClicks> {
+    let mut cells: CellMap<CellClicks> = CellMap::default();
+    let all_fresh = fresh.len() == all.len();
+    for click in all {
+        let cell = cells.entry(cell_of(click)).or_default();
+        cell.visitors.push(click.visitor_id);
+        cell.fresh += u64::from(all_fresh);
     }
-    counts
+    if !all_fresh {
+        for click in fresh {
+            if let Some(cell) = cells.get_mut(&cell_of(click)) {
+                cell.fresh += 1;
+            }
+        }
+    }
+    cells
+}
+
+/// The cells' counts of new clicks, leaving out cells with none.
+fn fresh_counts(cells: &CellMap<CellClicks>) -> impl Iterator<Item = (&Cell, u64)> {
+    cells
+        .iter()
+        .filter(|(_, c)| c.fresh > 0)
+        .map(|(cell, c)| (cell, c.fresh))
 }
 
 /// Merges pending sketches into the stored ones, in one transaction.
@@ -930,7 +958,7 @@ impl Store for SqliteStore {
             .await?;
         let counts_due = {
             let mut pending = relock(&self.counts);
-            pending.add(batch.seq, batch.counts);
+            pending.add(batch.seq, fresh_counts(&batch.cells));
             pending.cells() >= counts::COUNTS_PENDING_MAX_CELLS
                 || pending.since.elapsed() >= counts::COUNTS_EVERY
         };
@@ -939,8 +967,8 @@ impl Store for SqliteStore {
         }
         let visitors_due = {
             let mut pending = relock(&self.visitors);
-            for click in clicks {
-                pending.add(cell_of(click), &click.visitor_id);
+            for (cell, clicks) in batch.cells {
+                pending.add(cell, &clicks.visitors);
             }
             pending.bytes >= VISITORS_PENDING_MAX_BYTES || pending.since.elapsed() >= VISITORS_EVERY
         };
@@ -1846,7 +1874,7 @@ mod tests {
     #[test]
     fn pending_visitors_count_each_cell_not_only_its_hashes() {
         let mut pending = PendingVisitors {
-            cells: HashMap::new(),
+            cells: CellMap::default(),
             bytes: 0,
             since: std::time::Instant::now(),
         };
