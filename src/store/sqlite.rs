@@ -531,15 +531,21 @@ const VISITORS_EVERY: Duration = Duration::from_secs(30);
 const VISITORS_PENDING_MAX_BYTES: usize = 16 << 20;
 
 /// The page size of a new database (one made with another keeps its own).
-/// 16 KiB rather than SQLite's default 4 KiB: a click batch appends to the
-/// end of its trees, so it writes a quarter as many WAL frames (two system
-/// calls each) and splits a quarter as many pages, and the writer's page
-/// cache holds a quarter as many pages to scan when a commit ends. The
-/// store bench went from about 225,000 to 260,000-280,000 clicks/s, with
-/// `serve`'s CPU a redirect unchanged. (Before report counters were merged
-/// once a second, each batch upserted a page per report cell, and 16 KiB
-/// pages cost `loadtest/run` 1.87× nginx's CPU instead of 1.52×.)
-const PAGE_SIZE: i64 = 16 << 10;
+/// 8 KiB rather than SQLite's default 4 KiB: a click batch appends to the
+/// end of its trees, so it writes half as many WAL frames (two system calls
+/// each) and splits half as many pages, and the writer's page cache has
+/// half as many pages to scan when a commit ends. Measured (`cargo bench
+/// --bench store`, `loadtest/events KINDS=0`, three runs each):
+///
+/// | page | clicks/s | worker events/s | worker CPU µs/event |
+/// | --- | --- | --- | --- |
+/// | 4 KiB | 223,000-236,000 | 17,200-20,300 | 65.7 |
+/// | 8 KiB | 249,000-269,000 | 19,100-20,900 | 63.2 |
+/// | 16 KiB | 261,000-274,000 | 15,000-17,400 | 76.1 |
+///
+/// 16 KiB pages cost the worker, whose commits rewrite pages here and
+/// there (books, customers), each written to the WAL whole.
+const PAGE_SIZE: i64 = 8 << 10;
 
 /// Clicks per multi-row statement: one statement for many rows saves most
 /// of what a click costs beyond its two B-tree inserts.
@@ -1927,7 +1933,7 @@ mod tests {
 
     /// A new file gets the larger pages; one made before keeps its own.
     #[test]
-    fn a_new_database_has_sixteen_kib_pages_and_an_old_one_keeps_its_own() {
+    fn a_new_database_has_eight_kib_pages_and_an_old_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let page_size = |path: &Path| -> i64 {
             Connection::open(path)
