@@ -204,6 +204,16 @@ async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store
     );
     let one_day = store.click_counts(&acme, d(1), d(1)).await.unwrap();
     assert_eq!(one_day.len(), 1);
+
+    // A batch holding one click twice counts it once.
+    let twice = click("beta", "spring", None, 4, t0());
+    store
+        .record_clicks(&[twice.clone(), twice.clone()])
+        .await
+        .unwrap();
+    let beta = PartnerId::parse("beta").unwrap();
+    let counts = store.click_counts(&beta, d(0), d(0)).await.unwrap();
+    assert_eq!(counts.iter().map(|c| c.clicks).sum::<u64>(), 1);
     let cells = [cell(d(0), "spring", "a"), cell(d(1), "spring", "a")];
     assert_eq!(
         store.unique_visitors(&acme, &cells).await.unwrap(),

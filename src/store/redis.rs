@@ -2,7 +2,7 @@
 //! that every multi-key operation stays on one slot (`docs/redis-keys.md`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use super::{
 use crate::book::{
     parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryChange, LedgerEntry,
 };
-use crate::cookie::{ClickId, VisitorId};
+use crate::cookie::{ClickId, IdHashing, VisitorId};
 use crate::customer::{ConversionCounts, Customer, Referral};
 use crate::events::Event;
 use crate::ids::PartnerId;
@@ -776,7 +776,12 @@ impl RedisStore {
     fn click_pipelines(&self, clicks: &[Click]) -> Vec<Pipeline> {
         let mut batch = ClickBatch::new(&self.connection, clicks.len());
         let mut buf = ClickBuffers::default();
-        for click in clicks {
+        // A click given twice in one batch is one click: a batch's counts
+        // are summed per cell and applied once (marked by a digest of its
+        // ids), so a second copy would be summed in too.
+        let mut seen: HashSet<ClickId, IdHashing> =
+            HashSet::with_capacity_and_hasher(clicks.len(), IdHashing::default());
+        for click in clicks.iter().filter(|c| seen.insert(c.click_id)) {
             buf.fill(click, self.window_secs);
             let b = &buf;
             batch

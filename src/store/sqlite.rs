@@ -649,6 +649,8 @@ struct CellClicks {
 fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, StoreError> {
     let mut by_id: Vec<&Click> = clicks.iter().collect();
     by_id.sort_unstable_by_key(|c| c.click_id.0);
+    // A click given twice in one batch is one click.
+    by_id.dedup_by_key(|c| c.click_id);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(fresh) = insert_clicks(&tx, &by_id, Repeats::Unexpected)? {
         return finish_batch(tx, clicks, fresh);
