@@ -52,9 +52,9 @@ impl PartnerRoute {
 /// Partners by id, each with its campaigns. Readers never wait for a
 /// refresh: a refresh swaps whole partner entries.
 ///
-/// Both maps hash with foldhash, seeded at random per process: keyed, as
-/// slugs come from public URLs, and cheaper than std's SipHash on the
-/// redirect's path.
+/// Both maps hash with foldhash, seeded at random per process: cheaper
+/// than std's SipHash on the redirect's path. Its keys are the partners
+/// and campaigns admins create; a public URL's slug is only looked up.
 pub struct RouteCache {
     partners: DashMap<Box<str>, Arc<PartnerRoute>, RandomState>,
     version: AtomicU64,

@@ -1756,32 +1756,20 @@ fn read_book(
         .optional()?;
     let mut stored = StoredBook {
         book,
-        customers: Vec::with_capacity(request.customers.len()),
-        cells: Vec::with_capacity(request.cells.len()),
+        customers: records_of(
+            &tx,
+            "SELECT record FROM customers WHERE partner = ?1 AND id = ?2",
+            partner,
+            &request.customers,
+        )?,
+        cells: records_of(
+            &tx,
+            "SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2",
+            partner,
+            &request.cells,
+        )?,
         history: Vec::new(),
     };
-    {
-        let mut customer =
-            tx.prepare_cached("SELECT record FROM customers WHERE partner = ?1 AND id = ?2")?;
-        for id in &request.customers {
-            let found: Option<String> = customer
-                .query_row(params![partner, id], |row| row.get(0))
-                .optional()?;
-            stored
-                .customers
-                .extend(found.map(|record| (id.clone(), record)));
-        }
-        let mut cell =
-            tx.prepare_cached("SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2")?;
-        for key in &request.cells {
-            let found: Option<String> = cell
-                .query_row(params![partner, key], |row| row.get(0))
-                .optional()?;
-            stored
-                .cells
-                .extend(found.map(|counts| (key.clone(), counts)));
-        }
-    }
     if let Some(from) = request.history_from {
         let mut query =
             tx.prepare_cached("SELECT member, at FROM history WHERE partner = ?1 AND at >= ?2")?;
@@ -1790,6 +1778,25 @@ fn read_book(
             .collect::<rusqlite::Result<_>>()?;
     }
     Ok(stored)
+}
+
+/// The partner's record under each of `keys` that has one, by key: `sql`
+/// selects it by partner (`?1`) and key (`?2`).
+fn records_of<'k>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    partner: &str,
+    keys: impl IntoIterator<Item = &'k String>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut query = tx.prepare_cached(sql)?;
+    let mut found = Vec::new();
+    for key in keys {
+        let record: Option<String> = query
+            .query_row(params![partner, key], |row| row.get(0))
+            .optional()?;
+        found.extend(record.map(|record| (key.clone(), record)));
+    }
+    Ok(found)
 }
 
 /// Every row's first column, a JSON record.

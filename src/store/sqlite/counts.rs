@@ -25,10 +25,13 @@ use crate::store::StoreError;
 /// own `Arc`s, so counting a click allocates nothing.
 pub(super) type Cell = (Arc<str>, NaiveDate, Arc<str>, Option<Arc<str>>);
 
-/// Maps keyed by report cells: foldhash, seeded at random per process.
-/// Cells hold visitors' `utm_term`s, so the hash must be keyed (nobody can
-/// choose colliding terms), and std's SipHash took 4 % of `serve`'s CPU
-/// under `loadtest/run`, hashing each click's cell twice.
+/// Maps keyed by report cells: foldhash, seeded at random per process, so
+/// colliding `utm_term`s cannot be computed in advance (foldhash calls
+/// itself minimally DoS-resistant: weaker than SipHash against someone
+/// who studies the running process). Every such map is bounded: a batch,
+/// `COUNTS_PENDING_MAX_CELLS`, the sketches' memory. std's SipHash took
+/// 4 % of `serve`'s CPU under `loadtest/run`, hashing each click's cell
+/// twice.
 pub(super) type CellMap<V> = HashMap<Cell, V, foldhash::fast::RandomState>;
 
 /// How often pending counts are added to `click_cells`.
