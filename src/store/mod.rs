@@ -1,6 +1,7 @@
 //! The `Store` trait and the records it keeps; `sqlite` (the embedded
 //! store, on disk) and `redis` implement it.
 
+mod record;
 pub mod redis;
 pub mod sketch;
 pub mod sqlite;

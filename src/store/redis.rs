@@ -14,6 +14,7 @@ use redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::record::{decode_record, encode_record};
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
@@ -102,26 +103,46 @@ return accepted";
 /// changes in order (`+` score member, or `-` member); then the ledger
 /// entries.
 /// Answers 1 applied, -1 the book moved.
+///
+/// Each group is written with as few commands as its size allows (an
+/// `HSET` of many fields, a `ZADD` of a run of additions): a command
+/// called from Lua costs Redis a lookup and a client round of its own,
+/// and one command per record was most of Redis's time in the worker.
 const COMMIT_BOOK: &str = r"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return -1 end
 if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[7], ARGV[2], -1) end
 redis.call('SET', KEYS[2], ARGV[3])
-local i = 4
-local function pairs_into(command, key)
-  local n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do redis.call(command, key, ARGV[i], ARGV[i + 1]); i = i + 2 end
-end
-pairs_into('HSET', KEYS[3])
-pairs_into('HSET', KEYS[4])
-local changes = tonumber(ARGV[i]); i = i + 1
-for _ = 1, changes do
-  if ARGV[i] == '+' then
-    redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[i + 2]); i = i + 3
-  else
-    redis.call('ZREM', KEYS[5], ARGV[i + 1]); i = i + 2
+-- `command key ARGV[from..to]`, in calls of at most 1000 arguments (even,
+-- so that pairs stay whole; Lua's stack holds a few thousand).
+local function batched(command, key, from, to)
+  while from <= to do
+    local last = math.min(to, from + 999)
+    redis.call(command, key, unpack(ARGV, from, last))
+    from = last + 1
   end
 end
-for j = i, #ARGV do redis.call('RPUSH', KEYS[6], ARGV[j]) end
+local i = 4
+for _, key in ipairs({KEYS[3], KEYS[4]}) do
+  local n = tonumber(ARGV[i]); i = i + 1
+  batched('HSET', key, i, i + 2 * n - 1); i = i + 2 * n
+end
+local changes = tonumber(ARGV[i]); i = i + 1
+local adds, removes = {}, {}
+local function flush()
+  if #adds > 0 then redis.call('ZADD', KEYS[5], unpack(adds)); adds = {} end
+  if #removes > 0 then redis.call('ZREM', KEYS[5], unpack(removes)); removes = {} end
+end
+for _ = 1, changes do
+  if ARGV[i] == '+' then
+    if #removes > 0 or #adds >= 1000 then flush() end
+    adds[#adds + 1] = ARGV[i + 1]; adds[#adds + 1] = ARGV[i + 2]; i = i + 3
+  else
+    if #adds > 0 or #removes >= 1000 then flush() end
+    removes[#removes + 1] = ARGV[i + 1]; i = i + 2
+  end
+end
+flush()
+batched('RPUSH', KEYS[6], i, #ARGV)
 redis.call('INCR', KEYS[1])
 return 1";
 
@@ -1381,9 +1402,9 @@ impl Store for RedisStore {
         }
         type Loaded = (
             Option<u64>,
-            Option<String>,
-            Vec<Option<String>>,
-            Vec<Option<String>>,
+            Option<Vec<u8>>,
+            Vec<Option<Vec<u8>>>,
+            Vec<Option<Vec<u8>>>,
             Value,
         );
         let (version, book, customer_rows, cell_rows, history): Loaded = pipe
@@ -1391,19 +1412,23 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let mut view = BookView {
-            book: book.map(|b| decode(&b)).transpose()?.unwrap_or_default(),
+            book: book
+                .map(|b| decode_record(&b))
+                .transpose()?
+                .unwrap_or_default(),
             version: version.unwrap_or_default(),
             ..BookView::default()
         };
         for (id, raw) in customers.iter().zip(customer_rows) {
             if let Some(raw) = raw {
-                view.customers.insert(id.clone(), decode::<Customer>(&raw)?);
+                view.customers
+                    .insert(id.clone(), decode_record::<Customer>(&raw)?);
             }
         }
         for (cell, raw) in cells.iter().zip(cell_rows) {
             if let Some(raw) = raw {
                 view.cells
-                    .insert(cell.clone(), decode::<ConversionCounts>(&raw)?);
+                    .insert(cell.clone(), decode_record::<ConversionCounts>(&raw)?);
             }
         }
         if let Some(from) = request.history_from {
@@ -1528,14 +1553,14 @@ impl Store for RedisStore {
         invocation
             .arg(version)
             .arg(changes.inbox_taken)
-            .arg(encode(&changes.book));
+            .arg(encode_record(&changes.book));
         invocation.arg(changes.customers.len());
         for customer in &changes.customers {
-            invocation.arg(&customer.id).arg(encode(customer));
+            invocation.arg(&customer.id).arg(encode_record(customer));
         }
         invocation.arg(changes.cells.len());
         for (cell, counts) in &changes.cells {
-            invocation.arg(cell).arg(encode(counts));
+            invocation.arg(cell).arg(encode_record(counts));
         }
         invocation.arg(changes.history.len());
         for change in &changes.history {
@@ -1564,7 +1589,7 @@ impl Store for RedisStore {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
-        let cells: HashMap<String, String> = redis::cmd("HGETALL")
+        let cells: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(keys::owned(|k| keys::book(k, partner, "conversions")))
             .query_async(&mut self.conn())
             .await
@@ -1574,7 +1599,7 @@ impl Store for RedisStore {
             let in_range =
                 parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to);
             if in_range {
-                counts.push((cell, decode(&raw)?));
+                counts.push((cell, decode_record(&raw)?));
             }
         }
         Ok(counts)

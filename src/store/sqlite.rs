@@ -6,9 +6,10 @@
 //! lets the reader (catalog, reports, ledger pages, the worker's taking of
 //! events) run while the writer commits; the worker's other reads use the
 //! writer's connection (`read_for_worker`). Records the service already
-//! speaks in JSON (partners, campaigns, events, customers, ledger entries)
-//! are stored as JSON text; what is queried by range (clicks, counters,
-//! queues, history) has columns.
+//! speaks in JSON (partners, campaigns, events, ledger entries) are stored
+//! as JSON text; the records every book step rewrites (books, customers,
+//! conversion cells) in a binary form (`record.rs`); what is queried by
+//! range (clicks, counters, queues, history) has columns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use tokio::sync::Notify;
 mod counts;
 
 use self::counts::{Cell, CellMap, PendingCounts};
+use super::record::{decode_record, encode_record};
 use super::sketch::Sketch;
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
@@ -1369,7 +1371,7 @@ impl Store for SqliteStore {
             .await?;
         // Decoded here, with the writer free for others.
         let (version, book) = match stored.book {
-            Some((version, book)) => (version as u64, from_json::<Book>(&book)?),
+            Some((version, book)) => (version as u64, decode_record::<Book>(&book.0)?),
             None => (0, Book::default()),
         };
         let mut view = BookView {
@@ -1378,11 +1380,12 @@ impl Store for SqliteStore {
             ..BookView::default()
         };
         for (id, record) in stored.customers {
-            view.customers.insert(id, from_json::<Customer>(&record)?);
+            view.customers
+                .insert(id, decode_record::<Customer>(&record.0)?);
         }
         for (key, counts) in stored.cells {
             view.cells
-                .insert(key, from_json::<ConversionCounts>(&counts)?);
+                .insert(key, decode_record::<ConversionCounts>(&counts.0)?);
         }
         if let Some(from) = history_from {
             view.history = Some(History::from_members(
@@ -1473,16 +1476,16 @@ impl Store for SqliteStore {
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
         let partner = partner.to_owned();
-        let book = to_json(&changes.book);
-        let customers: Vec<(String, String)> = changes
+        let book = encode_record(&changes.book);
+        let customers: Vec<(String, Vec<u8>)> = changes
             .customers
             .iter()
-            .map(|c| (c.id.clone(), to_json(c)))
+            .map(|c| (c.id.clone(), encode_record(c)))
             .collect();
-        let cells: Vec<(String, String)> = changes
+        let cells: Vec<(String, Vec<u8>)> = changes
             .cells
             .iter()
-            .map(|(cell, counts)| (cell.clone(), to_json(counts)))
+            .map(|(cell, counts)| (cell.clone(), encode_record(counts)))
             .collect();
         let history = changes.history.clone();
         let entries: Vec<(u64, String)> = changes
@@ -1577,13 +1580,13 @@ impl Store for SqliteStore {
                 "SELECT cell, counts FROM conversions WHERE partner = ?1 ORDER BY cell",
             )?;
             let rows = query.query_map([&partner], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                Ok((row.get::<_, String>(0)?, row.get::<_, StoredRecord>(1)?))
             })?;
             let mut cells = Vec::new();
             for row in rows {
                 let (cell, counts) = row?;
                 if parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to) {
-                    cells.push((cell, from_json(&counts)?));
+                    cells.push((cell, decode_record(&counts.0)?));
                 }
             }
             Ok(cells)
@@ -1732,12 +1735,27 @@ impl SqliteStore {
     }
 }
 
-/// A partner's book rows as stored: JSON, decoded off the writer.
+/// A record's bytes as stored: a BLOB, or JSON TEXT written by an earlier
+/// version (`decode_record` tells them apart).
+struct StoredRecord(Vec<u8>);
+
+impl rusqlite::types::FromSql for StoredRecord {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match value {
+            rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
+                Ok(StoredRecord(bytes.to_vec()))
+            }
+            _ => Err(rusqlite::types::FromSqlError::InvalidType),
+        }
+    }
+}
+
+/// A partner's book rows as stored, decoded off the writer.
 struct StoredBook {
     /// Version and book.
-    book: Option<(i64, String)>,
-    customers: Vec<(String, String)>,
-    cells: Vec<(String, String)>,
+    book: Option<(i64, StoredRecord)>,
+    customers: Vec<(String, StoredRecord)>,
+    cells: Vec<(String, StoredRecord)>,
     /// Members and their times, when the request asks for the history.
     history: Vec<(String, i64)>,
 }
@@ -1787,11 +1805,11 @@ fn records_of<'k>(
     sql: &str,
     partner: &str,
     keys: impl IntoIterator<Item = &'k String>,
-) -> Result<Vec<(String, String)>, StoreError> {
+) -> Result<Vec<(String, StoredRecord)>, StoreError> {
     let mut query = tx.prepare_cached(sql)?;
     let mut found = Vec::new();
     for key in keys {
-        let record: Option<String> = query
+        let record: Option<StoredRecord> = query
             .query_row(params![partner, key], |row| row.get(0))
             .optional()?;
         found.extend(record.map(|record| (key.clone(), record)));
@@ -1840,7 +1858,7 @@ mod tests {
     /// A database written by the first schema keeps its books, customers
     /// and tier history through the migrations.
     #[tokio::test]
-    async fn a_first_schema_database_keeps_its_books_when_migrated() {
+    async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them_binary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.db");
         {
@@ -1891,6 +1909,29 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        // Rewritten by a book step, the JSON records become binary ones
+        // that read back the same.
+        let mut changes = Changes {
+            book: view.book.clone(),
+            customers: vec![view.customers["cus_1"].clone()],
+            ..Changes::default()
+        };
+        changes.book.entries = 8;
+        let commit = store.commit_book("acme", 3, &changes).await.unwrap();
+        assert_eq!(commit, Commit::Applied);
+        let types: Vec<String> = relock(&store.writer)
+            .prepare(
+                "SELECT typeof(record) FROM customers UNION ALL SELECT typeof(book) FROM books",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(types, ["blob", "blob"]);
+        let again = store.load_book("acme", &request).await.unwrap();
+        assert_eq!((again.version, again.book.entries), (4, 8));
+        assert_eq!(again.customers, view.customers);
     }
 
     #[test]
