@@ -20,8 +20,13 @@ use crate::ids::PartnerId;
 use crate::metrics::Metrics;
 use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError};
 
-/// Events taken from the queue at once.
-const BATCH: usize = 500;
+/// Events taken from the queue at once. A batch's events reach each
+/// partner's book together, and a book step costs about the same whether it
+/// applies ten events or a few hundred (reading and rewriting the book, the
+/// commit): 2,000 rather than 500 applied 25-40 % more events a second in
+/// both stores (`loadtest/events`). A worker that dies routes the batch
+/// again, to the same result.
+const BATCH: usize = 2000;
 /// How long a worker waits for events before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Commit attempts against a book that other workers keep moving.
