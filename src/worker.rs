@@ -31,7 +31,9 @@ const BATCH: usize = 2000;
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Commit attempts against a book that other workers keep moving.
 const MAX_ATTEMPTS: usize = 1000;
-/// Customers (routing step) or partners (book step) handled at once.
+/// Partners handled at once by the book step (and inboxes pushed at once
+/// by the routing step); customers are routed `Store::routing_concurrency`
+/// at once.
 const CONCURRENT: usize = 16;
 /// A signup this recent whose click is not found may name a click still in
 /// some instance's buffer: it is tried again later rather than settled.
@@ -273,7 +275,7 @@ impl Worker {
     async fn route_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
         let routed: Vec<Routed> = futures_util::stream::iter(by_customer(deliveries))
             .map(|group| self.route_in_order(group))
-            .buffer_unordered(CONCURRENT)
+            .buffer_unordered(self.store.routing_concurrency())
             .collect::<Vec<_>>()
             .await
             .into_iter()

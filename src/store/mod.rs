@@ -174,6 +174,13 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// How many customers a worker routes at once: enough calls in flight
+    /// to hide a networked store's round trips, few enough not to queue
+    /// on an embedded store's one writer.
+    fn routing_concurrency(&self) -> usize {
+        16
+    }
+
     /// Rises on every partner or campaign change, so caches reload only then.
     async fn catalog_version(&self) -> Result<u64, StoreError>;
     async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError>;
