@@ -563,6 +563,84 @@ async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<d
     assert!(days(4, 9).await.is_empty());
 }
 
+/// A commit larger than one command of each kind holds (the Redis script
+/// writes a group in commands of at most 1,000 arguments): every customer,
+/// cell, history change (in order) and ledger entry is written.
+async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
+    let customers: Vec<Customer> = (0..1_200)
+        .map(|i| Customer::new(&format!("cus_{i}"), referral("acme")))
+        .collect();
+    let counts = ConversionCounts {
+        signups: 1,
+        ..ConversionCounts::default()
+    };
+    let cells: Vec<(String, ConversionCounts)> = (0..600)
+        .map(|i| (format!("cell{i}"), counts.clone()))
+        .collect();
+    let member = |id: &str| format!("a\t{id}\t1");
+    let mut history: Vec<HistoryChange> = (1..=1_100)
+        .map(|i| HistoryChange::Add(member(&format!("e{i}")), i * 10))
+        .collect();
+    history.extend([
+        HistoryChange::Remove(member("e5"), 50),
+        HistoryChange::Remove(member("e700"), 7_000),
+        HistoryChange::Add(member("e5"), 50),
+        HistoryChange::Add(member("x"), 20_000),
+        HistoryChange::Remove(member("x"), 20_000),
+    ]);
+    let entries: Vec<LedgerEntry> = (1..=2_100)
+        .map(|seq| LedgerEntry {
+            seq,
+            id: format!("e{seq}"),
+            kind: EntryKind::Commission,
+            customer: Some("cus_1".into()),
+            amount: "1.00".parse().unwrap(),
+            currency: "USD".into(),
+            at: Utc.timestamp_opt(t0(), 0).unwrap(),
+            available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        })
+        .collect();
+    let changes = Changes {
+        book: Book {
+            entries: 2_100,
+            ..Book::default()
+        },
+        customers: customers.clone(),
+        cells: cells.clone(),
+        history,
+        entries,
+        inbox_taken: 0,
+    };
+    assert_eq!(
+        store.commit_book("acme", 0, &changes).await.unwrap(),
+        Commit::Applied
+    );
+    let request = BookRequest {
+        customers: customers.iter().map(|c| c.id.clone()).collect(),
+        cells: cells.iter().map(|(cell, _)| cell.clone()).collect(),
+        history_from: Some(0),
+    };
+    let view = store.load_book("acme", &request).await.unwrap();
+    assert_eq!((view.version, view.book.entries), (1, 2_100));
+    let expected: std::collections::BTreeMap<String, Customer> =
+        customers.into_iter().map(|c| (c.id.clone(), c)).collect();
+    assert_eq!(view.customers, expected);
+    assert_eq!(view.cells.len(), 600);
+    let arr: Vec<String> = view
+        .history
+        .unwrap()
+        .arr
+        .keys()
+        .map(|k| k.id.clone())
+        .collect();
+    assert_eq!(arr.len(), 1_099, "e700 and x removed, e5 added back");
+    assert!(arr.contains(&"e5".to_owned()));
+    assert!(!arr.contains(&"e700".to_owned()) && !arr.contains(&"x".to_owned()));
+    let ledger = store.ledger("acme", None, 5_000).await.unwrap();
+    let seqs: Vec<u64> = ledger.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=2_100).rev().collect::<Vec<u64>>());
+}
+
 /// Each test gets a fresh store; `$make` returns it with whatever must live
 /// as long as it (a Redis server).
 macro_rules! store_suite {
@@ -610,6 +688,12 @@ macro_rules! store_suite {
             async fn ledger_pages_count_down_and_conversion_cells_filter_by_day() {
                 let (store, _server) = $make.await;
                 super::ledger_pages_count_down_and_conversion_cells_filter_by_day(store).await;
+            }
+
+            #[tokio::test]
+            async fn a_large_commit_writes_every_record_in_order() {
+                let (store, _server) = $make.await;
+                super::a_large_commit_writes_every_record_in_order(store).await;
             }
 
             #[tokio::test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{NaiveDate, Utc};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -1739,13 +1740,11 @@ impl SqliteStore {
 /// version (`decode_record` tells them apart).
 struct StoredRecord(Vec<u8>);
 
-impl rusqlite::types::FromSql for StoredRecord {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+impl FromSql for StoredRecord {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         match value {
-            rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
-                Ok(StoredRecord(bytes.to_vec()))
-            }
-            _ => Err(rusqlite::types::FromSqlError::InvalidType),
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Ok(StoredRecord(bytes.to_vec())),
+            _ => Err(FromSqlError::InvalidType),
         }
     }
 }
