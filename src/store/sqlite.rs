@@ -48,6 +48,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const MIGRATIONS: &[&str] = &[
     include_str!("sqlite/schema_1.sql"),
     include_str!("sqlite/schema_2.sql"),
+    include_str!("sqlite/schema_3.sql"),
 ];
 
 /// Keys looked at per transaction when expiring, so the flusher's batches

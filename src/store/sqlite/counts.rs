@@ -144,8 +144,15 @@ pub(super) fn store_batch<'a>(
     tx: &rusqlite::Transaction<'_>,
     counts: impl IntoIterator<Item = (&'a Cell, u64)>,
 ) -> Result<i64, StoreError> {
-    tx.prepare_cached("INSERT INTO pending_counts (counts) VALUES (?1)")?
-        .execute([encode(counts)])?;
+    // The number after the last row and the last merged (schema_3.sql):
+    // two lookups on pages the cache holds.
+    tx.prepare_cached(
+        "INSERT INTO pending_counts (seq, counts) VALUES (\
+         max(coalesce((SELECT max(seq) FROM pending_counts), 0), \
+             (SELECT CAST(value AS INTEGER) FROM settings WHERE name = ?2)) + 1, \
+         ?1)",
+    )?
+    .execute(params![encode(counts), MERGED_UPTO])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -301,5 +308,39 @@ mod tests {
         assert_eq!(left[0].0, 3);
         assert_eq!(left[0].1[0].3, 5);
         assert!(pending.of_partner("beta")[0].1.is_empty());
+    }
+
+    /// Batch numbers only grow: after rows merged and deleted, and in a
+    /// database migrated from schema 2 (where AUTOINCREMENT numbered them).
+    #[test]
+    fn batch_numbers_never_come_back() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &super::super::MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        // Schema 2 rows: 7 merged and deleted, 8 and 9 pending.
+        conn.execute_batch(
+            "INSERT INTO pending_counts (seq, counts) VALUES (7, x''), (8, x''), (9, x''); \
+             DELETE FROM pending_counts WHERE seq <= 7; \
+             UPDATE settings SET value = '7' WHERE name = 'counts_merged_upto';",
+        )
+        .unwrap();
+        conn.execute_batch(super::super::MIGRATIONS[2]).unwrap();
+        let batch = |conn: &mut Connection| {
+            let tx = conn.transaction().unwrap();
+            let seq = store_batch(&tx, [(&cell("acme", 1, None), 1)]).unwrap();
+            tx.commit().unwrap();
+            seq
+        };
+        assert_eq!(batch(&mut conn), 10, "after the pending rows");
+        merge(&mut conn, 10, &[]).unwrap();
+        assert_eq!(batch(&mut conn), 11, "after the merged, all rows deleted");
+        merge(&mut conn, 11, &[]).unwrap();
+        conn.execute(
+            "UPDATE settings SET value = '40' WHERE name = ?1",
+            [MERGED_UPTO],
+        )
+        .unwrap();
+        assert_eq!(batch(&mut conn), 41, "after the merge mark");
     }
 }
