@@ -4,6 +4,7 @@
 //! events to its book in one atomic step (see `book` for what they change).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError}
 const BATCH: usize = 2000;
 /// How long a worker waits for events before it looks again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How soon a worker looks again at ready books another worker held.
+const SHARE_WAIT: Duration = Duration::from_millis(5);
 /// Commit attempts against a book that other workers keep moving.
 const MAX_ATTEMPTS: usize = 1000;
 /// Partners handled at once by the book step (and inboxes pushed at once
@@ -92,6 +95,8 @@ pub struct Worker {
     /// How long a book stays locked by a worker that stopped answering
     /// (`worker.reclaim_after`, as for its events).
     lock_for: Duration,
+    /// Whether other workers held ready books when this one last looked.
+    sharing: AtomicBool,
 }
 
 /// Settings of the worker loop.
@@ -116,6 +121,15 @@ struct ForBook {
     unpark: Option<(String, Vec<Event>)>,
 }
 
+/// What a round of book steps left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Nothing this worker could apply.
+    Idle,
+    /// Ready partners whose books other workers hold.
+    OthersBusy,
+}
+
 /// Where the routing step left an event.
 enum Routed {
     Book(Box<ForBook>),
@@ -136,6 +150,7 @@ impl Worker {
             claims: std::sync::Mutex::new(HashMap::new()),
             holder: ClickId::random().to_string(),
             lock_for: config.worker.reclaim_after,
+            sharing: AtomicBool::new(false),
         }
     }
 
@@ -207,10 +222,16 @@ impl Worker {
     /// looked at every `IDLE_WAIT`, by another worker).
     async fn book_loop(&self, mut shutdown: watch::Receiver<bool>, routed: &tokio::sync::Notify) {
         while !*shutdown.borrow() {
-            self.drain_ready().await;
+            // Books another worker holds are unlocked between its steps:
+            // looking again soon takes a share of them, instead of leaving
+            // one worker to drain every partner's backlog alone.
+            let wait = match self.drain_ready().await {
+                Drained::OthersBusy => SHARE_WAIT,
+                Drained::Idle => IDLE_WAIT,
+            };
             tokio::select! {
                 _ = routed.notified() => {}
-                _ = tokio::time::sleep(IDLE_WAIT) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -267,7 +288,7 @@ impl Worker {
     /// are finished (routed durably, parked, or needing nothing).
     pub async fn apply_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
         let done = self.route_batch(deliveries).await;
-        self.drain_ready().await;
+        let _ = self.drain_ready().await;
         done
     }
 
@@ -337,45 +358,71 @@ impl Worker {
     }
 
     /// The book step: drains every ready partner's inbox this worker can
-    /// lock, until none is left that another worker is not working on.
-    pub async fn drain_ready(&self) {
+    /// lock, until none is left that another worker is not working on;
+    /// answers whether some were left because another worker held them.
+    pub async fn drain_ready(&self) -> Drained {
         loop {
             let ready = match self.store.ready_partners(READY_AT_ONCE).await {
                 Ok(ready) => ready,
                 Err(e) => {
                     self.metrics.count_store_error("ready_partners");
                     tracing::warn!(error = %e, "cannot list ready partners; retrying later");
-                    return;
+                    return Drained::Idle;
                 }
             };
-            let drained = futures_util::stream::iter(ready)
+            // A worker's book steps run in its one task, on one thread at
+            // a time: holding more books than it can work on at once only
+            // keeps other workers from them (with ten partners, one worker
+            // held all ten and the other drained none). So while others
+            // hold books too, take half of those ready: two workers split
+            // them, and with more each still leaves some to the rest.
+            let share = match self.sharing.load(Ordering::Relaxed) {
+                true => ready.len().div_ceil(2),
+                false => ready.len(),
+            };
+            let (locked, held_elsewhere) = self.lock_books(ready, share.min(CONCURRENT)).await;
+            self.sharing.store(held_elsewhere, Ordering::Relaxed);
+            let steps = futures_util::stream::iter(locked)
                 .map(|partner| self.drain(partner))
                 .buffer_unordered(CONCURRENT)
                 .collect::<Vec<bool>>()
                 .await;
-            if !drained.into_iter().any(|d| d) {
-                return;
+            if !steps.contains(&true) {
+                return match held_elsewhere {
+                    true => Drained::OthersBusy,
+                    false => Drained::Idle,
+                };
             }
         }
     }
 
-    /// Applies what waits in one partner's inbox, with its book locked;
-    /// answers whether anything was applied. A partner another worker has
-    /// locked is left to it.
-    async fn drain(&self, partner: String) -> bool {
-        match self
-            .store
-            .lock_book(&partner, &self.holder, self.lock_for)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                self.metrics.count_store_error("lock_book");
-                tracing::warn!(error = %e, partner = %partner, "cannot lock a book; retrying later");
-                return false;
+    /// Locks up to `max` of the ready partners' books; answers those it
+    /// locked and whether another worker held any it tried.
+    async fn lock_books(&self, ready: Vec<String>, max: usize) -> (Vec<String>, bool) {
+        let (mut locked, mut held_elsewhere) = (Vec::new(), false);
+        for partner in ready {
+            if locked.len() == max {
+                break;
+            }
+            match self
+                .store
+                .lock_book(&partner, &self.holder, self.lock_for)
+                .await
+            {
+                Ok(true) => locked.push(partner),
+                Ok(false) => held_elsewhere = true,
+                Err(e) => {
+                    self.metrics.count_store_error("lock_book");
+                    tracing::warn!(error = %e, partner = %partner, "cannot lock a book; retrying later");
+                }
             }
         }
+        (locked, held_elsewhere)
+    }
+
+    /// Applies what waits in one partner's inbox, its book locked by this
+    /// worker, then unlocks it; answers whether anything was applied.
+    async fn drain(&self, partner: String) -> bool {
         let drained = match self.drain_locked(&partner).await {
             Ok(drained) => drained,
             Err(e) => {

@@ -22,14 +22,15 @@ use common::redis_server::RedisServer;
 use lastclick::book::BookRequest;
 use lastclick::config::Config;
 use lastclick::cookie::{ClickId, VisitorId};
+use lastclick::customer::Referral;
 use lastclick::events::{AttributionRef, Event, EventKind};
 use lastclick::ids::PartnerId;
 use lastclick::metrics::Metrics;
 use lastclick::money::{Billing, Period};
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
-use lastclick::store::{Click, Delivery, Partner, Store};
-use lastclick::worker::Worker;
+use lastclick::store::{Click, Delivery, InboxItem, Partner, Store};
+use lastclick::worker::{Drained, Worker};
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -764,4 +765,66 @@ fn redis_matches_the_model() {
             Ok(())
         })
         .unwrap();
+}
+
+/// A worker leaves a ready book another worker holds, drains the others,
+/// and says so (its loop then looks again soon, to take a share); once
+/// the book is given back it drains that one too.
+async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
+    let item = |partner: &str, id: &str| InboxItem {
+        event: Event {
+            id: id.into(),
+            customer: format!("{partner}-cus"),
+            at: DateTime::from_timestamp_millis(BASE_MS).unwrap(),
+            kind: EventKind::Cancel,
+        },
+        referral: Referral {
+            partner: partner.into(),
+            campaign: "default_link".into(),
+            term: None,
+            click_at: BASE_MS / 1000,
+        },
+    };
+    for partner in ["held-a", "held-b", "held-c"] {
+        store
+            .push_inbox(partner, &[item(partner, &format!("{partner}-x"))])
+            .await
+            .unwrap();
+    }
+    let hour = Duration::from_secs(3600);
+    assert!(store.lock_book("held-b", "another", hour).await.unwrap());
+    let worker = Worker::new(Arc::clone(&store), &config(), Arc::new(Metrics::new()));
+    assert_eq!(worker.drain_ready().await, Drained::OthersBusy);
+    assert_eq!(store.ready_partners(10).await.unwrap(), vec!["held-b"]);
+    store.unlock_book("held-b", "another").await.unwrap();
+    assert_eq!(worker.drain_ready().await, Drained::Idle);
+    assert!(store.ready_partners(10).await.unwrap().is_empty());
+}
+
+#[test]
+fn held_books_are_left_to_their_holder_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("lastclick.db"),
+        Duration::from_secs(86_400),
+    );
+    runtime().block_on(a_worker_leaves_held_books_and_drains_the_rest(Arc::new(
+        store.unwrap(),
+    )));
+}
+
+#[test]
+fn held_books_are_left_to_their_holder_redis() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let store = rt
+        .block_on(RedisStore::connect(
+            &server.url(),
+            false,
+            Duration::from_secs(86_400),
+        ))
+        .unwrap();
+    rt.block_on(a_worker_leaves_held_books_and_drains_the_rest(Arc::new(
+        store,
+    )));
 }
