@@ -796,9 +796,14 @@ async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
     let worker = Worker::new(Arc::clone(&store), &config(), Arc::new(Metrics::new()));
     assert_eq!(worker.drain_ready().await, Drained::OthersBusy);
     assert_eq!(store.ready_partners(10).await.unwrap(), vec!["held-b"]);
+    for (partner, waiting) in [("held-a", 0), ("held-b", 1), ("held-c", 0)] {
+        let inbox = store.read_inbox(partner, 10).await.unwrap();
+        assert_eq!(inbox.len(), waiting, "{partner}");
+    }
     store.unlock_book("held-b", "another").await.unwrap();
     assert_eq!(worker.drain_ready().await, Drained::Idle);
     assert!(store.ready_partners(10).await.unwrap().is_empty());
+    assert!(store.read_inbox("held-b", 10).await.unwrap().is_empty());
 }
 
 #[test]

@@ -244,6 +244,20 @@ fn payment_event(id: &str, customer: &str) -> Event {
     }
 }
 
+/// Commission entry `seq` (id `e{seq}`) of one dollar, for customer `cus_1`.
+fn commission_entry(seq: u64) -> LedgerEntry {
+    LedgerEntry {
+        seq,
+        id: format!("e{seq}"),
+        kind: EntryKind::Commission,
+        customer: Some("cus_1".into()),
+        amount: "1.00".parse().unwrap(),
+        currency: "USD".into(),
+        at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+    }
+}
+
 fn referral(partner: &str) -> Referral {
     Referral {
         partner: partner.into(),
@@ -363,14 +377,8 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
             HistoryChange::Add("s\te0\tcus_1\t0.20".into(), 500),
         ],
         entries: vec![LedgerEntry {
-            seq: 1,
-            id: "e1".into(),
-            kind: EntryKind::Commission,
-            customer: Some("cus_1".into()),
             amount: "2.00".parse().unwrap(),
-            currency: "USD".into(),
-            at: Utc.timestamp_opt(t0(), 0).unwrap(),
-            available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+            ..commission_entry(1)
         }],
         inbox_taken: 2,
     };
@@ -498,16 +506,6 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
 }
 
 async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<dyn Store>) {
-    let entry = |seq: u64| LedgerEntry {
-        seq,
-        id: format!("e{seq}"),
-        kind: EntryKind::Commission,
-        customer: Some("cus_1".into()),
-        amount: "1.00".parse().unwrap(),
-        currency: "USD".into(),
-        at: Utc.timestamp_opt(t0(), 0).unwrap(),
-        available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
-    };
     let cell_on = |offset: i64| {
         lastclick::book::conversion_cell(&Referral {
             click_at: t0() + offset * DAY,
@@ -524,7 +522,7 @@ async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<d
             ..Book::default()
         },
         cells: vec![(cell_on(0), counts.clone()), (cell_on(3), counts.clone())],
-        entries: (1..=5).map(entry).collect(),
+        entries: (1..=5).map(commission_entry).collect(),
         ..Changes::default()
     };
     assert_eq!(
@@ -588,18 +586,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         HistoryChange::Add(member("x"), 20_000),
         HistoryChange::Remove(member("x"), 20_000),
     ]);
-    let entries: Vec<LedgerEntry> = (1..=2_100)
-        .map(|seq| LedgerEntry {
-            seq,
-            id: format!("e{seq}"),
-            kind: EntryKind::Commission,
-            customer: Some("cus_1".into()),
-            amount: "1.00".parse().unwrap(),
-            currency: "USD".into(),
-            at: Utc.timestamp_opt(t0(), 0).unwrap(),
-            available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
-        })
-        .collect();
+    let entries: Vec<LedgerEntry> = (1..=2_100).map(commission_entry).collect();
     let changes = Changes {
         book: Book {
             entries: 2_100,
