@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+mod click_log;
 mod counts;
 
 use self::counts::{Cell, CellMap, PendingCounts};
@@ -45,11 +46,28 @@ use crate::ids::PartnerId;
 /// The schema this build writes. Each migration takes the database from
 /// the version before it to its own (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-const MIGRATIONS: &[&str] = &[
-    include_str!("sqlite/schema_1.sql"),
-    include_str!("sqlite/schema_2.sql"),
-    include_str!("sqlite/schema_3.sql"),
+const MIGRATIONS: &[Migration] = &[
+    Migration::sql(include_str!("sqlite/schema_1.sql")),
+    Migration::sql(include_str!("sqlite/schema_2.sql")),
+    Migration::sql(include_str!("sqlite/schema_3.sql")),
+    Migration {
+        sql: include_str!("sqlite/schema_4.sql"),
+        then: Some(click_log::migrate_rows),
+    },
 ];
+
+/// One schema step: its SQL, then, for a step that moves rows into a form
+/// SQL cannot write, a function run in the same transaction.
+struct Migration {
+    sql: &'static str,
+    then: Option<fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>>,
+}
+
+impl Migration {
+    const fn sql(sql: &'static str) -> Self {
+        Migration { sql, then: None }
+    }
+}
 
 /// Keys looked at per transaction when expiring, so the flusher's batches
 /// get the writer in between.
@@ -73,7 +91,7 @@ pub struct SqliteStore {
     window: Duration,
     /// Wakes a worker waiting for events (they are queued in-process).
     events_queued: Arc<Notify>,
-    /// Where expiry stopped in `clicks` and in `last_clicks` (a key).
+    /// Where expiry stopped in `click_batches` and in `last_clicks` (a key).
     expiry_cursors: [Mutex<Vec<u8>>; 2],
     /// Unique-visitor sketches of recent batches, merged into the
     /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
@@ -260,15 +278,15 @@ impl SqliteStore {
         let horizon = now_unix - self.window.as_secs() as i64;
         // Counts still pending would bring an expired day's cells back.
         self.merge_counts().await?;
-        for (table, key, cursor) in [
-            ("clicks", "id", &self.expiry_cursors[0]),
-            ("last_clicks", "visitor", &self.expiry_cursors[1]),
+        for (table, cursor) in [
+            (ExpiringTable::ClickBatches, &self.expiry_cursors[0]),
+            (ExpiringTable::LastClicks, &self.expiry_cursors[1]),
         ] {
             let mut walked = 0;
             while walked < rows {
                 let from = relock(cursor).clone();
                 let (scanned, last) = self
-                    .write(move |conn| expire_range(conn, table, key, &from, horizon))
+                    .write(move |conn| expire_range(conn, table, &from, horizon))
                     .await?;
                 walked += scanned.max(1);
                 // At the end of the table, start again from its beginning.
@@ -291,16 +309,30 @@ impl SqliteStore {
     }
 }
 
+/// The tables expiry walks by key.
+#[derive(Clone, Copy)]
+enum ExpiringTable {
+    ClickBatches,
+    LastClicks,
+}
+
 /// Deletes the expired rows among the next `EXPIRE_AT_ONCE` keys after
 /// `from`; answers how many keys it looked at and the last one.
 fn expire_range(
     conn: &mut Connection,
-    table: &str,
-    key: &str,
+    table: ExpiringTable,
     from: &[u8],
     horizon: i64,
 ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (table, key) = match table {
+        ExpiringTable::ClickBatches => {
+            let walked = click_log::expire(&tx, from, EXPIRE_AT_ONCE, horizon)?;
+            tx.commit()?;
+            return Ok(walked);
+        }
+        ExpiringTable::LastClicks => ("last_clicks", "visitor"),
+    };
     let range = format!("SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2");
     let (scanned, last): (usize, Option<Vec<u8>>) = tx.query_row(
         &format!("SELECT COUNT(*), MAX({key}) FROM ({range})"),
@@ -427,8 +459,11 @@ fn configure(conn: &Connection, read_only: bool) -> rusqlite::Result<()> {
 
 fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-        tx.execute_batch(sql)?;
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.execute_batch(step.sql)?;
+        if let Some(then) = step.then {
+            then(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
     }
     tx.commit()
@@ -467,24 +502,6 @@ fn change_catalog(
     tx.commit()?;
     Ok(())
 }
-
-fn click_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Click> {
-    let id: [u8; 16] = row.get(0)?;
-    let visitor: [u8; 16] = row.get(1)?;
-    let partner: String = row.get(2)?;
-    let campaign: String = row.get(3)?;
-    let term: String = row.get(4)?;
-    Ok(Click {
-        click_id: ClickId(id),
-        visitor_id: VisitorId(visitor),
-        partner: partner.into(),
-        campaign: campaign.into(),
-        term: (!term.is_empty()).then(|| term.into()),
-        at: row.get(5)?,
-    })
-}
-
-const CLICK_COLUMNS: &str = "id, visitor, partner, campaign, term, at";
 
 /// Unique-visitor sketches not yet merged into the database.
 struct PendingVisitors {
@@ -611,16 +628,6 @@ impl MultiRow {
     }
 }
 
-static INSERT_CLICKS: MultiRow = MultiRow::new(
-    "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
-    6,
-    "",
-);
-static INSERT_CLICKS_ANSWERING: MultiRow = MultiRow::new(
-    "INSERT OR IGNORE INTO clicks (id, visitor, partner, campaign, term, at)",
-    6,
-    " RETURNING id",
-);
 static UPSERT_LAST_CLICKS: MultiRow = MultiRow::new(
     "INSERT INTO last_clicks (visitor, click, at)",
     3,
@@ -646,24 +653,18 @@ struct CellClicks {
 
 /// Writes a batch in one transaction: click records, last clicks, and the
 /// batch's counts by cell as one row (added to the counters later).
-///
-/// Rows go in in key order: ids are time-prefixed, so a sorted batch
-/// appends at the end of each tree, where in arrival order the clicks of
-/// one millisecond would land at random among its last pages.
 fn write_clicks(conn: &mut Connection, clicks: &[Click]) -> Result<BatchCells, StoreError> {
     let mut by_id: Vec<&Click> = clicks.iter().collect();
     by_id.sort_unstable_by_key(|c| c.click_id.0);
     // A click given twice in one batch is one click.
     by_id.dedup_by_key(|c| c.click_id);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(fresh) = insert_clicks(&tx, &by_id, Repeats::Unexpected)? {
-        return finish_batch(tx, clicks, fresh);
-    }
-    // Some click was stored before (a retried batch): again, asking which
-    // ones are new. Dropping the transaction rolls it back.
-    drop(tx);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let fresh = insert_clicks(&tx, &by_id, Repeats::Expected)?.unwrap_or_default();
+    // A batch stored before (retried after a timeout) adds nothing.
+    let fresh = if click_log::append(&tx, &by_id)? {
+        by_id
+    } else {
+        Vec::new()
+    };
     finish_batch(tx, clicks, fresh)
 }
 
@@ -686,67 +687,6 @@ fn finish_batch(
     let seq = counts::store_batch(&tx, fresh_counts(&cells))?;
     tx.commit()?;
     Ok(BatchCells { seq, cells })
-}
-
-/// Whether `insert_clicks` should expect clicks stored before.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Repeats {
-    /// No: insert, and answer `None` if some were (the caller then asks
-    /// again, `Expected`, in a new transaction).
-    Unexpected,
-    /// Yes: have each insert answer the ids it stored (`RETURNING`, which
-    /// cost about a tenth of a redirect's instructions when every batch
-    /// used it: `loadtest/instructions`).
-    Expected,
-}
-
-/// Inserts click records, answering those not stored before: a click
-/// written twice (a retried batch) counts once.
-fn insert_clicks<'c>(
-    tx: &rusqlite::Transaction<'_>,
-    clicks: &[&'c Click],
-    repeats: Repeats,
-) -> Result<Option<Vec<&'c Click>>, StoreError> {
-    let mut fresh = Vec::with_capacity(clicks.len());
-    for chunk in statement_chunks(clicks) {
-        let texts: Vec<[&str; 3]> = chunk
-            .iter()
-            .map(|c| [&*c.partner, &*c.campaign, c.term.as_deref().unwrap_or("")])
-            .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 6);
-        for (click, [partner, campaign, term]) in chunk.iter().zip(&texts) {
-            values.extend([
-                &click.click_id.0 as &dyn rusqlite::ToSql,
-                &click.visitor_id.0,
-                partner,
-                campaign,
-                term,
-                &click.at,
-            ]);
-        }
-        if repeats == Repeats::Unexpected {
-            let stored = tx
-                .prepare_cached(INSERT_CLICKS.sql(chunk.len()))?
-                .execute(values.as_slice())?;
-            if stored < chunk.len() {
-                return Ok(None);
-            }
-            fresh.extend_from_slice(chunk);
-            continue;
-        }
-        // The insert answers the ids it stored.
-        let inserted: Vec<[u8; 16]> = tx
-            .prepare_cached(INSERT_CLICKS_ANSWERING.sql(chunk.len()))?
-            .query_map(values.as_slice(), |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        if inserted.len() == chunk.len() {
-            fresh.extend_from_slice(chunk);
-        } else {
-            let inserted: HashSet<[u8; 16]> = inserted.into_iter().collect();
-            fresh.extend(chunk.iter().filter(|c| inserted.contains(&c.click_id.0)));
-        }
-    }
-    Ok(Some(fresh))
 }
 
 /// Each visitor's last click: the latest by click time, whatever order
@@ -1005,13 +945,8 @@ impl Store for SqliteStore {
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
         let (id, horizon) = (id.0, self.horizon());
         self.read(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE id = ?1 AND at >= ?2"),
-                    params![id, horizon],
-                    click_from_row,
-                )
-                .optional()?)
+            let click = click_log::lookup(conn, &ClickId(id))?;
+            Ok(click.filter(|c| c.at >= horizon))
         })
         .await
     }
@@ -1019,15 +954,14 @@ impl Store for SqliteStore {
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
         let (visitor, horizon) = (visitor.0, self.horizon());
         self.read(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT c.id, c.visitor, c.partner, c.campaign, c.term, c.at \
-                     FROM last_clicks l JOIN clicks c ON c.id = l.click \
-                     WHERE l.visitor = ?1 AND c.at >= ?2",
-                    params![visitor, horizon],
-                    click_from_row,
-                )
-                .optional()?)
+            let tx = conn.transaction()?;
+            let last: Option<[u8; 16]> = tx
+                .prepare_cached("SELECT click FROM last_clicks WHERE visitor = ?1 AND at >= ?2")?
+                .query_row(params![visitor, horizon], |row| row.get(0))
+                .optional()?;
+            let Some(last) = last else { return Ok(None) };
+            let click = click_log::lookup(&tx, &ClickId(last))?;
+            Ok(click.filter(|c| c.at >= horizon))
         })
         .await
     }
@@ -1855,6 +1789,86 @@ pub fn spawn_expiry(store: Arc<SqliteStore>) {
 mod tests {
     use super::*;
 
+    /// Clicks stored one row each (schemas 1 to 3) move into bodies, and
+    /// are found by id and by visitor after the migration.
+    #[tokio::test]
+    async fn clicks_stored_a_row_each_are_found_after_the_move_into_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let now = Utc::now().timestamp();
+        let clicks: Vec<Click> = (0..1_500u32)
+            .map(|n| {
+                let mut id = ClickId::random().0;
+                // A thousand clicks a second apart: bodies are cut by span.
+                let ms = (now as u64 - 3_600 + u64::from(n)) * 1_000;
+                id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+                Click {
+                    click_id: ClickId(id),
+                    visitor_id: VisitorId([(n % 7) as u8; 16]),
+                    partner: "acme".into(),
+                    campaign: "spring".into(),
+                    term: (n % 2 == 0).then(|| format!("t{n}").into()),
+                    at: (ms / 1_000) as i64,
+                }
+            })
+            .collect();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for step in &MIGRATIONS[..3] {
+                tx.execute_batch(step.sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            for c in &clicks {
+                tx.execute(
+                    "INSERT INTO clicks (id, visitor, partner, campaign, term, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        c.click_id.0,
+                        c.visitor_id.0,
+                        &*c.partner,
+                        &*c.campaign,
+                        c.term.as_deref().unwrap_or(""),
+                        c.at
+                    ],
+                )
+                .unwrap();
+            }
+            let last = &clicks[clicks.len() - 1];
+            tx.execute(
+                "INSERT INTO last_clicks (visitor, click, at) VALUES (?1, ?2, ?3)",
+                params![last.visitor_id.0, last.click_id.0, last.at],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path, Duration::from_secs(86_400)).unwrap();
+        for c in clicks.iter().step_by(37).chain(clicks.last()) {
+            assert_eq!(store.click(&c.click_id).await.unwrap().as_ref(), Some(c));
+        }
+        let last = clicks.last().unwrap();
+        assert_eq!(
+            store.last_click(&last.visitor_id).await.unwrap().as_ref(),
+            Some(last)
+        );
+        let conn = relock(&store.reader);
+        let old_table: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'clicks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0, "the table of rows is gone");
+        let bodies: i64 = conn
+            .query_row("SELECT COUNT(*) FROM click_batches", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            bodies >= 1_500 / (click_log::MAX_SPAN_MS as i64 / 1_000 + 1),
+            "{bodies}"
+        );
+    }
+
     /// A database written by the first schema keeps its books, customers
     /// and tier history through the migrations.
     #[tokio::test]
@@ -1863,7 +1877,7 @@ mod tests {
         let path = dir.path().join("v1.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[0].sql).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             let customer = Customer::new(
                 "cus_1",

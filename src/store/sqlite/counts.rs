@@ -315,8 +315,8 @@ mod tests {
     #[test]
     fn batch_numbers_never_come_back() {
         let mut conn = Connection::open_in_memory().unwrap();
-        for sql in &super::super::MIGRATIONS[..2] {
-            conn.execute_batch(sql).unwrap();
+        for step in &super::super::MIGRATIONS[..2] {
+            conn.execute_batch(step.sql).unwrap();
         }
         // Schema 2 rows: 7 merged and deleted, 8 and 9 pending.
         conn.execute_batch(
@@ -325,7 +325,7 @@ mod tests {
              UPDATE settings SET value = '7' WHERE name = 'counts_merged_upto';",
         )
         .unwrap();
-        conn.execute_batch(super::super::MIGRATIONS[2]).unwrap();
+        conn.execute_batch(super::super::MIGRATIONS[2].sql).unwrap();
         let batch = |conn: &mut Connection| {
             let tx = conn.transaction().unwrap();
             let seq = store_batch(&tx, [(&cell("acme", 1, None), 1)]).unwrap();
