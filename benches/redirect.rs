@@ -7,15 +7,15 @@ use std::sync::Arc;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hmac::{Hmac, Mac};
-use lastclick::cache::RouteCache;
-use lastclick::clicks;
-use lastclick::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VisitorId};
-use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
-use lastclick::landing::LandingPolicy;
-use lastclick::metrics::Metrics;
-use lastclick::redirect::{
+use lastclick::edge::cache::RouteCache;
+use lastclick::edge::clicks;
+use lastclick::edge::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VisitorId};
+use lastclick::edge::landing::LandingPolicy;
+use lastclick::edge::redirect::{
     build_location, parse_path, RedirectRequest, RedirectSettings, Redirector, UtmParams,
 };
+use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
+use lastclick::metrics::Metrics;
 use lastclick::store::{Campaign, CatalogSnapshot, Click, Partner};
 use sha2::Sha256;
 

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::clicks::ClickQueue;
+use crate::edge::clicks::ClickQueue;
 use crate::metrics::Metrics;
 use crate::store::Store;
 

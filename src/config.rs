@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 
-use crate::landing::{LandingPolicy, LandingUrl};
+use crate::edge::landing::{LandingPolicy, LandingUrl};
 
 /// The defaults, compiled in so that the binary runs with no file at all and
 /// the documented file is the one source of every default.

@@ -2,53 +2,30 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from `config/default.toml`, a file and the environment
-//! - [`ids`]: partner ids, campaign slugs and names, currency codes
-//! - [`landing`]: the landing URL allowlist
-//! - [`cookie`]: the signed attribution cookie, click and visitor ids
-//! - [`cache`]: the in-process route cache the redirect reads
-//! - [`redirect`]: the hot path, `/r/{partner}[/{campaign}]`
-//! - [`edge`]: public connections: redirects straight off the socket, the
-//!   rest through hyper
-//! - [`clicks`]: the bounded click queue and its batch flusher
-//! - [`store`]: the `Store` trait and the embedded store
-//! - [`auth`]: bearer tokens and roles
-//! - [`api`]: the `/v1` JSON API
-//! - [`dashboard`]: `GET /dashboard`, the partner dashboard page
-//! - [`events`]: conversion events and their validation
-//! - [`customer`]: a referred customer's events and what they come to, in
-//!   event-time order
-//! - [`book`]: a partner's balances, ARR history and ledger, and how a
-//!   batch of events or a payout changes them, whatever the order
-//! - [`ingest`]: `lastclick ingest`, events from a JSON Lines file
-//! - [`money`]: currencies, commission rounding, ARR and tiers
+//! Arrows run one way: the wiring starts the edge, the API and the worker;
+//! they use the domain rules; everything reaches the store through the
+//! [`store::Store`] trait.
+//!
+//! - [`edge`]: what a visitor's click touches: connections, the redirect,
+//!   the route cache, the cookie, the landing allowlist, the click queue
+//! - [`conversions`]: events, the worker, customers, books and the money
+//!   rules: from a merchant's event to a partner's ledger entry
 //! - [`report`]: the UTM performance report
-//! - [`link`]: affiliate links
-//! - [`metrics`]: Prometheus metrics
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`
-//! - [`worker`]: applies conversion events to partners' books, exactly once
-//! - [`serve`]: wiring, listeners and graceful shutdown
+//! - [`api`]: the `/v1` JSON API, its tokens and roles, and the dashboard
+//!   page
+//! - [`store`]: the `Store` trait and its two stores, SQLite (embedded) and
+//!   Redis
+//! - [`ids`]: partner ids, campaign slugs and names, currency codes
+//! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
+//!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
 
 pub mod admin;
 pub mod api;
-pub mod auth;
-pub mod book;
-pub mod cache;
-pub mod clicks;
 pub mod config;
-pub mod cookie;
-pub mod customer;
-pub mod dashboard;
+pub mod conversions;
 pub mod edge;
-pub mod events;
 pub mod ids;
-pub mod ingest;
-pub mod landing;
-pub mod link;
 pub mod metrics;
-pub mod money;
-pub mod redirect;
 pub mod report;
 pub mod serve;
 pub mod store;
-pub mod worker;

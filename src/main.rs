@@ -183,7 +183,7 @@ fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
         let store = lastclick::serve::open_store(&mut config, false)
             .await
             .map_err(|e| e.to_string())?;
-        lastclick::ingest::ingest(store.as_ref(), &file, config.attribution.clock_skew)
+        lastclick::conversions::ingest::ingest(store.as_ref(), &file, config.attribution.clock_skew)
             .await
             .map_err(|e| e.to_string())
     })?;
@@ -236,7 +236,7 @@ fn link(
     let base = base_url.unwrap_or(config.link.base_url);
     println!(
         "{}",
-        lastclick::link::affiliate_link(&base, &partner, campaign.as_ref(), term.as_deref())
+        lastclick::edge::link::affiliate_link(&base, &partner, campaign.as_ref(), term.as_deref())
     );
     Ok(())
 }

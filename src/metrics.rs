@@ -6,7 +6,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::redirect::Outcome;
+use crate::edge::redirect::Outcome;
 
 /// Sub-millisecond buckets: a redirect is expected to take tens of µs.
 const REDIRECT_BUCKETS: [f64; 12] = [

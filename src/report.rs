@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{Days, NaiveDate};
 use serde_json::{json, Map, Value};
 
-use crate::book::parse_conversion_cell;
-use crate::customer::ConversionCounts;
+use crate::conversions::book::parse_conversion_cell;
+use crate::conversions::customer::ConversionCounts;
 use crate::ids::PartnerId;
 use crate::store::{CounterCell, Store, StoreError};
 

@@ -13,19 +13,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::api::auth::{random_secret, RoleTokens};
 use crate::api::{self, ApiState};
-use crate::auth::{random_secret, RoleTokens};
-use crate::cache::{run_refresher, RouteCache};
-use crate::clicks::{self, FlushSettings};
 use crate::config::Config;
-use crate::cookie::CookieSigner;
+use crate::conversions::worker::{LoopSettings, Worker};
+use crate::edge::cache::{run_refresher, RouteCache};
+use crate::edge::clicks::{self, FlushSettings};
+use crate::edge::cookie::CookieSigner;
+use crate::edge::redirect::{RedirectSettings, Redirector};
 use crate::edge::{self, PublicInner, PublicService};
 use crate::metrics::Metrics;
-use crate::redirect::{RedirectSettings, Redirector};
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::{spawn_expiry, SqliteStore};
 use crate::store::Store;
-use crate::worker::{LoopSettings, Worker};
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -22,7 +22,7 @@ fn rfc3339(unix: i64) -> String {
         .to_rfc3339()
 }
 
-/// The click time inside a cookie value (see `src/cookie.rs`).
+/// The click time inside a cookie value (see `src/edge/cookie.rs`).
 fn click_time(cookie: &str) -> i64 {
     let payload = URL_SAFE_NO_PAD
         .decode(cookie.split('.').next().unwrap())

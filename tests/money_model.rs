@@ -19,18 +19,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Months, NaiveDate, Utc};
 use common::redis_server::RedisServer;
-use lastclick::book::BookRequest;
 use lastclick::config::Config;
-use lastclick::cookie::{ClickId, VisitorId};
-use lastclick::customer::Referral;
-use lastclick::events::{AttributionRef, Event, EventKind};
+use lastclick::conversions::book::BookRequest;
+use lastclick::conversions::customer::Referral;
+use lastclick::conversions::events::{AttributionRef, Event, EventKind};
+use lastclick::conversions::money::{Billing, Period};
+use lastclick::conversions::worker::{Drained, Worker};
+use lastclick::edge::cookie::{ClickId, VisitorId};
 use lastclick::ids::PartnerId;
 use lastclick::metrics::Metrics;
-use lastclick::money::{Billing, Period};
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{Click, Delivery, InboxItem, Partner, Store};
-use lastclick::worker::{Drained, Worker};
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -608,7 +608,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
     }
 
     let now = DateTime::from_timestamp_millis(BASE_MS + 200 * DAY_MS).unwrap();
-    let rules = lastclick::worker::rules(&config());
+    let rules = lastclick::conversions::worker::rules(&config());
     let context = format!(
         "{workers} workers; delivered: {:?}",
         order
@@ -683,7 +683,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             .conversion_counts(id, day, day + chrono::Days::new(3650))
             .await
             .unwrap();
-        let mut counts = lastclick::customer::ConversionCounts::default();
+        let mut counts = lastclick::conversions::customer::ConversionCounts::default();
         for (_, cell) in &cells {
             counts.add(cell);
         }

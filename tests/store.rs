@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use common::redis_server::{RedisCluster, RedisServer};
-use lastclick::book::{Book, BookRequest, Changes, HistoryChange, LedgerEntry};
-use lastclick::cookie::{ClickId, VisitorId};
-use lastclick::customer::{ConversionCounts, Customer, EntryKind, Referral};
-use lastclick::events::{Event, EventKind};
+use lastclick::conversions::book::{Book, BookRequest, Changes, HistoryChange, LedgerEntry};
+use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
+use lastclick::conversions::events::{Event, EventKind};
+use lastclick::conversions::money::Period;
+use lastclick::edge::cookie::{ClickId, VisitorId};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
-use lastclick::money::Period;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{
@@ -507,7 +507,7 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
 
 async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<dyn Store>) {
     let cell_on = |offset: i64| {
-        lastclick::book::conversion_cell(&Referral {
+        lastclick::conversions::book::conversion_cell(&Referral {
             click_at: t0() + offset * DAY,
             ..referral("acme")
         })

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
 use crate::config::Config;
+use crate::edge::link::affiliate_link;
+use crate::edge::redirect::MAX_UTM_CHARS;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
-use crate::link::affiliate_link;
-use crate::redirect::MAX_UTM_CHARS;
 use crate::store::{Campaign, StoreError};
 
 #[derive(Deserialize)]

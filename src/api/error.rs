@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::events::EventError;
+use crate::conversions::events::EventError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{ApiError, ApiState, JsonBody};
-use crate::auth::Caller;
-use crate::events::validate_batch;
+use crate::api::auth::Caller;
+use crate::conversions::events::validate_batch;
 use crate::store::ParkedEvent;
 
 /// Parked or dead events listed at most.
@@ -64,7 +64,7 @@ pub struct Kept {
 
 #[derive(Serialize)]
 struct KeptEvent {
-    event: crate::events::Event,
+    event: crate::conversions::events::Event,
     parked_at: chrono::DateTime<chrono::Utc>,
     reason: &'static str,
 }

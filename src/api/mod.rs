@@ -11,7 +11,9 @@
 //! - `GET /v1/partners/{id}/balance|ledger`, `POST …/payouts` (admin, that
 //!   partner): money
 
+pub mod auth;
 mod campaigns;
+pub mod dashboard;
 mod error;
 mod events;
 mod money;
@@ -30,9 +32,9 @@ use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
 
-use crate::auth::{bearer, token_hash, Caller, RoleTokens};
-use crate::cache::RouteCache;
+use crate::api::auth::{bearer, token_hash, Caller, RoleTokens};
 use crate::config::Config;
+use crate::edge::cache::RouteCache;
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
 use crate::store::{Partner, Store};
@@ -85,7 +87,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/parked", get(events::parked))
         .route("/v1/events/dead", get(events::dead))
         .route("/v1/report", get(report::all_partners))
-        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard", get(crate::api::dashboard::page))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
-use crate::book::{self, Balance, BookRequest, LedgerEntry};
+use crate::conversions::book::{self, Balance, BookRequest, LedgerEntry};
 use crate::store::Commit;
 
 /// Ledger entries per page by default, and at most.
@@ -101,7 +101,7 @@ pub async fn payout(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<PayoutRequest>,
 ) -> Result<(StatusCode, Json<LedgerEntry>), ApiError> {
-    if crate::money::minor_digits(&body.currency).is_none() {
+    if crate::conversions::money::minor_digits(&body.currency).is_none() {
         return Err(ApiError::bad_request(
             "invalid_currency",
             format!(
@@ -111,8 +111,8 @@ pub async fn payout(
         ));
     }
     let partner = state.existing_partner(&scope.id).await?;
-    let rules = crate::worker::rules(&state.config);
-    let id = format!("po_{}", crate::cookie::ClickId::random());
+    let rules = crate::conversions::worker::rules(&state.config);
+    let id = format!("po_{}", crate::edge::cookie::ClickId::random());
     for _ in 0..MAX_ATTEMPTS {
         let view = state
             .store

@@ -7,10 +7,10 @@ use chrono::Utc;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{clean_text, ApiError, ApiState, JsonBody, PartnerScope};
-use crate::auth::{new_partner_token, token_hash, Caller};
-use crate::book::ProgramStatus;
+use crate::api::auth::{new_partner_token, token_hash, Caller};
+use crate::conversions::book::ProgramStatus;
+use crate::edge::link::affiliate_link;
 use crate::ids::PartnerId;
-use crate::link::affiliate_link;
 use crate::store::{Partner, StoreError};
 
 #[derive(Deserialize)]
@@ -128,9 +128,12 @@ pub async fn show(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(partner.id.as_str(), &crate::book::BookRequest::default())
+        .load_book(
+            partner.id.as_str(),
+            &crate::conversions::book::BookRequest::default(),
+        )
         .await?;
-    let rules = crate::worker::rules(&state.config);
+    let rules = crate::conversions::worker::rules(&state.config);
     let mut shown = PartnerView::new(partner, &state);
     shown.program = Some(view.book.status(&rules, Utc::now()));
     Ok(Json(shown))

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState, PartnerScope};
-use crate::auth::Caller;
+use crate::api::auth::Caller;
 use crate::report::{self, Report, ReportQuery};
 
 #[derive(Clone, Copy, PartialEq, Eq)]

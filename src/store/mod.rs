@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::book::{BookRequest, BookView, Changes, LedgerEntry};
-use crate::cookie::{ClickId, VisitorId};
-use crate::customer::{ConversionCounts, Referral};
-use crate::events::Event;
+use crate::conversions::book::{BookRequest, BookView, Changes, LedgerEntry};
+use crate::conversions::customer::{ConversionCounts, Referral};
+use crate::conversions::events::Event;
+use crate::edge::cookie::{ClickId, VisitorId};
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
 
 #[derive(Debug, thiserror::Error)]

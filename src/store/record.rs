@@ -47,7 +47,7 @@ pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::customer::ConversionCounts;
+    use crate::conversions::customer::ConversionCounts;
     use rust_decimal::Decimal;
 
     #[test]

@@ -19,12 +19,12 @@ use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
-use crate::book::{
+use crate::conversions::book::{
     parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryChange, LedgerEntry,
 };
-use crate::cookie::{ClickId, IdHashing, VisitorId};
-use crate::customer::{ConversionCounts, Customer, Referral};
-use crate::events::Event;
+use crate::conversions::customer::{ConversionCounts, Customer, Referral};
+use crate::conversions::events::Event;
+use crate::edge::cookie::{ClickId, IdHashing, VisitorId};
 use crate::ids::PartnerId;
 
 /// How long a command may wait for its answer: a store that does not answer
@@ -201,7 +201,7 @@ return 1";
 /// Key names; see `docs/redis-keys.md`. Each function sets `out` to a key,
 /// so the click writer reuses one buffer per key from click to click.
 mod keys {
-    use crate::cookie::{ClickId, VisitorId};
+    use crate::edge::cookie::{ClickId, VisitorId};
 
     pub const VERSION: &str = "lc:{catalog}:version";
     pub const PARTNERS: &str = "lc:{catalog}:partners";

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::cookie::VisitorId;
+use crate::edge::cookie::VisitorId;
 
 /// Register index bits: 2^14 registers.
 const BITS: u32 = 14;

@@ -34,13 +34,13 @@ use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
 };
-use crate::book::{
+use crate::conversions::book::{
     parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryChange,
     LedgerEntry,
 };
-use crate::cookie::{ClickId, VisitorId};
-use crate::customer::{ConversionCounts, Customer, Referral};
-use crate::events::Event;
+use crate::conversions::customer::{ConversionCounts, Customer, Referral};
+use crate::conversions::events::Event;
+use crate::edge::cookie::{ClickId, VisitorId};
 use crate::ids::PartnerId;
 
 /// The schema this build writes. Each migration takes the database from

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
 
-use crate::cache::{CampaignRoute, PartnerRoute, RouteCache};
-use crate::clicks::ClickQueue;
-use crate::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId};
+use crate::edge::cache::{CampaignRoute, PartnerRoute, RouteCache};
+use crate::edge::clicks::ClickQueue;
+use crate::edge::cookie::{
+    find_cookie, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
+};
 use crate::ids::is_path_id;
 use crate::store::Click;
 

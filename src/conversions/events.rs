@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::money::{minor_digits, Billing, Period};
+use crate::conversions::money::{minor_digits, Billing, Period};
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 1000;

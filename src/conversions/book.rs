@@ -16,12 +16,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Tier;
-use crate::customer::{
+use crate::conversions::customer::{
     ConversionCounts, Customer, Derived, EntryKind, EventKey, PaymentEvent, Referral, RefundEvent,
     Signup, Terms,
 };
-use crate::events::{Event, EventKind};
-use crate::money::{self, minor_digits};
+use crate::conversions::events::{Event, EventKind};
+use crate::conversions::money::{self, minor_digits};
 
 /// One line of the ledger. Amounts are signed: commissions add, clawbacks
 /// and payouts take away; adjustments correct an earlier line of the same
@@ -695,7 +695,7 @@ impl<'r> BatchRun<'r> {
             let customer = self.customers.get_mut(id).expect("derived from it");
             // Posted in event-time order, so the ledger reads like the
             // customer's history.
-            let mut owed_in_order: Vec<(&String, &crate::customer::Posting)> =
+            let mut owed_in_order: Vec<(&String, &crate::conversions::customer::Posting)> =
                 derived.owed.iter().collect();
             owed_in_order.sort_by_key(|(source, owed)| (owed.at, *source));
             for (source, owed) in owed_in_order {

@@ -7,7 +7,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::events::{validate_event, Event, MAX_BATCH};
+use crate::conversions::events::{validate_event, Event, MAX_BATCH};
 use crate::store::{Store, StoreError};
 
 /// A line that was not queued.

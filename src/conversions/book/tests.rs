@@ -1,9 +1,9 @@
 //! The book's rules on one partner, through a store kept in a few maps.
 
 use super::*;
-use crate::customer::DAY_MS;
-use crate::events::AttributionRef;
-use crate::money::{Billing, Period};
+use crate::conversions::customer::DAY_MS;
+use crate::conversions::events::AttributionRef;
+use crate::conversions::money::{Billing, Period};
 
 fn d(text: &str) -> Decimal {
     text.parse().unwrap()

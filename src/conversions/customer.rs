@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::money::{self, arr_share, commission, minor_digits, Billing, Period};
+use crate::conversions::money::{self, arr_share, commission, minor_digits, Billing, Period};
 
 /// Milliseconds in a day, for `commission.hold_days`.
 pub const DAY_MS: i64 = 86_400_000;

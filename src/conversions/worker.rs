@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::book::{self, Applied, Changes, Effect, Incoming, Rules};
 use crate::config::Config;
-use crate::cookie::{ClickId, CookieSigner, VisitorId};
-use crate::customer::{EntryKind, Referral};
-use crate::events::{AttributionRef, Event, EventKind};
+use crate::conversions::book::{self, Applied, Changes, Effect, Incoming, Rules};
+use crate::conversions::customer::{EntryKind, Referral};
+use crate::conversions::events::{AttributionRef, Event, EventKind};
+use crate::edge::cookie::{ClickId, CookieSigner, VisitorId};
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
 use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError};

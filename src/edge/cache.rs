@@ -9,8 +9,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
+use crate::edge::landing::{LandingPolicy, LandingUrl};
 use crate::ids::DEFAULT_LINK;
-use crate::landing::{LandingPolicy, LandingUrl};
 use crate::store::{Campaign, CatalogSnapshot, Store, StoreError};
 
 /// Never a real store version, so the first refresh always loads.

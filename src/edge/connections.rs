@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::edge::redirect::{RedirectRequest, RedirectResponse, Redirector};
 use crate::metrics::Metrics;
-use crate::redirect::{RedirectRequest, RedirectResponse, Redirector};
 
 /// A connection that completes no request for this long is closed (checked
 /// once per period, so it may stay open up to twice as long). hyper applies
