@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use lastclick::edge::cookie::{ClickId, VisitorId};
+use lastclick::ids::{ClickId, VisitorId};
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{Click, Store};
 

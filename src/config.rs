@@ -1,6 +1,8 @@
 //! Configuration: typed settings from `config/default.toml`, a user file and
 //! `LASTCLICK_<SECTION>__<KEY>` environment overrides, validated at startup.
 
+use crate::conversions::book::Rules;
+use crate::conversions::money::Tier;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -161,18 +163,6 @@ pub struct Auth {
     pub admin_token: String,
     /// Merchant bearer token; empty makes one (embedded mode only).
     pub merchant_token: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tier {
-    pub name: String,
-    /// ARR from which the tier applies.
-    pub min_arr: Decimal,
-    /// Commission share, a fraction such as 0.20.
-    pub rate: Decimal,
-    /// Whether the tier also needs a new customer in the last 12 months.
-    pub needs_recent_customer: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,5 +448,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The program's rules, for the worker and the API alike.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            tiers: self.tiers.clone(),
+            hold_days: self.commission.hold_days,
+            payout_minimum: self.payout.minimum.clone(),
+        }
     }
 }

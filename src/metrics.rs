@@ -6,17 +6,52 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::edge::redirect::Outcome;
-
 /// Sub-millisecond buckets: a redirect is expected to take tens of µs.
 const REDIRECT_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
     0.25,
 ];
 
+/// What happened to a redirect; each is a `lastclick_redirects_total` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectOutcome {
+    Counted = 0,
+    Duplicate,
+    Bot,
+    Head,
+    UnknownPartner,
+    DisabledPartner,
+    /// A path that is no affiliate link (bad characters, extra segments).
+    Invalid,
+}
+
+impl RedirectOutcome {
+    pub const ALL: [RedirectOutcome; 7] = [
+        RedirectOutcome::Counted,
+        RedirectOutcome::Duplicate,
+        RedirectOutcome::Bot,
+        RedirectOutcome::Head,
+        RedirectOutcome::UnknownPartner,
+        RedirectOutcome::DisabledPartner,
+        RedirectOutcome::Invalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RedirectOutcome::Counted => "counted",
+            RedirectOutcome::Duplicate => "duplicate",
+            RedirectOutcome::Bot => "bot",
+            RedirectOutcome::Head => "head",
+            RedirectOutcome::UnknownPartner => "unknown_partner",
+            RedirectOutcome::DisabledPartner => "disabled_partner",
+            RedirectOutcome::Invalid => "invalid",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
-    /// Indexed by `Outcome as usize`, so counting a redirect hashes nothing.
+    /// Indexed by `RedirectOutcome as usize`, so counting a redirect hashes nothing.
     redirects: Vec<IntCounter>,
     pub redirect_seconds: Histogram,
     pub click_queue_depth: IntGauge,
@@ -43,7 +78,7 @@ impl Metrics {
             &["outcome"],
         )
         .expect("static metric definition");
-        let redirects = Outcome::ALL
+        let redirects = RedirectOutcome::ALL
             .iter()
             .map(|o| redirects_vec.with_label_values(&[o.label()]))
             .collect();
@@ -183,7 +218,7 @@ impl Metrics {
         }
     }
 
-    pub fn count_redirect(&self, outcome: Outcome) {
+    pub fn count_redirect(&self, outcome: RedirectOutcome) {
         self.redirects[outcome as usize].inc();
     }
 

@@ -25,8 +25,8 @@ use lastclick::conversions::customer::Referral;
 use lastclick::conversions::events::{AttributionRef, Event, EventKind};
 use lastclick::conversions::money::{Billing, Period};
 use lastclick::conversions::worker::{Drained, Worker};
-use lastclick::edge::cookie::{ClickId, VisitorId};
 use lastclick::ids::PartnerId;
+use lastclick::ids::{ClickId, VisitorId};
 use lastclick::metrics::Metrics;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
@@ -608,7 +608,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
     }
 
     let now = DateTime::from_timestamp_millis(BASE_MS + 200 * DAY_MS).unwrap();
-    let rules = lastclick::conversions::worker::rules(&config());
+    let rules = config().rules();
     let context = format!(
         "{workers} workers; delivered: {:?}",
         order

@@ -11,8 +11,8 @@ use lastclick::conversions::book::{Book, BookRequest, Changes, HistoryChange, Le
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::money::Period;
-use lastclick::edge::cookie::{ClickId, VisitorId};
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
+use lastclick::ids::{ClickId, VisitorId};
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
 use crate::config::Config;
 use crate::edge::link::affiliate_link;
-use crate::edge::redirect::MAX_UTM_CHARS;
+use crate::ids::MAX_UTM_CHARS;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
 use crate::store::{Campaign, StoreError};
 

@@ -111,8 +111,8 @@ pub async fn payout(
         ));
     }
     let partner = state.existing_partner(&scope.id).await?;
-    let rules = crate::conversions::worker::rules(&state.config);
-    let id = format!("po_{}", crate::edge::cookie::ClickId::random());
+    let rules = state.config.rules();
+    let id = format!("po_{}", crate::ids::ClickId::random());
     for _ in 0..MAX_ATTEMPTS {
         let view = state
             .store

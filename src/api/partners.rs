@@ -133,7 +133,7 @@ pub async fn show(
             &crate::conversions::book::BookRequest::default(),
         )
         .await?;
-    let rules = crate::conversions::worker::rules(&state.config);
+    let rules = state.config.rules();
     let mut shown = PartnerView::new(partner, &state);
     shown.program = Some(view.book.status(&rules, Utc::now()));
     Ok(Json(shown))

@@ -15,12 +15,12 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Tier;
 use crate::conversions::customer::{
     ConversionCounts, Customer, Derived, EntryKind, EventKey, PaymentEvent, Referral, RefundEvent,
     Signup, Terms,
 };
 use crate::conversions::events::{Event, EventKind};
+use crate::conversions::money::Tier;
 use crate::conversions::money::{self, minor_digits};
 
 /// One line of the ledger. Amounts are signed: commissions add, clawbacks

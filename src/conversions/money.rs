@@ -6,8 +6,6 @@ use chrono::{DateTime, Months, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Tier;
-
 /// Active ISO 4217 codes with their minor-unit digits, where not 2.
 const ZERO_DIGITS: &[&str] = &[
     "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
@@ -91,6 +89,19 @@ pub fn arr_share(amount: Decimal, period: Period, billing: Billing, rate: Decima
         Billing::Reseller => yearly,
         Billing::Referral => yearly * (Decimal::ONE - rate),
     }
+}
+
+/// A commission tier of the program (`[[tiers]]` in the configuration).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    /// ARR from which the tier applies.
+    pub min_arr: Decimal,
+    /// Commission share, a fraction such as 0.20.
+    pub rate: Decimal,
+    /// Whether the tier also needs a new customer in the last 12 months.
+    pub needs_recent_customer: bool,
 }
 
 /// The highest tier `arr` reaches; a tier that needs a recent customer also

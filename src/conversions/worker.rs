@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::conversions::book::{self, Applied, Changes, Effect, Incoming, Rules};
 use crate::conversions::customer::{EntryKind, Referral};
 use crate::conversions::events::{AttributionRef, Event, EventKind};
-use crate::edge::cookie::{ClickId, CookieSigner, VisitorId};
+use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
+use crate::ids::{ClickId, VisitorId};
 use crate::metrics::Metrics;
 use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError};
 
@@ -142,7 +143,7 @@ impl Worker {
         Worker {
             store,
             signer: CookieSigner::new(&config.cookie.secrets),
-            rules: rules(config),
+            rules: config.rules(),
             window: config.attribution.window,
             clock_skew: config.attribution.clock_skew,
             park_for: config.worker.park_for,
@@ -705,14 +706,5 @@ fn referral_of(click: Click) -> Referral {
         campaign: click.campaign.to_string(),
         term: click.term.as_deref().map(String::from),
         click_at: click.at,
-    }
-}
-
-/// The program's rules from the configuration.
-pub fn rules(config: &Config) -> Rules {
-    Rules {
-        tiers: config.tiers.clone(),
-        hold_days: config.commission.hold_days,
-        payout_minimum: config.payout.minimum.clone(),
     }
 }

@@ -6,12 +6,12 @@
 //! seconds (8), trial days (2), discount (1), then partner, campaign and term
 //! each as a length (1, 1 and 2 bytes) and UTF-8 bytes.
 
-use std::fmt;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+pub use crate::ids::{ClickId, VisitorId};
 
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 32;
@@ -22,114 +22,6 @@ const MAX_PAYLOAD: usize = 1 + 16 + 16 + 8 + 2 + 1 + 1 + 64 + 1 + 64 + 2 + MAX_T
 pub const MAX_VALUE_LEN: usize = (MAX_PAYLOAD * 4).div_ceil(3) + 1 + (MAC_LEN * 4).div_ceil(3);
 
 type HmacSha256 = Hmac<Sha256>;
-
-macro_rules! random_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub [u8; 16]);
-
-        impl $name {
-            /// A fresh id: the current unix time in milliseconds (6 bytes,
-            /// big endian), then 10 bytes from the thread's CSPRNG. The 80
-            /// random bits keep ids unguessable, so nobody can claim another
-            /// visitor's click; the time in front makes ids sort by
-            /// creation, so the embedded store appends them to its tables
-            /// instead of writing all over them.
-            pub fn random() -> Self {
-                let mut id: [u8; 16] = rand::random();
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-                Self(id)
-            }
-
-            /// Parses the 22-character base64url form.
-            pub fn parse(text: &str) -> Option<Self> {
-                let mut bytes = [0u8; 16];
-                if text.len() != 22 {
-                    return None;
-                }
-                match URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
-                    Ok(16) => Some(Self(bytes)),
-                    _ => None,
-                }
-            }
-
-            /// Appends the 22-character base64url form to `out`.
-            pub fn write_to(&self, out: &mut String) {
-                out.push_str(self.text().as_str());
-            }
-
-            /// The 22-character base64url form, on the stack.
-            pub fn text(&self) -> IdText {
-                let mut buf = [0u8; 22];
-                URL_SAFE_NO_PAD
-                    .encode_slice(self.0, &mut buf)
-                    .expect("16 bytes always encode to 22 characters");
-                IdText(buf)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.text().as_str())
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!(stringify!($name), "({})"), self)
-            }
-        }
-    };
-}
-
-/// Hashes click and visitor ids by their last eight bytes. Those come from
-/// a CSPRNG (visitor ids reach us only inside signed cookies), so they are
-/// spread evenly and nobody can pick ids that collide; a keyed hash would
-/// only cost time on every click.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut last = [0u8; 8];
-        let n = bytes.len().min(8);
-        last[..n].copy_from_slice(&bytes[bytes.len() - n..]);
-        self.0 ^= u64::from_le_bytes(last);
-    }
-
-    /// The length prefix of the id's bytes: the same for every id.
-    fn write_usize(&mut self, _: usize) {}
-}
-
-/// Builds [`IdHasher`]s, for maps and sets keyed by ids.
-pub type IdHashing = std::hash::BuildHasherDefault<IdHasher>;
-
-/// An id's text form, kept on the stack.
-#[derive(Clone, Copy)]
-pub struct IdText([u8; 22]);
-
-impl IdText {
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("base64 is ASCII")
-    }
-}
-
-random_id!(
-    /// Identifies one counted click; handed to the landing page as `lc_click`.
-    ClickId
-);
-random_id!(
-    /// Identifies one browser across clicks, kept from a valid earlier cookie.
-    VisitorId
-);
 
 /// What the cookie says, borrowed from a verified payload or from the
 /// request being answered.

@@ -13,7 +13,8 @@ use crate::edge::clicks::ClickQueue;
 use crate::edge::cookie::{
     find_cookie, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
 };
-use crate::ids::is_path_id;
+use crate::ids::{is_path_id, MAX_UTM_CHARS};
+use crate::metrics::RedirectOutcome;
 use crate::store::Click;
 
 /// User agents of crawlers and link previews: redirected, never counted.
@@ -91,46 +92,6 @@ impl BotCheck {
     }
 }
 
-/// Longest accepted utm_* value, in characters; longer values are ignored.
-pub const MAX_UTM_CHARS: usize = 128;
-
-/// What happened to a redirect; each is a `lastclick_redirects_total` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Counted = 0,
-    Duplicate,
-    Bot,
-    Head,
-    UnknownPartner,
-    DisabledPartner,
-    /// A path that is no affiliate link (bad characters, extra segments).
-    Invalid,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Counted,
-        Outcome::Duplicate,
-        Outcome::Bot,
-        Outcome::Head,
-        Outcome::UnknownPartner,
-        Outcome::DisabledPartner,
-        Outcome::Invalid,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Counted => "counted",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Bot => "bot",
-            Outcome::Head => "head",
-            Outcome::UnknownPartner => "unknown_partner",
-            Outcome::DisabledPartner => "disabled_partner",
-            Outcome::Invalid => "invalid",
-        }
-    }
-}
-
 /// The parts of a request the redirect reads.
 #[derive(Debug, Clone, Copy)]
 pub struct RedirectRequest<'a> {
@@ -149,7 +110,7 @@ pub struct RedirectRequest<'a> {
 pub struct RedirectResponse {
     pub location: Cow<'static, str>,
     pub set_cookie: Option<String>,
-    pub outcome: Outcome,
+    pub outcome: RedirectOutcome,
 }
 
 /// Settings of the redirect, from configuration.
@@ -287,22 +248,22 @@ impl Redirector {
     /// Answers one redirect and queues its click when it counts.
     pub fn handle(&self, req: &RedirectRequest<'_>) -> RedirectResponse {
         let Some((partner_id, slug)) = parse_path(req.path) else {
-            return self.to_default(Outcome::Invalid);
+            return self.to_default(RedirectOutcome::Invalid);
         };
         let Some(partner) = self.routes.get(partner_id) else {
-            return self.to_default(Outcome::UnknownPartner);
+            return self.to_default(RedirectOutcome::UnknownPartner);
         };
         if !partner.enabled {
-            return self.to_default(Outcome::DisabledPartner);
+            return self.to_default(RedirectOutcome::DisabledPartner);
         }
         let campaign = partner.campaign(slug);
         let utm = UtmParams::parse(req.query);
         let term = utm.term.as_deref().or(campaign.term.as_deref());
         if req.head || self.is_bot(req.user_agent) {
             let outcome = if req.head {
-                Outcome::Head
+                RedirectOutcome::Head
             } else {
-                Outcome::Bot
+                RedirectOutcome::Bot
             };
             let location = build_location(&partner, campaign, &utm, term, None);
             return RedirectResponse {
@@ -316,7 +277,13 @@ impl Redirector {
         if let Some(repeat) =
             earlier.filter(|e| self.is_repeat(e, &partner, campaign, term, req.now))
         {
-            return self.answer(&partner, campaign, &utm, &repeat, Outcome::Duplicate);
+            return self.answer(
+                &partner,
+                campaign,
+                &utm,
+                &repeat,
+                RedirectOutcome::Duplicate,
+            );
         }
         let attribution = Attribution {
             click_id: ClickId::random(),
@@ -336,10 +303,16 @@ impl Redirector {
             term: term.map(Into::into),
             at: req.now,
         });
-        self.answer(&partner, campaign, &utm, &attribution, Outcome::Counted)
+        self.answer(
+            &partner,
+            campaign,
+            &utm,
+            &attribution,
+            RedirectOutcome::Counted,
+        )
     }
 
-    fn to_default(&self, outcome: Outcome) -> RedirectResponse {
+    fn to_default(&self, outcome: RedirectOutcome) -> RedirectResponse {
         RedirectResponse {
             location: Cow::Borrowed(self.default_location),
             set_cookie: None,
@@ -353,7 +326,7 @@ impl Redirector {
         campaign: &CampaignRoute,
         utm: &UtmParams<'_>,
         attribution: &Attribution<'_>,
-        outcome: Outcome,
+        outcome: RedirectOutcome,
     ) -> RedirectResponse {
         let location = build_location(
             partner,

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::conversions::book::{BookRequest, BookView, Changes, LedgerEntry};
 use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
-use crate::edge::cookie::{ClickId, VisitorId};
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
+use crate::ids::{ClickId, VisitorId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -24,8 +24,8 @@ use crate::conversions::book::{
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;
-use crate::edge::cookie::{ClickId, IdHashing, VisitorId};
 use crate::ids::PartnerId;
+use crate::ids::{ClickId, IdHashing, VisitorId};
 
 /// How long a command may wait for its answer: a store that does not answer
 /// in time counts as down, and callers retry later.
@@ -201,7 +201,7 @@ return 1";
 /// Key names; see `docs/redis-keys.md`. Each function sets `out` to a key,
 /// so the click writer reuses one buffer per key from click to click.
 mod keys {
-    use crate::edge::cookie::{ClickId, VisitorId};
+    use crate::ids::{ClickId, VisitorId};
 
     pub const VERSION: &str = "lc:{catalog}:version";
     pub const PARTNERS: &str = "lc:{catalog}:partners";

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::edge::cookie::VisitorId;
+use crate::ids::VisitorId;
 
 /// Register index bits: 2^14 registers.
 const BITS: u32 = 14;

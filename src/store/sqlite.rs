@@ -40,8 +40,8 @@ use crate::conversions::book::{
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;
-use crate::edge::cookie::{ClickId, VisitorId};
 use crate::ids::PartnerId;
+use crate::ids::{ClickId, VisitorId};
 
 /// The schema this build writes. Each migration takes the database from
 /// the version before it to its own (`PRAGMA user_version`).

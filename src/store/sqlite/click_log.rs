@@ -15,7 +15,7 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::edge::cookie::{ClickId, VisitorId};
+use crate::ids::{ClickId, VisitorId};
 use crate::store::{Click, StoreError};
 
 /// Longest stretch of click-id time one body covers. Batches taken from
