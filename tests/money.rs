@@ -310,6 +310,7 @@ async fn bad_events_are_refused_whole_and_roles_hold(setup: Stack) {
         .collect();
     assert_eq!(indexes, [1, 2]);
     assert_eq!(details[0]["code"], "invalid_amount");
+    assert_eq!(details[1]["code"], "invalid_type", "an unknown event type");
     // Nothing of the refused batch was queued: the good event is new.
     let (status, body) = post_events(app, json!([good])).await;
     assert_eq!(

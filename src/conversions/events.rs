@@ -50,14 +50,63 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventKind::Signup { .. } => EventType::Signup,
+            EventKind::Payment { .. } => EventType::Payment,
+            EventKind::Refund { .. } => EventType::Refund,
+            EventKind::Cancel => EventType::Cancel,
+        }
+    }
+
     /// The event type as named on the wire and in metrics.
     pub fn name(&self) -> &'static str {
+        self.event_type().name()
+    }
+}
+
+/// The event types. Each is named and given its fields here, and built in
+/// `validate_event`: every match on it is exhaustive, so a new type does
+/// not compile until each of them handles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Signup,
+    Payment,
+    Refund,
+    Cancel,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 4] = [
+        EventType::Signup,
+        EventType::Payment,
+        EventType::Refund,
+        EventType::Cancel,
+    ];
+
+    /// The type as named on the wire (`type`) and in metrics.
+    pub fn name(self) -> &'static str {
         match self {
-            EventKind::Signup { .. } => "signup",
-            EventKind::Payment { .. } => "payment",
-            EventKind::Refund { .. } => "refund",
-            EventKind::Cancel => "cancel",
+            EventType::Signup => "signup",
+            EventType::Payment => "payment",
+            EventType::Refund => "refund",
+            EventType::Cancel => "cancel",
         }
+    }
+
+    /// The fields an event of this type has besides `id`, `type`,
+    /// `customer` and `at`.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            EventType::Signup => &["billing", "attribution"],
+            EventType::Payment => &["amount", "currency", "period"],
+            EventType::Refund => &["payment", "amount", "currency"],
+            EventType::Cancel => &[],
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
@@ -125,21 +174,18 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
         .as_object()
         .ok_or_else(|| invalid("invalid_event", "an event is a JSON object"))?;
     let kind_name = string_field(object, "type")?;
-    let allowed: &[&str] = match kind_name {
-        "signup" => &["billing", "attribution"],
-        "payment" => &["amount", "currency", "period"],
-        "refund" => &["payment", "amount", "currency"],
-        "cancel" => &[],
-        other => {
-            return Err(invalid(
-                "invalid_type",
-                format!(
-                    "`type` is `{}`, not one of signup, payment, refund, cancel",
-                    other.escape_debug()
-                ),
-            ))
-        }
-    };
+    let event_type = EventType::parse(kind_name).ok_or_else(|| {
+        let names: Vec<&str> = EventType::ALL.iter().map(|t| t.name()).collect();
+        invalid(
+            "invalid_type",
+            format!(
+                "`type` is `{}`, not one of {}",
+                kind_name.escape_debug(),
+                names.join(", ")
+            ),
+        )
+    })?;
+    let allowed = event_type.fields();
     if let Some(unknown) = object.keys().find(|k| {
         !["id", "type", "customer", "at"].contains(&k.as_str()) && !allowed.contains(&k.as_str())
     }) {
@@ -160,12 +206,12 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
             format!("`at` is {at:?}, later than now and the allowed clock skew: events are reported after they happen"),
         ));
     }
-    let kind = match kind_name {
-        "signup" => EventKind::Signup {
+    let kind = match event_type {
+        EventType::Signup => EventKind::Signup {
             billing: billing_field(object)?,
             attribution: attribution_field(object)?,
         },
-        "payment" => {
+        EventType::Payment => {
             let (amount, currency) = money_fields(object)?;
             EventKind::Payment {
                 amount,
@@ -173,7 +219,7 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
                 period: period_field(object)?,
             }
         }
-        "refund" => {
+        EventType::Refund => {
             let payment = id_field(object, "payment")?;
             let (amount, currency) = money_fields(object)?;
             EventKind::Refund {
@@ -182,7 +228,7 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
                 currency,
             }
         }
-        _ => EventKind::Cancel,
+        EventType::Cancel => EventKind::Cancel,
     };
     Ok(Event {
         id,
@@ -387,6 +433,32 @@ mod tests {
         let round_trip: Event =
             serde_json::from_str(&serde_json::to_string(&events[2]).unwrap()).unwrap();
         assert_eq!(round_trip, events[2]);
+    }
+
+    /// The wire's `type` tag (serde) and `EventType`'s names agree, and
+    /// every type's name parses back to it.
+    #[test]
+    fn every_event_type_is_named_alike_on_the_wire_and_in_the_enum() {
+        let batch = json!([
+            {"id": "e1", "type": "signup", "customer": "c", "at": "2026-11-22T08:00:00Z",
+             "billing": "referral", "attribution": {"click_id": "abc"}},
+            {"id": "e2", "type": "payment", "customer": "c", "at": "2026-11-22T09:00:00Z",
+             "amount": "10.00", "currency": "USD", "period": "month"},
+            {"id": "e3", "type": "refund", "customer": "c", "at": "2026-11-22T10:00:00Z",
+             "payment": "e2", "amount": "10.00", "currency": "USD"},
+            {"id": "e4", "type": "cancel", "customer": "c", "at": "2026-11-22T10:00:00Z"}
+        ]);
+        let events = validate_batch(&batch, far()).unwrap();
+        let types: Vec<EventType> = events.iter().map(|e| e.kind.event_type()).collect();
+        assert_eq!(types, EventType::ALL);
+        for event in &events {
+            let wire = serde_json::to_value(event).unwrap();
+            assert_eq!(wire["type"], event.kind.name());
+            assert_eq!(
+                EventType::parse(event.kind.name()),
+                Some(event.kind.event_type())
+            );
+        }
     }
 
     #[test]
