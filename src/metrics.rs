@@ -60,6 +60,7 @@ pub struct Metrics {
     pub events_waiting: IntGauge,
     pub events_pending: IntGauge,
     pub events_parked: IntGauge,
+    pub events_dead_lettered: IntCounter,
     pub late_batches: IntCounter,
     pub book_steps: IntCounter,
     pub events_routed: IntGauge,
@@ -167,6 +168,11 @@ impl Metrics {
             "Conversion events parked until their customer's signup arrives (read at scrape time).",
         )
         .expect("static metric definition");
+        let events_dead_lettered = IntCounter::new(
+            "events_dead_lettered_total",
+            "Queue entries that were not events, moved to the dead letter (GET /v1/events/unreadable).",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the build."),
             &["version"],
@@ -189,6 +195,7 @@ impl Metrics {
             Box::new(events_waiting.clone()),
             Box::new(events_pending.clone()),
             Box::new(events_parked.clone()),
+            Box::new(events_dead_lettered.clone()),
             Box::new(late_batches.clone()),
             Box::new(book_steps.clone()),
             Box::new(events_routed.clone()),
@@ -208,6 +215,7 @@ impl Metrics {
             events_waiting,
             events_pending,
             events_parked,
+            events_dead_lettered,
             events_routed,
             late_batches,
             book_steps,

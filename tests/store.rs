@@ -474,7 +474,7 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
         std::time::Duration::from_secs(3600),
     );
     let taken = store.next_events("w1", 10, short, long).await.unwrap();
-    let events: Vec<&Event> = taken.iter().map(|d| &d.event).collect();
+    let events: Vec<&Event> = taken.events.iter().map(|d| &d.event).collect();
     assert_eq!(events, vec![&e1, &e2], "in the order queued");
     let stats = store.event_queue_stats().await.unwrap();
     assert_eq!((stats.waiting, stats.pending), (0, 2));
@@ -483,6 +483,7 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
             .next_events("w2", 10, short, long)
             .await
             .unwrap()
+            .events
             .is_empty(),
         "taken events are not handed out again before reclaim_after"
     );
@@ -492,8 +493,12 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
         .next_events("w2", 10, short, std::time::Duration::from_millis(10))
         .await
         .unwrap();
-    assert_eq!(reclaimed.len(), 2);
-    let ids: Vec<String> = reclaimed.iter().map(|d| d.delivery.clone()).collect();
+    assert_eq!(reclaimed.events.len(), 2);
+    let ids: Vec<String> = reclaimed
+        .events
+        .iter()
+        .map(|d| d.delivery.clone())
+        .collect();
     store.ack_events(&ids).await.unwrap();
     let stats = store.event_queue_stats().await.unwrap();
     assert_eq!((stats.waiting, stats.pending), (0, 0));
@@ -502,6 +507,7 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
         .next_events("w1", 10, short, std::time::Duration::from_millis(10))
         .await
         .unwrap()
+        .events
         .is_empty());
 }
 
@@ -872,7 +878,12 @@ async fn a_restarted_sqlite_store_hands_out_at_once_what_a_killed_serve_had_take
         .await
         .unwrap();
     assert_eq!(
-        store.next_events("w", 10, short, hour).await.unwrap().len(),
+        store
+            .next_events("w", 10, short, hour)
+            .await
+            .unwrap()
+            .events
+            .len(),
         1
     );
     assert!(store.lock_book("acme", "w", hour).await.unwrap());
@@ -884,8 +895,76 @@ async fn a_restarted_sqlite_store_hands_out_at_once_what_a_killed_serve_had_take
     store.take_over().unwrap();
     let again = store.next_events("w2", 10, short, hour).await.unwrap();
     assert_eq!(
-        again.iter().map(|d| &d.event).collect::<Vec<_>>(),
+        again.events.iter().map(|d| &d.event).collect::<Vec<_>>(),
         vec![&event]
     );
     assert!(store.lock_book("acme", "w2", hour).await.unwrap());
+}
+
+/// A queue entry that is not an event is handed out once as unreadable;
+/// `dead_letter` keeps it, takes it off the queue, and it never comes
+/// back, while the events around it are handed out as usual.
+async fn an_unreadable_entry_goes_to_the_dead_letter(store: Arc<dyn Store>, inject: impl FnOnce()) {
+    let (short, soon) = (
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(10),
+    );
+    let good = payment_event("e1", "cus_1");
+    inject();
+    store
+        .enqueue_events(std::slice::from_ref(&good))
+        .await
+        .unwrap();
+    let taken = store.next_events("w", 10, short, soon).await.unwrap();
+    assert_eq!(
+        taken.events.iter().map(|d| &d.event).collect::<Vec<_>>(),
+        vec![&good]
+    );
+    assert_eq!(taken.unreadable.len(), 1, "{taken:?}");
+    assert_eq!(taken.unreadable[0].raw, "not an event");
+    store.dead_letter(&taken.unreadable, 1_000).await.unwrap();
+    let ids: Vec<String> = taken.events.iter().map(|d| d.delivery.clone()).collect();
+    store.ack_events(&ids).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let again = store.next_events("w2", 10, short, soon).await.unwrap();
+    assert_eq!(again, Default::default(), "nothing comes back");
+    let stats = store.event_queue_stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.pending), (0, 0));
+    let kept = store.unreadable_events(10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].raw.as_str(), kept[0].at_ms),
+        ("not an event", 1_000)
+    );
+    assert_eq!(kept[0].delivery, taken.unreadable[0].delivery);
+}
+
+#[tokio::test]
+async fn the_sqlite_store_dead_letters_an_unreadable_queue_row() {
+    let (store, dir) = sqlite().await;
+    let path = dir.path().join("lastclick.db");
+    an_unreadable_entry_goes_to_the_dead_letter(store, || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO event_queue (event, queued_at) VALUES ('not an event', 0)",
+                [],
+            )
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_redis_store_dead_letters_an_unreadable_stream_entry() {
+    let (store, server) = redis().await;
+    an_unreadable_entry_goes_to_the_dead_letter(store, || {
+        let reply = common::redis_server::command(
+            server.port,
+            "XADD lc:{events}:stream * e \"not an event\"",
+        )
+        .unwrap();
+        assert!(!reply.starts_with('-'), "{reply}");
+    })
+    .await;
 }

@@ -254,3 +254,51 @@ async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
     );
     // Embedded, ingest writes the database: tests/persistence.rs.
 }
+
+/// An entry of the Redis event stream that cannot be read (a broken
+/// producer, a hand-written `XADD`) was skipped without being
+/// acknowledged, so it came back every `worker.reclaim_after` and
+/// `lastclick_worker_pending_events` never drained. It goes to the dead
+/// letter: acknowledged, counted, listed for an admin; the good events
+/// around it are applied.
+#[tokio::test]
+async fn an_unreadable_stream_entry_is_dead_lettered_and_the_pending_count_drains() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
+    let (app, clicks) = setup(&redis).await;
+    let reply =
+        common::redis_server::command(redis.port, "XADD lc:{events}:stream * e not-an-event")
+            .expect("redis answers");
+    assert!(!reply.starts_with('-'), "{reply}");
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp() - 5);
+    post_all(&app, &events).await;
+    let worker = WorkerProcess::spawn(&env);
+    let dead = "lastclick_events_dead_lettered_total";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.metric(dead).await < 1.0
+        || app.metric("lastclick_worker_pending_events").await > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "dead-lettered {}, pending {}",
+            worker.metric(dead).await,
+            app.metric("lastclick_worker_pending_events").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past reclaim_after, nothing comes back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(worker.metric(dead).await, 1.0);
+    assert_eq!(app.metric("lastclick_worker_pending_events").await, 0.0);
+    let (status, listed) = app.get("/v1/events/unreadable", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed["events"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["raw"], "not-an-event");
+    assert!(
+        entries[0]["reason"].as_str().unwrap().contains("expected"),
+        "{listed}"
+    );
+    assert_applied_once(&app, &expected).await;
+}

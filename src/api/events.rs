@@ -89,17 +89,53 @@ pub async fn dead(
     list(caller, state, query, true).await
 }
 
-async fn list(
+#[derive(Serialize)]
+pub struct UnreadableList {
+    events: Vec<UnreadableEntry>,
+}
+
+#[derive(Serialize)]
+struct UnreadableEntry {
+    delivery: String,
+    raw: String,
+    reason: String,
+    dead_lettered_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /v1/events/unreadable` (admin): queue entries that were not
+/// events, moved to the dead letter by the worker, oldest first.
+pub async fn unreadable(
     caller: Caller,
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    dead: bool,
-) -> Result<Json<Kept>, ApiError> {
+) -> Result<Json<UnreadableList>, ApiError> {
+    let limit = admin_list_limit(caller, query)?;
+    let kept = state.store.unreadable_events(limit).await?;
+    Ok(Json(UnreadableList {
+        events: kept
+            .into_iter()
+            .map(|entry| UnreadableEntry {
+                delivery: entry.delivery,
+                raw: entry.raw,
+                reason: entry.reason,
+                dead_lettered_at: chrono::DateTime::from_timestamp_millis(entry.at_ms)
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    }))
+}
+
+/// The `limit` of an admin's list, 1 to `MAX_LISTED` (all of them when
+/// not given).
+fn admin_list_limit(
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<usize, ApiError> {
     if caller != Caller::Admin {
         return Err(ApiError::Forbidden);
     }
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = match query.limit.as_deref() {
+    Ok(match query.limit.as_deref() {
         None => MAX_LISTED,
         Some(text) => text
             .parse::<usize>()
@@ -111,7 +147,16 @@ async fn list(
                     format!("`limit` must be 1 to {MAX_LISTED}"),
                 )
             })?,
-    };
+    })
+}
+
+async fn list(
+    caller: Caller,
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    dead: bool,
+) -> Result<Json<Kept>, ApiError> {
+    let limit = admin_list_limit(caller, query)?;
     let kept = state.store.parked_events(dead, limit).await?;
     let reason = if dead {
         "no_signup_within_park_for"

@@ -8,6 +8,8 @@
 //! - `POST /v1/events` (merchant): conversion events
 //! - `GET /v1/events/parked|dead` (admin): events waiting for their
 //!   customer's signup, and those that waited past `worker.park_for`
+//! - `GET /v1/events/unreadable` (admin): queue entries that were not
+//!   events, in the dead letter
 //! - `GET /v1/partners/{id}/balance|ledger`, `POST …/payouts` (admin, that
 //!   partner): money
 
@@ -86,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", post(events::create))
         .route("/v1/events/parked", get(events::parked))
         .route("/v1/events/dead", get(events::dead))
+        .route("/v1/events/unreadable", get(events::unreadable))
         .route("/v1/report", get(report::all_partners))
         .route("/dashboard", get(crate::api::dashboard::page))
         .fallback(|| async { ApiError::NotFound("route") })

@@ -20,7 +20,7 @@ use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
 use crate::ids::{ClickId, VisitorId};
 use crate::metrics::Metrics;
-use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError};
+use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError, Unreadable};
 
 /// Events taken from the queue at once. A batch's events reach each
 /// partner's book together, and a book step costs about the same whether it
@@ -198,8 +198,8 @@ impl Worker {
                 d = next => d,
                 _ = shutdown.changed() => return,
             };
-            let deliveries = match deliveries {
-                Ok(d) => d,
+            let taken = match deliveries {
+                Ok(taken) => taken,
                 Err(e) => {
                     self.metrics.count_store_error("next_events");
                     tracing::warn!(error = %e, "cannot read events; retrying");
@@ -207,14 +207,38 @@ impl Worker {
                     continue;
                 }
             };
-            if deliveries.is_empty() {
+            self.dead_letter(&taken.unreadable).await;
+            if taken.events.is_empty() {
                 continue;
             }
-            let done = self.route_batch(deliveries).await;
+            let done = self.route_batch(taken.events).await;
             routed.notify_one();
             if let Err(e) = self.store.ack_events(&done).await {
                 self.metrics.count_store_error("ack_events");
                 tracing::warn!(error = %e, "acknowledgement failed; the events will be routed again, and applied as duplicates");
+            }
+        }
+    }
+
+    /// Moves queue entries that are not events to the dead letter: left
+    /// unacknowledged, they would come back every `reclaim_after`, forever.
+    /// If that fails they do come back, and go then.
+    async fn dead_letter(&self, unreadable: &[Unreadable]) {
+        if unreadable.is_empty() {
+            return;
+        }
+        for entry in unreadable {
+            tracing::error!(delivery = %entry.delivery, reason = %entry.reason, "a queue entry is not an event: dead-lettered");
+        }
+        let now_ms = Utc::now().timestamp_millis();
+        match self.store.dead_letter(unreadable, now_ms).await {
+            Ok(()) => self
+                .metrics
+                .events_dead_lettered
+                .inc_by(unreadable.len() as u64),
+            Err(e) => {
+                self.metrics.count_store_error("dead_letter");
+                tracing::warn!(error = %e, "dead letter not written; the entries will come back");
             }
         }
     }

@@ -118,6 +118,49 @@ pub struct Delivery {
     pub queued_at_ms: i64,
 }
 
+/// What `next_events` hands a worker: the events, and the queue entries
+/// that cannot be read as one (a broken producer, a hand-written entry),
+/// which the worker moves to the dead letter (`dead_letter`) instead of
+/// leaving them to come back forever.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Taken {
+    pub events: Vec<Delivery>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A queue entry that is not an event, as the dead letter keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// The entry's id in the queue.
+    pub delivery: String,
+    /// What the entry held, cut to `UNREADABLE_KEPT_BYTES`.
+    pub raw: String,
+    /// Why it is not an event.
+    pub reason: String,
+    /// When it was dead-lettered, unix milliseconds (0 until then).
+    pub at_ms: i64,
+}
+
+/// Longest part of an unreadable entry the dead letter keeps.
+pub const UNREADABLE_KEPT_BYTES: usize = 4096;
+/// Most unreadable entries the dead letter keeps; older ones go.
+pub const UNREADABLE_KEPT: usize = 10_000;
+
+impl Unreadable {
+    pub fn new(delivery: String, raw: &str, reason: String) -> Self {
+        let mut end = raw.len().min(UNREADABLE_KEPT_BYTES);
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        Unreadable {
+            delivery,
+            raw: raw[..end].to_owned(),
+            reason,
+            at_ms: 0,
+        }
+    }
+}
+
 /// Where a customer's event goes: to the partner that claimed the
 /// customer, or into the customer's parked events until its signup comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,8 +278,13 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
         wait: std::time::Duration,
         reclaim_after: std::time::Duration,
-    ) -> Result<Vec<Delivery>, StoreError>;
+    ) -> Result<Taken, StoreError>;
     async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError>;
+    /// Keeps `entries` (as `next_events` answered them) in the dead letter
+    /// and takes them off the queue, in one step, each stamped `now_ms`.
+    async fn dead_letter(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError>;
+    /// Up to `limit` dead-lettered entries, oldest first.
+    async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError>;
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError>;
 
     /// Where a customer's payment, refund or cancel goes: the claim when

@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use super::record::{decode_record, encode_record};
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
-    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
+    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError, Taken, Unreadable,
+    UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
     parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryChange, LedgerEntry,
@@ -271,6 +272,9 @@ mod keys {
     pub const EVENT_IDS: &str = "lc:{events}:ids";
     pub const EVENT_STREAM: &str = "lc:{events}:stream";
     pub const EVENT_GROUP: &str = "workers";
+    /// The dead letter of stream entries that are not events (a stream,
+    /// capped near `UNREADABLE_KEPT` entries).
+    pub const UNREADABLE: &str = "lc:{events}:unreadable";
 
     pub fn claim(out: &mut String, customer: &str) {
         set(out, &["lc:{cu:", customer, "}:claim"]);
@@ -1153,10 +1157,10 @@ impl Store for RedisStore {
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Taken, StoreError> {
         // The connection is shared with everything else, so reads never
         // block on the server: an empty answer sleeps here instead.
-        let mut deliveries = match self.read_events(consumer, max, reclaim_after).await {
+        let mut taken = match self.read_events(consumer, max, reclaim_after).await {
             Err(e) if e.to_string().contains("NOGROUP") => {
                 self.create_event_group().await?;
                 self.read_events(consumer, max, reclaim_after).await
@@ -1164,11 +1168,71 @@ impl Store for RedisStore {
             other => other,
         }
         .map_err(unavailable)?;
-        if deliveries.is_empty() {
+        if taken.events.is_empty() && taken.unreadable.is_empty() {
             tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
         }
-        deliveries.truncate(max);
-        Ok(deliveries)
+        taken.events.truncate(max);
+        Ok(taken)
+    }
+
+    async fn dead_letter(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // One slot ({events}): kept, acknowledged and deleted at once.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for entry in entries {
+            pipe.cmd("XADD")
+                .arg(keys::UNREADABLE)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(UNREADABLE_KEPT)
+                .arg("*")
+                .arg("delivery")
+                .arg(&entry.delivery)
+                .arg("raw")
+                .arg(&entry.raw)
+                .arg("reason")
+                .arg(&entry.reason)
+                .arg("at_ms")
+                .arg(now_ms)
+                .ignore();
+            pipe.cmd("XACK")
+                .arg(keys::EVENT_STREAM)
+                .arg(keys::EVENT_GROUP)
+                .arg(&entry.delivery)
+                .ignore();
+            pipe.cmd("XDEL")
+                .arg(keys::EVENT_STREAM)
+                .arg(&entry.delivery)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError> {
+        let kept: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::UNREADABLE)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(kept
+            .ids
+            .into_iter()
+            .map(|entry| Unreadable {
+                delivery: entry.get("delivery").unwrap_or_default(),
+                raw: entry.get("raw").unwrap_or_default(),
+                reason: entry.get("reason").unwrap_or_default(),
+                at_ms: entry.get("at_ms").unwrap_or_default(),
+            })
+            .collect())
     }
 
     async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError> {
@@ -1718,7 +1782,7 @@ impl RedisStore {
         consumer: &str,
         max: usize,
         reclaim_after: Duration,
-    ) -> Result<Vec<Delivery>, redis::RedisError> {
+    ) -> Result<Taken, redis::RedisError> {
         let claimed: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(keys::EVENT_STREAM)
             .arg(keys::EVENT_GROUP)
@@ -1748,30 +1812,36 @@ impl RedisStore {
                 .flat_map(|k| k.ids)
                 .collect();
         }
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| {
-                let raw: String = entry.get("e")?;
-                // A stream entry id starts with its queue time in ms.
-                let queued_at_ms = entry
-                    .id
-                    .split('-')
-                    .next()
-                    .and_then(|ms| ms.parse().ok())
-                    .unwrap_or_default();
-                match serde_json::from_str(&raw) {
-                    Ok(event) => Some(Delivery {
-                        delivery: entry.id,
-                        event,
-                        queued_at_ms,
-                    }),
-                    Err(e) => {
-                        tracing::error!(id = %entry.id, error = %e, "unreadable event in the stream");
-                        None
-                    }
-                }
-            })
-            .collect())
+        let mut taken = Taken::default();
+        for entry in entries {
+            // A stream entry id starts with its queue time in ms.
+            let queued_at_ms = entry
+                .id
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_default();
+            let Some(raw) = entry.get::<String>("e") else {
+                let fields: Vec<&str> = entry.map.keys().map(String::as_str).collect();
+                let what = format!("fields {}", fields.join(", "));
+                let reason = "no `e` field holding an event".to_owned();
+                taken
+                    .unreadable
+                    .push(Unreadable::new(entry.id, &what, reason));
+                continue;
+            };
+            match serde_json::from_str(&raw) {
+                Ok(event) => taken.events.push(Delivery {
+                    delivery: entry.id,
+                    event,
+                    queued_at_ms,
+                }),
+                Err(e) => taken
+                    .unreadable
+                    .push(Unreadable::new(entry.id, &raw, e.to_string())),
+            }
+        }
+        Ok(taken)
     }
 }
 

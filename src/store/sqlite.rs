@@ -32,7 +32,8 @@ use super::record::{decode_record, encode_record};
 use super::sketch::Sketch;
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
-    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError,
+    InboxItem, ParkedEvent, Partner, QueueStats, Route, Store, StoreError, Taken, Unreadable,
+    UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
     parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryChange,
@@ -54,6 +55,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("sqlite/schema_4.sql"),
         then: Some(click_log::migrate_rows),
     },
+    Migration::sql(include_str!("sqlite/schema_5.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form
@@ -1103,28 +1105,92 @@ impl Store for SqliteStore {
         max: usize,
         wait: Duration,
         reclaim_after: Duration,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Taken, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let queued = self.events_queued.notified();
-            let taken = self.take_events(max, reclaim_after).await?;
-            if !taken.is_empty() {
+            let rows = self.take_events(max, reclaim_after).await?;
+            if !rows.is_empty() {
                 // Decoded here, with the writer free for others.
-                return taken
-                    .into_iter()
-                    .map(|(seq, event, queued_at_ms)| {
-                        Ok(Delivery {
+                let mut taken = Taken::default();
+                for (seq, event, queued_at_ms) in rows {
+                    match serde_json::from_str(&event) {
+                        Ok(event) => taken.events.push(Delivery {
                             delivery: seq.to_string(),
-                            event: from_json(&event)?,
+                            event,
                             queued_at_ms,
-                        })
-                    })
-                    .collect();
+                        }),
+                        Err(e) => taken.unreadable.push(Unreadable::new(
+                            seq.to_string(),
+                            &event,
+                            e.to_string(),
+                        )),
+                    }
+                }
+                return Ok(taken);
             }
             if tokio::time::timeout_at(deadline, queued).await.is_err() {
-                return Ok(Vec::new());
+                return Ok(Taken::default());
             }
         }
+    }
+
+    async fn dead_letter(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        let seqs: Vec<i64> = entries
+            .iter()
+            .filter_map(|e| e.delivery.parse().ok())
+            .collect();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for entry in &entries {
+                tx.prepare_cached(
+                    "INSERT INTO unreadable_events (delivery, raw, reason, at_ms) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    entry.delivery,
+                    entry.raw,
+                    entry.reason,
+                    now_ms
+                ])?;
+                tx.prepare_cached("DELETE FROM event_queue WHERE seq = ?1")?
+                    .execute([&entry.delivery])?;
+            }
+            tx.execute(
+                "DELETE FROM unreadable_events WHERE seq <= \
+                 (SELECT MAX(seq) FROM unreadable_events) - ?1",
+                [UNREADABLE_KEPT as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        let mut taken = relock(&self.taken_events);
+        for seq in &seqs {
+            taken.remove(seq);
+        }
+        Ok(())
+    }
+
+    async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError> {
+        self.read(move |conn| {
+            let mut rows = conn.prepare_cached(
+                "SELECT delivery, raw, reason, at_ms FROM unreadable_events ORDER BY seq LIMIT ?1",
+            )?;
+            let listed = rows
+                .query_map([limit as i64], |row| {
+                    Ok(Unreadable {
+                        delivery: row.get(0)?,
+                        raw: row.get(1)?,
+                        reason: row.get(2)?,
+                        at_ms: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(listed)
+        })
+        .await
     }
 
     async fn ack_events(&self, deliveries: &[String]) -> Result<(), StoreError> {
