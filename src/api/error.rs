@@ -35,6 +35,13 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the store is unavailable; try again")]
     Unavailable,
+    /// Others kept changing what the request read; it may be sent again.
+    #[error("{0}; try again")]
+    Contended(String),
+    /// A fault on this side (a stored record that cannot be read): the
+    /// detail is in the log, not in the answer.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ApiError {
@@ -56,6 +63,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Contended(_) => StatusCode::CONFLICT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -70,6 +79,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "store_unavailable",
+            ApiError::Contended(_) => "contended",
+            ApiError::Internal => "internal_error",
         }
     }
 }
@@ -82,6 +93,11 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "store call failed");
                 ApiError::Unavailable
+            }
+            StoreError::Contended(what) => ApiError::Contended(what),
+            StoreError::Corrupt { key, detail } => {
+                tracing::error!(key = %key, detail = %detail, "a stored record cannot be read");
+                ApiError::Internal
             }
         }
     }
@@ -100,6 +116,52 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
+        if matches!(self, ApiError::Unavailable | ApiError::Contended(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind of store failure answers what the caller can do about
+    /// it: retry later (503), retry now (409), or nothing (500, details
+    /// kept in the log).
+    #[test]
+    fn store_failures_map_to_their_answers() {
+        let answer = |e: StoreError| {
+            let response = ApiError::from(e).into_response();
+            let retry = response
+                .headers()
+                .get(axum::http::header::RETRY_AFTER)
+                .cloned();
+            (response.status().as_u16(), retry.is_some())
+        };
+        assert_eq!(
+            answer(StoreError::unavailable("connection refused")),
+            (503, true)
+        );
+        assert_eq!(
+            answer(StoreError::Contended("the book kept changing".into())),
+            (409, true)
+        );
+        assert_eq!(
+            answer(StoreError::corrupt("books acme", "bad byte")),
+            (500, false)
+        );
+        assert_eq!(answer(StoreError::NotFound), (404, false));
+        assert_eq!(answer(StoreError::Conflict), (409, false));
+        let internal = ApiError::from(StoreError::corrupt("books acme", "bad byte"));
+        assert_eq!(internal.code(), "internal_error");
+        assert!(
+            !internal.to_string().contains("acme"),
+            "no detail in the answer"
+        );
     }
 }

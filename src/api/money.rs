@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
 use crate::conversions::book::{self, Balance, BookRequest, LedgerEntry};
-use crate::store::Commit;
+use crate::store::{Commit, StoreError};
 
 /// Ledger entries per page by default, and at most.
 const PAGE: usize = 50;
@@ -146,5 +146,5 @@ pub async fn payout(
             Commit::Conflict => continue,
         }
     }
-    Err(ApiError::Unavailable)
+    Err(StoreError::Contended(format!("the book of `{}` kept changing", partner.id)).into())
 }

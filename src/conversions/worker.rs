@@ -485,7 +485,7 @@ impl Worker {
             self.store.settle_ready(partner).await?;
             return Ok(true);
         }
-        Err(StoreError::Unavailable(format!(
+        Err(StoreError::Contended(format!(
             "book of `{partner}` kept moving"
         )))
     }

@@ -137,11 +137,8 @@ async fn write_batch(
             return;
         }
         let attempt = tokio::time::timeout(WRITE_TIMEOUT, store.record_clicks(batch)).await;
-        let attempt = attempt.unwrap_or_else(|_| {
-            Err(crate::store::StoreError::Unavailable(
-                "write timed out".into(),
-            ))
-        });
+        let attempt = attempt
+            .unwrap_or_else(|_| Err(crate::store::StoreError::unavailable("write timed out")));
         match attempt {
             Ok(()) => {
                 metrics.clicks_written.inc_by(batch.len() as u64);

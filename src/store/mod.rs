@@ -18,14 +18,37 @@ use crate::conversions::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
 use crate::ids::{ClickId, VisitorId};
 
+/// Why a store call failed, by what the caller can do about it: the API
+/// maps each to its answer in one place (`api/error.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("already exists")]
     Conflict,
     #[error("not found")]
     NotFound,
+    /// The store did not answer, or not in time: the same call may
+    /// succeed later.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored record cannot be read: retrying will not help.
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    /// Others kept changing what this step read, through every retry.
+    #[error("contended: {0}")]
+    Contended(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Unavailable(e.into())
+    }
+
+    pub fn corrupt(key: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            key: key.into(),
+            detail: detail.to_string(),
+        }
+    }
 }
 
 /// A partner as stored. The token itself is never stored, only its hash.

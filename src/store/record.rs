@@ -33,9 +33,7 @@ pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// A stored record, or an error naming what is wrong with its bytes.
 pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |e: &dyn std::fmt::Display| {
-        StoreError::Unavailable(format!("a stored record is corrupt: {e}"))
-    };
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::corrupt("binary record", e);
     match bytes.split_first() {
         Some((&POSTCARD_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(&e)),
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
@@ -76,10 +74,7 @@ mod tests {
             b"{\"sig".to_vec(),
         ] {
             let err = decode_record::<ConversionCounts>(&bad).unwrap_err();
-            assert!(
-                err.to_string().contains("stored record is corrupt"),
-                "{err}"
-            );
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         }
     }
 }

@@ -644,11 +644,17 @@ pub struct RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable(e)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Unavailable(format!("corrupt record: {e}")))
+    serde_json::from_str(raw).map_err(|e| StoreError::corrupt("redis JSON record", e))
+}
+
+/// A server error's code (`NOGROUP`, `BUSYGROUP`, …): errors are told
+/// apart by it, never by their text.
+fn error_code(e: &redis::RedisError) -> Option<&str> {
+    e.code()
 }
 
 fn encode<T: Serialize>(value: &T) -> String {
@@ -875,7 +881,7 @@ fn is_noscript(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-    ) || e.to_string().contains("NOSCRIPT")
+    ) || error_code(e) == Some("NOSCRIPT")
 }
 
 fn script_source(script: &Script) -> &'static str {
@@ -1161,7 +1167,7 @@ impl Store for RedisStore {
         // The connection is shared with everything else, so reads never
         // block on the server: an empty answer sleeps here instead.
         let mut taken = match self.read_events(consumer, max, reclaim_after).await {
-            Err(e) if e.to_string().contains("NOGROUP") => {
+            Err(e) if error_code(&e) == Some("NOGROUP") => {
                 self.create_event_group().await?;
                 self.read_events(consumer, max, reclaim_after).await
             }
@@ -1519,8 +1525,8 @@ impl Store for RedisStore {
             }
         }
         if let Some(from) = request.history_from {
-            let members: Vec<(String, f64)> = redis::from_redis_value(history)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let members: Vec<(String, f64)> =
+                redis::from_redis_value(history).map_err(|e| StoreError::corrupt("history", e))?;
             view.history = Some(History::from_members(
                 from,
                 members.iter().map(|(m, at)| (m.as_str(), *at as i64)),
@@ -1731,9 +1737,19 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await;
         let groups = match groups {
-            // No stream yet: nothing was ever queued.
-            Err(e) if e.to_string().contains("no such key") => return Ok(QueueStats::default()),
-            other => other.map_err(unavailable)?,
+            Ok(groups) => groups,
+            // No stream yet (XINFO answers an error): nothing was ever queued.
+            Err(e) => {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(keys::EVENT_STREAM)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                if exists {
+                    return Err(unavailable(e));
+                }
+                return Ok(QueueStats::default());
+            }
         };
         let number = |group: &HashMap<String, Value>, field: &str| match group.get(field) {
             Some(Value::Int(n)) => *n as u64,
@@ -1771,7 +1787,7 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await;
         match created {
-            Err(e) if !e.to_string().contains("BUSYGROUP") => Err(unavailable(e)),
+            Err(e) if error_code(&e) != Some("BUSYGROUP") => Err(unavailable(e)),
             _ => Ok(()),
         }
     }

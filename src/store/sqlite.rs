@@ -115,7 +115,13 @@ pub struct SqliteStore {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Unavailable(format!("sqlite: {e}"))
+        use rusqlite::Error as E;
+        match e {
+            E::FromSqlConversionFailure(..) | E::InvalidColumnType(..) | E::Utf8Error(..) => {
+                StoreError::corrupt("sqlite row", e)
+            }
+            other => StoreError::unavailable(other),
+        }
     }
 }
 
@@ -402,7 +408,7 @@ where
 {
     tokio::task::spawn_blocking(move || f(&mut relock(&conn)))
         .await
-        .map_err(|e| StoreError::Unavailable(format!("sqlite task: {e}")))?
+        .map_err(|e| StoreError::unavailable(format!("sqlite task: {e}")))?
 }
 
 /// A panic inside a transaction rolls it back (the transaction is dropped),
@@ -476,8 +482,7 @@ fn to_json<T: Serialize>(value: &T) -> String {
 }
 
 fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Unavailable(format!("sqlite: a stored record is corrupt: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt("sqlite JSON record", e))
 }
 
 fn now_ms() -> i64 {

@@ -83,7 +83,7 @@ pub fn encode(clicks: &[&Click]) -> Vec<u8> {
 
 /// A body that does not follow the layout: a damaged file, never a request.
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: click record {what}"))
+    StoreError::corrupt("click_bodies", format!("a click record {what}"))
 }
 
 /// Reads a body's records one by one.

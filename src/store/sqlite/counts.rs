@@ -195,7 +195,7 @@ pub(super) fn merged_upto(conn: &Connection) -> Result<i64, StoreError> {
         .query_row([MERGED_UPTO], |row| row.get(0))?;
     value
         .parse()
-        .map_err(|_| StoreError::Unavailable(format!("setting {MERGED_UPTO}: `{value}`")))
+        .map_err(|_| StoreError::corrupt(format!("settings.{MERGED_UPTO}"), format!("`{value}`")))
 }
 
 /// Merges whatever a stopped process left pending (its batches were
@@ -211,7 +211,7 @@ pub(super) fn recover(conn: &mut Connection) -> Result<(), StoreError> {
     let mut all: CellMap<u64> = CellMap::default();
     for (seq, bytes) in &rows {
         let counts = decode(bytes).ok_or_else(|| {
-            StoreError::Unavailable(format!("pending_counts row {seq} cannot be read"))
+            StoreError::corrupt(format!("pending_counts {seq}"), "cannot be read")
         })?;
         for (cell, n) in counts {
             *all.entry(cell).or_default() += n;
