@@ -86,7 +86,55 @@ fn is_redirect_path(path: &str) -> bool {
     path.starts_with("/r/") || path == "/r"
 }
 
+/// The `Cookie` header values of a request, up to `MAX_COOKIE_HEADERS`
+/// (later ones are ignored), gathered on the stack.
+struct CookieHeaders<'a> {
+    values: [&'a [u8]; MAX_COOKIE_HEADERS],
+    len: usize,
+}
+
+impl<'a> CookieHeaders<'a> {
+    fn new() -> Self {
+        CookieHeaders {
+            values: [&[]; MAX_COOKIE_HEADERS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, value: &'a [u8]) {
+        if self.len < MAX_COOKIE_HEADERS {
+            self.values[self.len] = value;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a [u8]] {
+        &self.values[..self.len]
+    }
+}
+
+/// A 302's `Location` and `Set-Cookie` as both connection paths send them:
+/// header-safe, or the default landing (and no cookie) should an answer
+/// ever hold what cannot be a header value.
+struct RedirectHeaders<'a> {
+    location: &'a str,
+    set_cookie: Option<&'a str>,
+}
+
 impl PublicInner {
+    fn redirect_headers<'a>(&'a self, answer: &'a RedirectResponse) -> RedirectHeaders<'a> {
+        // Built from validated URLs and percent-encoded values, so always
+        // header-safe; should that ever break, land on the default.
+        let location = Some(&*answer.location)
+            .filter(|l| is_header_value(l))
+            .unwrap_or(self.redirector.default_location());
+        let set_cookie = answer.set_cookie.as_deref().filter(|c| is_header_value(c));
+        RedirectHeaders {
+            location,
+            set_cookie,
+        }
+    }
+
     /// Answers one redirect and records it in the metrics.
     fn answer(&self, request: &RedirectRequest<'_>) -> RedirectResponse {
         let started = Instant::now();
@@ -105,45 +153,34 @@ impl PublicInner {
         if !head && req.method() != Method::GET {
             return method_not_allowed();
         }
-        let mut cookies: [&[u8]; MAX_COOKIE_HEADERS] = [&[]; MAX_COOKIE_HEADERS];
-        let mut n = 0;
-        for value in req
-            .headers()
-            .get_all(COOKIE)
-            .iter()
-            .take(MAX_COOKIE_HEADERS)
-        {
-            cookies[n] = value.as_bytes();
-            n += 1;
+        let mut cookies = CookieHeaders::new();
+        for value in req.headers().get_all(COOKIE) {
+            cookies.push(value.as_bytes());
         }
         let answer = self.answer(&RedirectRequest {
             head,
             path: req.uri().path(),
             query: req.uri().query(),
-            cookies: &cookies[..n],
+            cookies: cookies.as_slice(),
             user_agent: req.headers().get(USER_AGENT).map(HeaderValue::as_bytes),
             now: unix_now(),
         });
-        let location = match answer.location {
-            std::borrow::Cow::Borrowed(fixed) => HeaderValue::from_static(fixed),
-            // Built from validated URLs and percent-encoded values, so always
-            // a valid header; should that ever break, land on the default.
-            std::borrow::Cow::Owned(built) => HeaderValue::try_from(built)
-                .unwrap_or_else(|_| HeaderValue::from_static(self.redirector.default_location())),
+        let sent = self.redirect_headers(&answer);
+        // Header-safe (printable ASCII), which `HeaderValue` always takes.
+        let header = |value: &str| {
+            HeaderValue::from_str(value)
+                .unwrap_or_else(|_| HeaderValue::from_static(self.redirector.default_location()))
         };
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
-        headers.insert(LOCATION, location);
+        headers.insert(LOCATION, header(sent.location));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // Explicit even for HEAD, where hyper would leave it out: clients
         // that cannot tell a HEAD answer then still know it has no body.
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        if let Some(cookie) = answer
-            .set_cookie
-            .and_then(|c| HeaderValue::try_from(c).ok())
-        {
-            headers.insert(SET_COOKIE, cookie);
+        if let Some(cookie) = sent.set_cookie {
+            headers.insert(SET_COOKIE, header(cookie));
         }
         response
     }
@@ -337,17 +374,13 @@ fn answer_one(service: &PublicInner, buf: &[u8], max_head_bytes: usize, out: &mu
     if !is_redirect_path(path) {
         return Step::HandOff;
     }
-    let mut cookies: [&[u8]; MAX_COOKIE_HEADERS] = [&[]; MAX_COOKIE_HEADERS];
-    let mut cookie_count = 0;
+    let mut cookies = CookieHeaders::new();
     let mut user_agent = None;
     let mut close = false;
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("cookie") {
-            if cookie_count < MAX_COOKIE_HEADERS {
-                cookies[cookie_count] = header.value;
-                cookie_count += 1;
-            }
+            cookies.push(header.value);
         } else if name.eq_ignore_ascii_case("user-agent") {
             user_agent.get_or_insert(header.value);
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -372,15 +405,12 @@ fn answer_one(service: &PublicInner, buf: &[u8], max_head_bytes: usize, out: &mu
         head,
         path,
         query,
-        cookies: &cookies[..cookie_count],
+        cookies: cookies.as_slice(),
         user_agent,
         now,
     });
-    let location = Some(&*answer.location)
-        .filter(|l| is_header_value(l))
-        .unwrap_or(service.redirector.default_location());
-    let set_cookie = answer.set_cookie.as_deref().filter(|c| is_header_value(c));
-    write_redirect(out, location, set_cookie, close, now);
+    let sent = service.redirect_headers(&answer);
+    write_redirect(out, &sent, close, now);
     if close {
         Step::AnsweredLast(len)
     } else {
@@ -420,17 +450,11 @@ fn is_header_value(value: &str) -> bool {
 }
 
 /// The 302 with the headers hyper would send for the same answer.
-fn write_redirect(
-    out: &mut Vec<u8>,
-    location: &str,
-    set_cookie: Option<&str>,
-    close: bool,
-    now: i64,
-) {
+fn write_redirect(out: &mut Vec<u8>, sent: &RedirectHeaders<'_>, close: bool, now: i64) {
     out.extend_from_slice(b"HTTP/1.1 302 Found\r\nlocation: ");
-    out.extend_from_slice(location.as_bytes());
+    out.extend_from_slice(sent.location.as_bytes());
     out.extend_from_slice(b"\r\ncache-control: no-store\r\ncontent-length: 0\r\n");
-    if let Some(cookie) = set_cookie {
+    if let Some(cookie) = sent.set_cookie {
         out.extend_from_slice(b"set-cookie: ");
         out.extend_from_slice(cookie.as_bytes());
         out.extend_from_slice(b"\r\n");
