@@ -223,14 +223,9 @@ impl Row {
     }
 
     fn insert_counts(&self, row: &mut Map<String, Value>) {
-        let c = &self.conversions;
-        row.insert("clicks".into(), json!(self.clicks));
-        row.insert("unique_visitors".into(), json!(self.unique_visitors));
-        row.insert("signups".into(), json!(c.signups));
-        row.insert("conversion_rate".into(), json!(self.conversion_rate()));
-        row.insert("customers".into(), json!(c.customers));
-        row.insert("revenue".into(), json!(c.revenue));
-        row.insert("commission".into(), json!(c.commission));
+        for column in Column::ALL {
+            row.insert(column.name().into(), column.json(self));
+        }
     }
 
     /// Signups per click, to 4 places; `None` without clicks.
@@ -359,19 +354,113 @@ fn dimension_column(dimension: Dimension) -> &'static str {
     }
 }
 
+/// The report's figures, in the order every form shows them: the JSON
+/// rows and totals, the CSV columns, and the dashboard's table
+/// (`api/dashboard.html`, whose cells are named `data-col` after them).
+/// A new figure is a new variant: each match below must then say how it
+/// reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Clicks,
+    UniqueVisitors,
+    Signups,
+    ConversionRate,
+    Customers,
+    /// One CSV column per currency (`revenue_USD`, …); an object by
+    /// currency in JSON.
+    Revenue,
+    /// Likewise.
+    Commission,
+}
+
+impl Column {
+    pub const ALL: [Column; 7] = [
+        Column::Clicks,
+        Column::UniqueVisitors,
+        Column::Signups,
+        Column::ConversionRate,
+        Column::Customers,
+        Column::Revenue,
+        Column::Commission,
+    ];
+
+    /// The JSON key and CSV header (before the currency suffix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Clicks => "clicks",
+            Column::UniqueVisitors => "unique_visitors",
+            Column::Signups => "signups",
+            Column::ConversionRate => "conversion_rate",
+            Column::Customers => "customers",
+            Column::Revenue => "revenue",
+            Column::Commission => "commission",
+        }
+    }
+
+    /// Money columns hold amounts by currency.
+    fn is_money(self) -> bool {
+        match self {
+            Column::Revenue | Column::Commission => true,
+            Column::Clicks
+            | Column::UniqueVisitors
+            | Column::Signups
+            | Column::ConversionRate
+            | Column::Customers => false,
+        }
+    }
+
+    fn json(self, row: &Row) -> Value {
+        let c = &row.conversions;
+        match self {
+            Column::Clicks => json!(row.clicks),
+            Column::UniqueVisitors => json!(row.unique_visitors),
+            Column::Signups => json!(c.signups),
+            Column::ConversionRate => json!(row.conversion_rate()),
+            Column::Customers => json!(c.customers),
+            Column::Revenue => json!(c.revenue),
+            Column::Commission => json!(c.commission),
+        }
+    }
+
+    fn csv_headers(self, currencies: &[String]) -> Vec<String> {
+        if self.is_money() {
+            currencies
+                .iter()
+                .map(|c| format!("{}_{c}", self.name()))
+                .collect()
+        } else {
+            vec![self.name().to_owned()]
+        }
+    }
+
+    fn csv(self, row: &Row, currencies: &[String]) -> Vec<String> {
+        let c = &row.conversions;
+        let by_currency = |amounts: &BTreeMap<String, rust_decimal::Decimal>| {
+            currencies
+                .iter()
+                .map(|cur| amounts.get(cur).map(|a| a.to_string()).unwrap_or_default())
+                .collect()
+        };
+        match self {
+            Column::Clicks => vec![row.clicks.to_string()],
+            Column::UniqueVisitors => vec![row.unique_visitors.to_string()],
+            Column::Signups => vec![c.signups.to_string()],
+            Column::ConversionRate => vec![row
+                .conversion_rate()
+                .map(|r| r.to_string())
+                .unwrap_or_default()],
+            Column::Customers => vec![c.customers.to_string()],
+            Column::Revenue => by_currency(&c.revenue),
+            Column::Commission => by_currency(&c.commission),
+        }
+    }
+}
+
 fn count_columns(currencies: &[String]) -> Vec<String> {
-    let mut columns: Vec<String> = [
-        "clicks",
-        "unique_visitors",
-        "signups",
-        "conversion_rate",
-        "customers",
-    ]
-    .map(String::from)
-    .to_vec();
-    columns.extend(currencies.iter().map(|c| format!("revenue_{c}")));
-    columns.extend(currencies.iter().map(|c| format!("commission_{c}")));
-    columns
+    Column::ALL
+        .iter()
+        .flat_map(|column| column.csv_headers(currencies))
+        .collect()
 }
 
 impl Row {
@@ -404,22 +493,10 @@ impl Row {
     }
 
     fn csv_counts(&self, currencies: &[String]) -> Vec<String> {
-        let c = &self.conversions;
-        let mut fields = vec![
-            self.clicks.to_string(),
-            self.unique_visitors.to_string(),
-            c.signups.to_string(),
-            self.conversion_rate()
-                .map(|r| r.to_string())
-                .unwrap_or_default(),
-            c.customers.to_string(),
-        ];
-        let money = |map: &BTreeMap<String, rust_decimal::Decimal>, currency: &String| {
-            map.get(currency).map(|a| a.to_string()).unwrap_or_default()
-        };
-        fields.extend(currencies.iter().map(|cur| money(&c.revenue, cur)));
-        fields.extend(currencies.iter().map(|cur| money(&c.commission, cur)));
-        fields
+        Column::ALL
+            .iter()
+            .flat_map(|column| column.csv(self, currencies))
+            .collect()
     }
 }
 
@@ -446,6 +523,26 @@ mod tests {
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
+    }
+
+    /// The dashboard's table shows the report's columns, in their order:
+    /// a cell named after each (`data-col`), and a heading each after the
+    /// campaign and the term.
+    #[test]
+    fn the_dashboard_table_follows_the_report_columns() {
+        let page = include_str!("api/dashboard.html");
+        let cells: Vec<&str> = page
+            .split("<td data-col=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let columns: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(cells, columns);
+        let head = page
+            .lines()
+            .find(|line| line.contains("<thead>"))
+            .expect("the table has a head");
+        assert_eq!(head.matches("<th>").count(), 2 + Column::ALL.len(), "{head}");
     }
 
     #[test]

@@ -119,7 +119,7 @@ async fn the_dashboard_shows_the_partners_table_chart_and_status() {
     for cell in [
         r#"<td data-col="clicks">4</td>"#,
         r#"<td data-col="signups">2</td>"#,
-        r#"<td data-col="rate">50.00 %</td>"#,
+        r#"<td data-col="conversion_rate">50.00 %</td>"#,
         r#"<td data-col="customers">1</td>"#,
         r#"<td data-col="revenue">300.00 USD</td>"#,
         r#"<td data-col="commission">60.00 USD</td>"#,
