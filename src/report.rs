@@ -542,7 +542,11 @@ mod tests {
             .lines()
             .find(|line| line.contains("<thead>"))
             .expect("the table has a head");
-        assert_eq!(head.matches("<th>").count(), 2 + Column::ALL.len(), "{head}");
+        assert_eq!(
+            head.matches("<th>").count(),
+            2 + Column::ALL.len(),
+            "{head}"
+        );
     }
 
     #[test]

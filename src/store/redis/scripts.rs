@@ -1,0 +1,67 @@
+//! The Lua scripts the Redis store runs, one file each in `scripts/`.
+//! Each runs atomically on one slot: its keys share a hash tag.
+
+/// Counts the clicks of one batch (on one slot) once, however often the
+/// batch is sent: the batch marker, named by a digest of the click ids and
+/// kept a day (longer than any retry), makes a resent batch a no-op.
+/// Increments are summed per counter before they are applied.
+/// KEYS: the batch marker, then two per click: day counter hash, visitors
+/// HyperLogLog. ARGV, three per click: counter field, visitor id, counters'
+/// expiry (unix s).
+pub(super) const COUNT_CLICKS: &str = include_str!("scripts/count_clicks.lua");
+
+/// Stores click records. KEYS: click keys. ARGV, two per key: the record,
+/// its expiry (unix s).
+pub(super) const RECORD_CLICKS: &str = include_str!("scripts/record_clicks.lua");
+
+/// Keeps each visitor's latest click as `time:click id`, whatever order
+/// clicks are written in. KEYS: visitor keys. ARGV, three per key: click
+/// time, click id, expiry (unix s).
+pub(super) const LAST_CLICKS: &str = include_str!("scripts/last_clicks.lua");
+
+/// Queues events whose id was never seen. KEYS: the id set, the stream.
+/// ARGV, two per event: id, event JSON.
+pub(super) const ENQUEUE_EVENTS: &str = include_str!("scripts/enqueue_events.lua");
+
+/// Applies a batch's (or payout's) changes to a partner's book, if the
+/// book is still at the version read.
+/// KEYS: version, book, customers, conversions, history, ledger, inbox.
+/// ARGV: expected version, events taken off the inbox, book JSON, then
+/// counted groups: customers (id, JSON), cells (cell, JSON), history
+/// changes in order (`+` score member, or `-` member); then the ledger
+/// entries.
+/// Answers 1 applied, -1 the book moved.
+///
+/// Each group is written with as few commands as its size allows (an
+/// `HSET` of many fields, a `ZADD` of a run of additions): a command
+/// called from Lua costs Redis a lookup and a client round of its own,
+/// and one command per record was most of Redis's time in the worker.
+pub(super) const COMMIT_BOOK: &str = include_str!("scripts/commit_book.lua");
+
+/// Routes a customer's event: the claim if there is one, else the event is
+/// parked with the customer. KEYS: claim, parked. ARGV: the parked record.
+/// Answers the claim, or '' when parked.
+pub(super) const ROUTE_EVENT: &str = include_str!("scripts/route_event.lua");
+
+/// Claims a customer unless claimed; answers the claim that holds and the
+/// parked records. KEYS: claim, parked. ARGV: the claim JSON.
+pub(super) const CLAIM_CUSTOMER: &str = include_str!("scripts/claim_customer.lua");
+
+/// Moves a customer's parked events to its dead letter unless it was
+/// claimed: then they are its claimant's, which forgets them once they are
+/// in the partner's inbox. KEYS: claim, parked, dead. Answers how many
+/// moved, or -1 when the customer is claimed.
+pub(super) const EXPIRE_PARKED: &str = include_str!("scripts/expire_parked.lua");
+
+/// Gives a book's lock back if the holder still has it. KEYS: the lock.
+/// ARGV: the holder.
+pub(super) const UNLOCK_BOOK: &str = include_str!("scripts/unlock_book.lua");
+
+/// KEYS: partners, tokens, version. ARGV: id, record, token hash.
+pub(super) const INSERT_PARTNER: &str = include_str!("scripts/insert_partner.lua");
+
+/// KEYS: partners, version. ARGV: id, record.
+pub(super) const UPDATE_PARTNER: &str = include_str!("scripts/update_partner.lua");
+
+/// KEYS: the partner's campaigns, version. ARGV: slug, record.
+pub(super) const INSERT_CAMPAIGN: &str = include_str!("scripts/insert_campaign.lua");
