@@ -1,0 +1,271 @@
+//! Click batches into SQLite: one transaction per batch (records, last
+//! clicks, the batch's counts by cell), and the unique-visitor sketches
+//! kept in memory until they are merged.
+
+use super::*;
+
+/// Unique-visitor sketches not yet merged into the database.
+pub(super) struct PendingVisitors {
+    pub(super) cells: CellMap<Sketch>,
+    /// What `cells` holds, by `Sketch::memory`.
+    pub(super) bytes: usize,
+    pub(super) since: std::time::Instant,
+}
+
+/// What a pending cell holds besides its sketch's own memory: the map's
+/// entry (the cell's key and the sketch) and its share of the table.
+pub(super) const PENDING_CELL_BYTES: usize = 128;
+
+impl PendingVisitors {
+    /// Counts `visitors` in `cell`. Sketches are sets: a click written
+    /// twice (a retried batch) adds nothing the second time.
+    pub(super) fn add(&mut self, cell: Cell, visitors: &[VisitorId]) {
+        self.update(cell, |sketch| visitors.iter().for_each(|v| sketch.add(v)));
+    }
+
+    pub(super) fn merge(&mut self, cell: Cell, other: &Sketch) {
+        self.update(cell, |sketch| sketch.merge(other));
+    }
+
+    /// Changes a cell's pending sketch, keeping `bytes` up to date.
+    pub(super) fn update(&mut self, cell: Cell, change: impl FnOnce(&mut Sketch)) {
+        let entry = self.cells.entry(cell);
+        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
+            self.bytes += PENDING_CELL_BYTES;
+        }
+        let pending = entry.or_default();
+        self.bytes -= pending.memory();
+        change(pending);
+        self.bytes += pending.memory();
+    }
+}
+
+/// How often pending sketches are merged into the database. A merge
+/// rewrites every sketch touched since the last (up to 16 KiB each, and
+/// thousands of cells are active at once), so not often; reports add the
+/// pending ones meanwhile.
+pub(super) const VISITORS_EVERY: Duration = Duration::from_secs(30);
+/// Memory held by pending sketches that triggers a merge at once, however
+/// recent the last: a bound whatever the traffic, however many distinct
+/// cells (`utm_term`s) it brings. (A bound by count of cells, 1,024,
+/// merged several times a second under `loadtest/run`'s 3,000 cells,
+/// though nearly all held a few hashes.)
+pub(super) const VISITORS_PENDING_MAX_BYTES: usize = 16 << 20;
+
+/// Clicks per multi-row statement: one statement for many rows saves most
+/// of what a click costs beyond its two B-tree inserts.
+pub(super) const ROWS_AT_ONCE: usize = 128;
+
+/// `items` in chunks of `ROWS_AT_ONCE`, then of halving powers of two:
+/// a multi-row statement is prepared once for each size and then found in
+/// the statement cache, where a batch's remainder of any size would be
+/// parsed anew for every batch.
+pub(super) fn statement_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut size = ROWS_AT_ONCE;
+    std::iter::from_fn(move || {
+        while size > items.len() {
+            size /= 2;
+        }
+        if size == 0 {
+            return None;
+        }
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+/// A multi-row statement: `head VALUES (..), (..) tail` for chunks of
+/// `width` parameters a row, its text built once for each chunk size (the
+/// statement cache finds statements by their text).
+pub(super) struct MultiRow {
+    pub(super) head: &'static str,
+    pub(super) width: usize,
+    pub(super) tail: &'static str,
+    /// By `rows.trailing_zeros()`: chunks are powers of two.
+    pub(super) texts: std::sync::OnceLock<Vec<String>>,
+}
+
+impl MultiRow {
+    pub(super) const fn new(head: &'static str, width: usize, tail: &'static str) -> Self {
+        MultiRow {
+            head,
+            width,
+            tail,
+            texts: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The statement for `rows` rows, a power of two up to `ROWS_AT_ONCE`.
+    pub(super) fn sql(&self, rows: usize) -> &str {
+        let texts = self.texts.get_or_init(|| {
+            let row = format!("({})", vec!["?"; self.width].join(", "));
+            (0..=ROWS_AT_ONCE.trailing_zeros())
+                .map(|shift| {
+                    let rows = vec![row.as_str(); 1 << shift].join(", ");
+                    format!("{} VALUES {rows}{}", self.head, self.tail)
+                })
+                .collect()
+        });
+        debug_assert!(rows.is_power_of_two() && rows <= ROWS_AT_ONCE);
+        &texts[rows.trailing_zeros() as usize]
+    }
+}
+
+pub(super) static UPSERT_LAST_CLICKS: MultiRow = MultiRow::new(
+    "INSERT INTO last_clicks (visitor, click, at)",
+    3,
+    " ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
+     WHERE excluded.at >= last_clicks.at",
+);
+
+/// What a batch leaves for later: its counts by cell, stored as
+/// `pending_counts` row `seq`.
+pub(super) struct BatchCells {
+    pub(super) seq: i64,
+    pub(super) cells: CellMap<CellClicks>,
+}
+
+/// A batch's clicks of one report cell: how many were new (counted), and
+/// every click's visitor (a sketch is a set: a visitor seen again adds
+/// nothing, and a click written before may not have reached the sketches).
+#[derive(Default)]
+pub(super) struct CellClicks {
+    pub(super) fresh: u64,
+    pub(super) visitors: Vec<VisitorId>,
+}
+
+/// Writes a batch in one transaction: click records, last clicks, and the
+/// batch's counts by cell as one row (added to the counters later).
+pub(super) fn write_clicks(
+    conn: &mut Connection,
+    clicks: &[Click],
+) -> Result<BatchCells, StoreError> {
+    let mut by_id: Vec<&Click> = clicks.iter().collect();
+    by_id.sort_unstable_by_key(|c| c.click_id.0);
+    // A click given twice in one batch is one click.
+    by_id.dedup_by_key(|c| c.click_id);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // A batch stored before (retried after a timeout) adds nothing.
+    let fresh = if click_log::append(&tx, &by_id)? {
+        by_id
+    } else {
+        Vec::new()
+    };
+    finish_batch(tx, clicks, fresh)
+}
+
+/// The rest of a batch's transaction once its click records are in.
+pub(super) fn finish_batch(
+    tx: rusqlite::Transaction<'_>,
+    all: &[Click],
+    mut fresh: Vec<&Click>,
+) -> Result<BatchCells, StoreError> {
+    // Only each visitor's latest click of the batch is upserted: the
+    // latest by click time, of two in the same second the later id (the
+    // sort is stable, and `max_by_key` answers the last of equals).
+    fresh.sort_by_key(|c| c.visitor_id.0);
+    let latest: Vec<&Click> = fresh
+        .chunk_by(|a, b| a.visitor_id == b.visitor_id)
+        .filter_map(|run| run.iter().max_by_key(|c| c.at).copied())
+        .collect();
+    upsert_last_clicks(&tx, &latest)?;
+    let cells = by_cell(all, &fresh);
+    let seq = counts::store_batch(&tx, fresh_counts(&cells))?;
+    tx.commit()?;
+    Ok(BatchCells { seq, cells })
+}
+
+/// Each visitor's last click: the latest by click time, whatever order
+/// clicks arrive in.
+pub(super) fn upsert_last_clicks(
+    tx: &rusqlite::Transaction<'_>,
+    clicks: &[&Click],
+) -> Result<(), StoreError> {
+    for chunk in statement_chunks(clicks) {
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 3);
+        for click in chunk {
+            values.extend([
+                &click.visitor_id.0 as &dyn rusqlite::ToSql,
+                &click.click_id.0,
+                &click.at,
+            ]);
+        }
+        tx.prepare_cached(UPSERT_LAST_CLICKS.sql(chunk.len()))?
+            .execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
+/// A click's report cell.
+pub(super) fn cell_of(click: &Click) -> Cell {
+    (
+        Arc::clone(&click.partner),
+        click.day(),
+        Arc::clone(&click.campaign),
+        click.term.clone(),
+    )
+}
+
+/// A batch's clicks by report cell, each click's cell hashed once.
+pub(super) fn by_cell(all: &[Click], fresh: &[&Click]) -> CellMap<CellClicks> {
+    let mut cells: CellMap<CellClicks> = CellMap::default();
+    let all_fresh = fresh.len() == all.len();
+    for click in all {
+        let cell = cells.entry(cell_of(click)).or_default();
+        cell.visitors.push(click.visitor_id);
+        cell.fresh += u64::from(all_fresh);
+    }
+    if !all_fresh {
+        for click in fresh {
+            if let Some(cell) = cells.get_mut(&cell_of(click)) {
+                cell.fresh += 1;
+            }
+        }
+    }
+    cells
+}
+
+/// The cells' counts of new clicks, leaving out cells with none.
+pub(super) fn fresh_counts(cells: &CellMap<CellClicks>) -> impl Iterator<Item = (&Cell, u64)> {
+    cells
+        .iter()
+        .filter(|(_, c)| c.fresh > 0)
+        .map(|(cell, c)| (cell, c.fresh))
+}
+
+/// Merges pending sketches into the stored ones, in one transaction.
+pub(super) fn merge_visitors(
+    conn: &mut Connection,
+    cells: Vec<(Cell, Sketch)>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut read = tx.prepare_cached(
+            "SELECT visitors FROM cell_visitors \
+             WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
+        )?;
+        let mut write = tx.prepare_cached(
+            "INSERT OR REPLACE INTO cell_visitors (partner, day, campaign, term, visitors) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for ((partner, day, campaign, term), mut sketch) in cells {
+            let (day, term) = (day.to_string(), term.as_deref().unwrap_or(""));
+            let stored: Option<Vec<u8>> = read
+                .query_row(params![&*partner, day, &*campaign, term], |row| row.get(0))
+                .optional()?;
+            if let Some(bytes) = stored {
+                sketch.merge(&Sketch::from_bytes(&bytes));
+            }
+            write.execute(params![
+                &*partner,
+                day,
+                &*campaign,
+                term,
+                &sketch.to_bytes()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
