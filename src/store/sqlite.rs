@@ -11,10 +11,10 @@
 //! conversion cells) in a binary form (`record.rs`); what is queried by
 //! range (clicks, counters, queues, history) has columns.
 //!
-//! - [`file`]: the file, its connections, migrations, expiry, backups
-//! - [`clicks`]: click batches, pending unique-visitor sketches
-//! - [`click_log`]: click records packed by batch
-//! - [`counts`]: report counters, added up once a second
+//! - `file`: the file, its connections, migrations, expiry, backups
+//! - `clicks`: click batches, pending unique-visitor sketches
+//! - `click_log`: click records packed by batch
+//! - `counts`: report counters, added up once a second
 //! - here: the `Store` methods
 
 use std::collections::{BTreeMap, HashMap, HashSet};

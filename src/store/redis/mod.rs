@@ -1,9 +1,9 @@
 //! The Redis store: a single node or a Redis Cluster, keys hash-tagged so
 //! that every multi-key operation stays on one slot (`docs/redis-keys.md`).
 //!
-//! - [`keys`]: the key names
-//! - [`scripts`]: the Lua scripts (`scripts/*.lua`)
-//! - [`click_batch`]: how a batch of clicks becomes one pipeline per slot
+//! - `keys`: the key names
+//! - `scripts`: the Lua scripts (`scripts/*.lua`)
+//! - `click_batch`: how a batch of clicks becomes one pipeline per slot
 //! - here: the connection, and the `Store` methods
 
 mod click_batch;
