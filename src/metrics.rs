@@ -70,159 +70,119 @@ pub struct Metrics {
     commissions: CounterVec,
 }
 
+/// Makes each metric and registers it in one step.
+struct Register(Registry);
+
+impl Register {
+    fn add<M>(&self, made: prometheus::Result<M>) -> M
+    where
+        M: prometheus::core::Collector + Clone + 'static,
+    {
+        let metric = made.expect("static metric definition");
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("each metric is registered once");
+        metric
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("lastclick".into()), None)
-            .expect("a constant prefix is valid");
-        let redirects_vec = IntCounterVec::new(
+        let r = Register(
+            Registry::new_custom(Some("lastclick".into()), None)
+                .expect("a constant prefix is valid"),
+        );
+        let redirects_vec = r.add(IntCounterVec::new(
             Opts::new("redirects_total", "Redirects answered, by outcome."),
             &["outcome"],
-        )
-        .expect("static metric definition");
+        ));
         let redirects = RedirectOutcome::ALL
             .iter()
             .map(|o| redirects_vec.with_label_values(&[o.label()]))
             .collect();
-        let redirect_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "redirect_duration_seconds",
-                "Time to answer a redirect, from request head to response.",
-            )
-            .buckets(REDIRECT_BUCKETS.to_vec()),
-        )
-        .expect("static metric definition");
-        let click_queue_depth = IntGauge::new(
-            "click_buffer_depth",
-            "Clicks waiting in memory to be written to the store.",
-        )
-        .expect("static metric definition");
-        let clicks_dropped = IntCounter::new(
-            "clicks_dropped_total",
-            "Counted clicks dropped because the click buffer was full.",
-        )
-        .expect("static metric definition");
-        let clicks_written = IntCounter::new(
-            "clicks_written_total",
-            "Counted clicks written to the store.",
-        )
-        .expect("static metric definition");
-        let store_errors = IntCounterVec::new(
-            Opts::new(
-                "store_errors_total",
-                "Failed store operations, by operation.",
-            ),
-            &["operation"],
-        )
-        .expect("static metric definition");
-        let events_received = IntCounterVec::new(
-            Opts::new(
-                "events_received_total",
-                "Conversion events accepted by the API, by type and outcome (queued or duplicate).",
-            ),
-            &["type", "outcome"],
-        )
-        .expect("static metric definition");
-        let events_processed = IntCounterVec::new(
-            Opts::new(
-                "events_processed_total",
-                "Conversion events the worker finished, by type and outcome.",
-            ),
-            &["type", "outcome"],
-        )
-        .expect("static metric definition");
-        let commissions = CounterVec::new(
-            Opts::new(
-                "commissions_total",
-                "Commission credited by the worker, by currency (before clawbacks). For monitoring only: the ledger is the record.",
-            ),
-            &["currency"],
-        )
-        .expect("static metric definition");
-        let book_steps = IntCounter::new(
-            "worker_book_steps_total",
-            "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",
-        )
-        .expect("static metric definition");
-        let late_batches = IntCounter::new(
-            "worker_late_batches_total",
-            "Book steps that applied an event earlier than one already applied, and so read the partner's history to recompute later rates.",
-        )
-        .expect("static metric definition");
-        let events_waiting = IntGauge::new(
-            "worker_lag_events",
-            "Conversion events queued and not yet taken by any worker.",
-        )
-        .expect("static metric definition");
-        let events_pending = IntGauge::new(
-            "worker_pending_events",
-            "Conversion events taken by a worker and not yet acknowledged.",
-        )
-        .expect("static metric definition");
-        let events_routed = IntGauge::new(
-            "worker_routed_events",
-            "Conversion events routed to their partner, waiting in its inbox for the book step (read at scrape time).",
-        )
-        .expect("static metric definition");
-        let events_parked = IntGauge::new(
-            "events_parked",
-            "Conversion events parked until their customer's signup arrives (read at scrape time).",
-        )
-        .expect("static metric definition");
-        let events_dead_lettered = IntCounter::new(
-            "events_dead_lettered_total",
-            "Queue entries that were not events, moved to the dead letter (GET /v1/events/unreadable).",
-        )
-        .expect("static metric definition");
-        let build_info = IntGaugeVec::new(
+        let build_info = r.add(IntGaugeVec::new(
             Opts::new("build_info", "Always 1; labels carry the build."),
             &["version"],
-        )
-        .expect("static metric definition");
+        ));
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-
-        for collector in [
-            Box::new(redirects_vec) as Box<dyn prometheus::core::Collector>,
-            Box::new(redirect_seconds.clone()),
-            Box::new(click_queue_depth.clone()),
-            Box::new(clicks_dropped.clone()),
-            Box::new(clicks_written.clone()),
-            Box::new(store_errors.clone()),
-            Box::new(events_received.clone()),
-            Box::new(events_processed.clone()),
-            Box::new(commissions.clone()),
-            Box::new(events_waiting.clone()),
-            Box::new(events_pending.clone()),
-            Box::new(events_parked.clone()),
-            Box::new(events_dead_lettered.clone()),
-            Box::new(late_batches.clone()),
-            Box::new(book_steps.clone()),
-            Box::new(events_routed.clone()),
-            Box::new(build_info),
-        ] {
-            registry
-                .register(collector)
-                .expect("each metric is registered once");
-        }
+        let by = |name: &str, help: &str| Opts::new(name, help);
         Metrics {
-            registry,
             redirects,
-            redirect_seconds,
-            click_queue_depth,
-            clicks_dropped,
-            clicks_written,
-            events_waiting,
-            events_pending,
-            events_parked,
-            events_dead_lettered,
-            events_routed,
-            late_batches,
-            book_steps,
-            store_errors,
-            events_received,
-            events_processed,
-            commissions,
+            redirect_seconds: r.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "redirect_duration_seconds",
+                    "Time to answer a redirect, from request head to response.",
+                )
+                .buckets(REDIRECT_BUCKETS.to_vec()),
+            )),
+            click_queue_depth: r.add(IntGauge::new(
+                "click_buffer_depth",
+                "Clicks waiting in memory to be written to the store.",
+            )),
+            clicks_dropped: r.add(IntCounter::new(
+                "clicks_dropped_total",
+                "Counted clicks dropped because the click buffer was full.",
+            )),
+            clicks_written: r.add(IntCounter::new(
+                "clicks_written_total",
+                "Counted clicks written to the store.",
+            )),
+            store_errors: r.add(IntCounterVec::new(
+                by("store_errors_total", "Failed store operations, by operation."),
+                &["operation"],
+            )),
+            events_received: r.add(IntCounterVec::new(
+                by(
+                    "events_received_total",
+                    "Conversion events accepted by the API, by type and outcome (queued or duplicate).",
+                ),
+                &["type", "outcome"],
+            )),
+            events_processed: r.add(IntCounterVec::new(
+                by(
+                    "events_processed_total",
+                    "Conversion events the worker finished, by type and outcome.",
+                ),
+                &["type", "outcome"],
+            )),
+            commissions: r.add(CounterVec::new(
+                by(
+                    "commissions_total",
+                    "Commission credited by the worker, by currency (before clawbacks). For monitoring only: the ledger is the record.",
+                ),
+                &["currency"],
+            )),
+            book_steps: r.add(IntCounter::new(
+                "worker_book_steps_total",
+                "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",
+            )),
+            late_batches: r.add(IntCounter::new(
+                "worker_late_batches_total",
+                "Book steps that applied an event earlier than one already applied, and so read the partner's history to recompute later rates.",
+            )),
+            events_waiting: r.add(IntGauge::new(
+                "worker_lag_events",
+                "Conversion events queued and not yet taken by any worker.",
+            )),
+            events_pending: r.add(IntGauge::new(
+                "worker_pending_events",
+                "Conversion events taken by a worker and not yet acknowledged.",
+            )),
+            events_routed: r.add(IntGauge::new(
+                "worker_routed_events",
+                "Conversion events routed to their partner, waiting in its inbox for the book step (read at scrape time).",
+            )),
+            events_parked: r.add(IntGauge::new(
+                "events_parked",
+                "Conversion events parked until their customer's signup arrives (read at scrape time).",
+            )),
+            events_dead_lettered: r.add(IntCounter::new(
+                "events_dead_lettered_total",
+                "Queue entries that were not events, moved to the dead letter (GET /v1/events/unreadable).",
+            )),
+            registry: r.0,
         }
     }
 
