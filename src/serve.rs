@@ -82,28 +82,19 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     announce(&public, &admin)?;
 
-    let routes = Arc::new(RouteCache::new(
-        config.landing_policy(),
-        config.default_landing(),
-    ));
-    if let Err(e) = routes.refresh(store.as_ref()).await {
-        // Visitors still land (on landing.default) while the store is down;
-        // the refresher loads the routes as soon as it answers.
-        metrics.count_store_error("load_catalog");
-        tracing::error!(error = %e, "partners and campaigns could not be loaded; retrying in the background");
-    }
-
+    let routes = load_routes(&config, store.as_ref(), &metrics).await;
     let (click_queue, click_receiver) =
         clicks::queue(config.clicks.buffer_capacity, Arc::clone(&metrics));
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_background, background) = watch::channel(false);
+    let flush = FlushSettings {
+        batch_size: config.clicks.batch_size,
+        interval: config.clicks.flush_interval,
+    };
     let flusher = tokio::spawn(clicks::run_flusher(
         click_receiver,
         Arc::clone(&store),
-        FlushSettings {
-            batch_size: config.clicks.batch_size,
-            interval: config.clicks.flush_interval,
-        },
+        flush,
         Arc::clone(&metrics),
         background.clone(),
     ));
@@ -121,31 +112,7 @@ pub async fn run(
         tokio::spawn(worker.run(worker_settings(&config), background))
     });
 
-    let redirector = Redirector::new(
-        Arc::clone(&routes),
-        CookieSigner::new(&config.cookie.secrets),
-        click_queue.clone(),
-        RedirectSettings {
-            cookie_name: config.cookie.name.clone(),
-            cookie_domain: config.cookie.domain.clone(),
-            cookie_secure: config.cookie.secure,
-            window_secs: config.attribution.window.as_secs(),
-            dedup_secs: config.clicks.dedup_window.as_secs() as i64,
-            default_location: config.default_landing().as_str().to_owned(),
-        },
-    );
-    let api = api::router(ApiState {
-        store: Arc::clone(&store),
-        routes,
-        roles: RoleTokens::new(&config.auth.admin_token, &config.auth.merchant_token),
-        config: Arc::clone(&config),
-        metrics: Arc::clone(&metrics),
-    });
-    let public_service = PublicService(Arc::new(PublicInner {
-        redirector,
-        metrics: Arc::clone(&metrics),
-        api,
-    }));
+    let public_service = public_service(&config, &store, routes, &click_queue, &metrics);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics,
         store,
@@ -172,7 +139,22 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = stop_accepting.send(true);
-    for accept in [public_loop, admin_loop] {
+    drain([public_loop, admin_loop]).await;
+    // Connections are done: the flusher writes what they queued, the
+    // worker finishes its step.
+    let _ = stop_background.send(true);
+    let _ = flusher.await;
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for the accept loops to stop, then up to `DRAIN_TIMEOUT` for
+/// their connections' in-flight requests.
+async fn drain(accepts: [tokio::task::JoinHandle<GracefulShutdown>; 2]) {
+    for accept in accepts {
         if let Ok(connections) = accept.await {
             if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown())
                 .await
@@ -182,13 +164,61 @@ pub async fn run(
             }
         }
     }
-    let _ = stop_background.send(true);
-    let _ = flusher.await;
-    if let Some(worker) = worker {
-        let _ = worker.await;
+}
+
+/// The public listener's service: redirects, and the API for the rest.
+fn public_service(
+    config: &Arc<Config>,
+    store: &Arc<dyn Store>,
+    routes: Arc<RouteCache>,
+    click_queue: &clicks::ClickQueue,
+    metrics: &Arc<Metrics>,
+) -> PublicService {
+    let redirector = redirector(config, Arc::clone(&routes), click_queue.clone());
+    let api = api::router(ApiState {
+        store: Arc::clone(store),
+        routes,
+        roles: RoleTokens::new(&config.auth.admin_token, &config.auth.merchant_token),
+        config: Arc::clone(config),
+        metrics: Arc::clone(metrics),
+    });
+    PublicService(Arc::new(PublicInner {
+        redirector,
+        metrics: Arc::clone(metrics),
+        api,
+    }))
+}
+
+/// The route cache, loaded. Visitors still land (on `landing.default`)
+/// while the store is down; the refresher loads the routes as soon as it
+/// answers.
+async fn load_routes(config: &Config, store: &dyn Store, metrics: &Metrics) -> Arc<RouteCache> {
+    let routes = Arc::new(RouteCache::new(
+        config.landing_policy(),
+        config.default_landing(),
+    ));
+    if let Err(e) = routes.refresh(store).await {
+        metrics.count_store_error("load_catalog");
+        tracing::error!(error = %e, "partners and campaigns could not be loaded; retrying in the background");
     }
-    tracing::info!("stopped");
-    Ok(())
+    routes
+}
+
+/// The redirect's handler, as the configuration sets it up.
+fn redirector(config: &Config, routes: Arc<RouteCache>, queue: clicks::ClickQueue) -> Redirector {
+    Redirector::new(
+        routes,
+        CookieSigner::new(&config.cookie.secrets),
+        queue,
+        RedirectSettings {
+            cookie_name: config.cookie.name.clone(),
+            cookie_domain: config.cookie.domain.clone(),
+            cookie_secure: config.cookie.secure,
+            window_secs: config.attribution.window.as_secs(),
+            dedup_secs: config.clicks.dedup_window.as_secs() as i64,
+            default_location: config.default_landing().as_str().to_owned(),
+        },
+    )
 }
 
 /// This process's worker settings: its name in the consumer group is the
