@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
 use crate::conversions::book::{self, Balance, BookRequest, LedgerEntry};
-use crate::store::{Commit, StoreError};
+use crate::conversions::step::{self, Computed, StepError};
 
 /// Ledger entries per page by default, and at most.
 const PAGE: usize = 50;
@@ -113,38 +113,37 @@ pub async fn payout(
     let partner = state.existing_partner(&scope.id).await?;
     let rules = state.config.rules();
     let id = format!("po_{}", crate::ids::ClickId::random());
-    for _ in 0..MAX_ATTEMPTS {
-        let view = state
-            .store
-            .load_book(partner.id.as_str(), &BookRequest::default())
-            .await?;
-        let changes = book::payout(
-            &view.book,
-            &rules,
-            partner.paypal_email.is_some(),
-            &id,
-            &body.currency,
-            Utc::now(),
-        )
-        .map_err(|refusal| ApiError::Unprocessable {
+    let step = step::commit_with_retry(
+        state.store.as_ref(),
+        partner.id.as_str(),
+        &BookRequest::default(),
+        MAX_ATTEMPTS,
+        |view, _| {
+            let changes = book::payout(
+                &view.book,
+                &rules,
+                partner.paypal_email.is_some(),
+                &id,
+                &body.currency,
+                Utc::now(),
+            )?;
+            Ok::<_, book::PayoutRefusal>(Computed::Done(changes, ()))
+        },
+    )
+    .await;
+    match step {
+        Ok((changes, ())) => {
+            let entry = changes
+                .entries
+                .into_iter()
+                .next()
+                .expect("a payout writes one entry");
+            Ok((StatusCode::CREATED, Json(entry)))
+        }
+        Err(StepError::Store(e)) => Err(e.into()),
+        Err(StepError::Refused(refusal)) => Err(ApiError::Unprocessable {
             code: refusal.code(),
             message: refusal.to_string(),
-        })?;
-        match state
-            .store
-            .commit_book(partner.id.as_str(), view.version, &changes)
-            .await?
-        {
-            Commit::Applied => {
-                let entry = changes
-                    .entries
-                    .into_iter()
-                    .next()
-                    .expect("a payout writes one entry");
-                return Ok((StatusCode::CREATED, Json(entry)));
-            }
-            Commit::Conflict => continue,
-        }
+        }),
     }
-    Err(StoreError::Contended(format!("the book of `{}` kept changing", partner.id)).into())
 }

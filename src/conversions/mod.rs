@@ -10,10 +10,13 @@
 //! - [`book`]: a partner's balances, ARR history and ledger, and how a
 //!   batch of events or a payout changes them, whatever the order
 //! - [`money`]: currencies, commission rounding, ARR and tiers
+//! - [`step`]: one optimistic step on a book (load, compute, commit if
+//!   unchanged), for the worker and payouts alike
 
 pub mod book;
 pub mod customer;
 pub mod events;
 pub mod ingest;
 pub mod money;
+pub mod step;
 pub mod worker;

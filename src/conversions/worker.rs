@@ -4,6 +4,7 @@
 //! events to its book in one atomic step (see `book` for what they change).
 
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,11 +17,12 @@ use crate::config::Config;
 use crate::conversions::book::{self, Applied, Changes, Effect, Incoming, Rules};
 use crate::conversions::customer::{EntryKind, Referral};
 use crate::conversions::events::{AttributionRef, Event, EventKind};
+use crate::conversions::step::{self, Computed, StepError};
 use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
 use crate::ids::{ClickId, VisitorId};
 use crate::metrics::Metrics;
-use crate::store::{Click, Commit, Delivery, InboxItem, Route, Store, StoreError, Unreadable};
+use crate::store::{Click, Delivery, InboxItem, Route, Store, StoreError, Unreadable};
 
 /// Events taken from the queue at once. A batch's events reach each
 /// partner's book together, and a book step costs about the same whether it
@@ -504,29 +506,34 @@ impl Worker {
                 referral: &item.referral,
             })
             .collect();
-        let mut request = book::request_for(&incoming);
-        loop {
-            let view = self.store.load_book(partner, &request).await?;
-            let version = view.version;
+        let request = book::request_for(&incoming);
+        let step = step::try_commit(self.store.as_ref(), partner, request, |view, request| {
             let now = Utc::now().timestamp_millis();
-            match book::apply(view, &request, &incoming, &self.rules, now) {
-                Applied::Load(more) => request = more,
-                Applied::Done(mut changes, effects) => {
-                    changes.inbox_taken = items.len();
-                    return match self.store.commit_book(partner, version, &changes).await? {
-                        Commit::Applied => {
-                            self.count_commissions(&changes);
-                            self.metrics.book_steps.inc();
-                            if request.history_from.is_some() {
-                                self.metrics.late_batches.inc();
-                            }
-                            Ok(Some(effects.into_iter().collect()))
-                        }
-                        Commit::Conflict => Ok(None),
-                    };
-                }
-            }
+            Ok::<_, Infallible>(
+                match book::apply(view, request, &incoming, &self.rules, now) {
+                    Applied::Load(more) => Computed::Load(more),
+                    Applied::Done(mut changes, effects) => {
+                        changes.inbox_taken = items.len();
+                        let late = request.history_from.is_some();
+                        Computed::Done(changes, (effects, late))
+                    }
+                },
+            )
+        })
+        .await;
+        let Some((changes, (effects, late))) = step.map_err(|e| match e {
+            StepError::Store(e) => e,
+            StepError::Refused(never) => match never {},
+        })?
+        else {
+            return Ok(None);
+        };
+        self.count_commissions(&changes);
+        self.metrics.book_steps.inc();
+        if late {
+            self.metrics.late_batches.inc();
         }
+        Ok(Some(effects.into_iter().collect()))
     }
 
     /// The routing step of one customer's events, in delivery order.
