@@ -311,7 +311,9 @@ impl Config {
         }
         self.validate_tiers()?;
         for (currency, minimum) in &self.payout.minimum {
-            if !crate::ids::is_currency_code(currency) {
+            // The same table as events' currencies: a payout currency no
+            // event could carry would never have anything to pay.
+            if crate::conversions::money::minor_digits(currency).is_none() {
                 return Err(invalid(
                     "payout.minimum",
                     format!("`{currency}` is not an ISO 4217 code"),

@@ -1,6 +1,5 @@
 //! Domain identifiers parsed at the edge: partner ids, campaign slugs and
-//! names, currency codes, click and visitor ids, and the bound on a
-//! partner's `utm_term`.
+//! names, click and visitor ids, and the bound on a partner's `utm_term`.
 
 use std::fmt;
 
@@ -32,11 +31,6 @@ pub fn is_campaign_name(text: &str) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Three upper-case ASCII letters, the shape of an ISO 4217 code.
-pub fn is_currency_code(text: &str) -> bool {
-    text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 macro_rules! checked_string {
@@ -120,13 +114,6 @@ mod tests {
         assert!(is_campaign_name("black.friday-2026"));
         assert!(!is_campaign_name("default_link"));
         assert!(!is_campaign_name("has space"));
-    }
-
-    #[test]
-    fn currency_codes_are_three_capitals() {
-        assert!(is_currency_code("USD"));
-        assert!(!is_currency_code("usd"));
-        assert!(!is_currency_code("USDT"));
     }
 }
 

@@ -121,6 +121,36 @@ fn a_config_file_is_read_and_the_environment_overrides_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nmae"));
 }
 
+/// Payout currencies are checked against the same ISO 4217 table as
+/// events' currencies: a code of the right shape that no event could
+/// carry (`XYZ`) is refused, naming the key.
+#[test]
+fn a_payout_currency_must_be_an_iso_4217_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lastclick.toml");
+    let run = |minimum: &str| {
+        std::fs::write(&path, format!("[payout]\nminimum = {{ {minimum} }}\n")).unwrap();
+        Command::new(binary())
+            .args(["serve", "--check", "--config"])
+            .arg(&path)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let ok = run(r#"USD = "50", JPY = "5000""#);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for bad in [r#"XYZ = "50""#, r#"usd = "50""#] {
+        let out = run(bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(stderr.contains("payout.minimum"), "{bad}: {stderr}");
+    }
+}
+
 #[test]
 fn every_subcommand_has_help_and_link_prints_an_affiliate_link() {
     for sub in [&["--help"][..], &["serve", "--help"], &["link", "--help"]] {
