@@ -1,0 +1,456 @@
+//! Applying a batch of events to a book: each customer's money derived
+//! from all of its events in event-time order, the ledger told the
+//! difference, later signups rated again when an event comes late.
+
+use super::*;
+
+/// Applies `events` to the book `view` was loaded as (for `request`).
+/// Answers [`Applied::Load`] when a late event needs more of the book: the
+/// history, or customers whose rates it changes.
+pub fn apply(
+    view: BookView,
+    request: &BookRequest,
+    events: &[Incoming<'_>],
+    rules: &Rules,
+    now_ms: i64,
+) -> Applied {
+    let mut needed = request.clone();
+    let base = request_for(events);
+    needed.customers.extend(base.customers);
+    needed.cells.extend(base.cells);
+    let BookView {
+        book,
+        customers,
+        cells,
+        history,
+        ..
+    } = view;
+    let mut run = BatchRun {
+        rules,
+        book,
+        customers,
+        cells: &cells,
+        history,
+        derived: HashMap::new(),
+        history_changes: Vec::new(),
+        needed,
+        rerate_from: None,
+    };
+    if run.needed != *request {
+        return Applied::Load(run.needed);
+    }
+    let mut sorted: Vec<&Incoming<'_>> = events.iter().collect();
+    sorted.sort_by_key(|i| (i.event.at.timestamp_millis(), i.event.id.as_str()));
+    // The same event twice in one batch (a redelivery that met the
+    // first in an inbox) is taken once.
+    let mut taken: HashSet<&str> = HashSet::new();
+    let mut effects = Vec::with_capacity(events.len());
+    for incoming in sorted {
+        let id = incoming.event.id.as_str();
+        if !taken.insert(id) {
+            effects.push((id.to_owned(), Effect::Duplicate));
+            continue;
+        }
+        match run.take(incoming) {
+            Ok(effect) => effects.push((id.to_owned(), effect)),
+            Err(()) => return Applied::Load(run.needed),
+        }
+    }
+    // A signup's rate is the tier of everything before it, so rating the
+    // later signups in time order once everything is taken gives what
+    // taking the events in time order gives.
+    if let Some(from) = run.rerate_from.take() {
+        if run.rerate_after(&from).is_err() {
+            return Applied::Load(run.needed);
+        }
+    }
+    let changes = run.finish(now_ms);
+    for (id, effect) in &mut effects {
+        if *effect == Effect::Applied && changes.1.contains(id.as_str()) {
+            *effect = Effect::Parked;
+        }
+    }
+    Applied::Done(changes.0, effects)
+}
+
+/// The state of one batch.
+struct BatchRun<'r> {
+    rules: &'r Rules,
+    book: Book,
+    customers: BTreeMap<String, Customer>,
+    /// The report cells as loaded.
+    cells: &'r BTreeMap<String, ConversionCounts>,
+    history: Option<History>,
+    /// Customers derived in this batch, by id.
+    derived: HashMap<String, Derived>,
+    /// History members to write, in order: a member may be removed and
+    /// added again within one batch.
+    history_changes: Vec<HistoryChange>,
+    needed: BookRequest,
+    /// The earliest moment late events changed: every signup after it is
+    /// rated again once the batch is taken.
+    rerate_from: Option<EventKey>,
+}
+
+impl<'r> BatchRun<'r> {
+    /// Takes one event into its customer's record. Err: load `needed`.
+    fn take(&mut self, incoming: &Incoming<'_>) -> Result<Effect, ()> {
+        let event = incoming.event;
+        let key = EventKey {
+            at: event.at.timestamp_millis(),
+            id: event.id.clone(),
+        };
+        let late = self.book.latest.as_ref().is_some_and(|l| &key < l);
+        let covered = self.history.as_ref().is_some_and(|h| h.from <= key.at);
+        if late && !covered {
+            let from = self.needed.history_from.map_or(key.at, |f| f.min(key.at));
+            self.needed.history_from = Some(from);
+            return Err(());
+        }
+        let customer = self
+            .customers
+            .entry(event.customer.clone())
+            .or_insert_with(|| Customer::new(&event.customer, incoming.referral.clone()));
+        if customer.holds(&event.id) {
+            return Ok(Effect::Duplicate);
+        }
+        let mut from = None;
+        match &event.kind {
+            EventKind::Signup { billing, .. } => {
+                // The customer's earliest signup counts; a later one
+                // changes nothing, and an earlier one arriving late
+                // replaces it.
+                match customer.signup.as_ref().map(|s| (s.key.clone(), s.rate)) {
+                    Some((first, _)) if first < key => return Ok(Effect::Duplicate),
+                    Some((replaced, rate)) => {
+                        self.forget_signup(&replaced, &event.customer, rate);
+                    }
+                    None => {}
+                }
+                let rate = rate_at(&self.book, self.history.as_ref(), &key, self.rules, late);
+                self.customers
+                    .get_mut(&event.customer)
+                    .expect("inserted above")
+                    .signup = Some(Signup {
+                    key: key.clone(),
+                    billing: *billing,
+                    rate,
+                });
+                self.book.signups.push(key.at);
+                self.record_signup(&key, &event.customer, None, rate);
+                from = Some(key.clone());
+            }
+            EventKind::Payment {
+                amount,
+                currency,
+                period,
+            } => customer.payments.push(PaymentEvent {
+                key: key.clone(),
+                amount: *amount,
+                currency: currency.clone(),
+                period: *period,
+            }),
+            EventKind::Refund {
+                payment,
+                amount,
+                currency,
+            } => customer.refunds.push(RefundEvent {
+                key: key.clone(),
+                payment: payment.clone(),
+                amount: *amount,
+                currency: currency.clone(),
+            }),
+            EventKind::Cancel => customer.cancels.push(key.clone()),
+        }
+        let moved = self.refresh(&event.customer);
+        if late {
+            let from = match (from, moved) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Rerated once, from the earliest, after the batch's last
+            // event: each late event rerating every later signup made a
+            // batch of late events quadratic (a tenth of a worker's CPU
+            // with two workers, `perf`).
+            if let Some(from) = from {
+                self.rerate_from = Some(match self.rerate_from.take() {
+                    Some(earlier) => earlier.min(from),
+                    None => from,
+                });
+            }
+        }
+        if !late {
+            self.book.latest = Some(key);
+        }
+        Ok(Effect::Applied)
+    }
+
+    /// Takes a signup out of the book and its history, for an earlier one
+    /// of the same customer.
+    fn forget_signup(&mut self, key: &EventKey, customer: &str, rate: Decimal) {
+        if let Some(at) = self.book.signups.iter().position(|s| *s == key.at) {
+            self.book.signups.swap_remove(at);
+        }
+        self.remove_member(signup_member(key, customer, rate), key.at);
+        if let Some(history) = &mut self.history {
+            history.signups.remove(key);
+        }
+    }
+
+    /// Records a signup's rate (`before`: the rate it had, if any).
+    fn record_signup(
+        &mut self,
+        key: &EventKey,
+        customer: &str,
+        before: Option<Decimal>,
+        rate: Decimal,
+    ) {
+        if let Some(before) = before {
+            self.remove_member(signup_member(key, customer, before), key.at);
+        }
+        self.add_member(signup_member(key, customer, rate), key.at);
+        if let Some(history) = &mut self.history {
+            let record = SignupRecord {
+                customer: customer.to_owned(),
+                rate,
+            };
+            history.signups.insert(key.clone(), record);
+        }
+    }
+
+    fn add_member(&mut self, member: String, at: i64) {
+        self.history_changes.push(HistoryChange::Add(member, at));
+    }
+
+    fn remove_member(&mut self, member: String, at: i64) {
+        self.history_changes.push(HistoryChange::Remove(member, at));
+    }
+
+    /// Derives a customer again and moves the partner's ARR with it.
+    /// Answers the earliest moment its ARR changes moved, if any.
+    fn refresh(&mut self, id: &str) -> Option<EventKey> {
+        let customer = self.customers.get_mut(id).expect("loaded");
+        let derived = customer.derive(self.rules.terms());
+        self.book.arr += derived.arr_share - customer.arr_share;
+        customer.arr_share = derived.arr_share;
+        let before: BTreeMap<EventKey, Decimal> = customer.arr_points.iter().cloned().collect();
+        let after: BTreeMap<EventKey, Decimal> = derived.arr_points.iter().cloned().collect();
+        customer.arr_points = derived.arr_points.clone();
+        self.derived.insert(id.to_owned(), derived);
+        let keys: BTreeSet<&EventKey> = before.keys().chain(after.keys()).collect();
+        let mut moved: Option<EventKey> = None;
+        for key in keys {
+            let (old, new) = (before.get(key), after.get(key));
+            if old == new {
+                continue;
+            }
+            if moved.is_none() {
+                moved = Some(key.clone()); // keys come in order
+            }
+            if let Some(old) = old {
+                self.remove_member(arr_member(key, *old), key.at);
+            }
+            if let Some(new) = new {
+                self.add_member(arr_member(key, *new), key.at);
+            }
+            if let Some(history) = &mut self.history {
+                match new {
+                    Some(change) => history.arr.insert(key.clone(), *change),
+                    None => history.arr.remove(key),
+                };
+            }
+        }
+        moved
+    }
+
+    /// Recomputes the rate of every customer who signed up after `from`,
+    /// in time order, now that what came before them changed. A changed
+    /// rate changes that customer's ARR after its signup, which later
+    /// signups then see.
+    fn rerate_after(&mut self, from: &EventKey) -> Result<(), ()> {
+        let later: Vec<EventKey> = self
+            .history
+            .as_ref()
+            .expect("loaded for a late event")
+            .signups
+            .range((
+                std::ops::Bound::Excluded(from.clone()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let Some(first) = later.first() else {
+            return Ok(());
+        };
+        // The ARR before each signup, kept as a running sum in time order:
+        // a rerated customer changes the ARR only from its own signup on,
+        // which is never before the signup being looked at.
+        let history = self.history.as_ref().expect("loaded");
+        let since_first: Decimal = history.arr.range(first.clone()..).map(|(_, v)| *v).sum();
+        let mut arr_before = self.book.arr - since_first;
+        let mut summed_to = first.clone();
+        // Customers to load before this can finish: gathered over the whole
+        // pass, so that a cascade costs a few reloads, not one per customer.
+        let mut missing = false;
+        for key in later {
+            let history = self.history.as_ref().expect("loaded");
+            arr_before += history
+                .arr
+                .range(summed_to.clone()..key.clone())
+                .map(|(_, v)| *v)
+                .sum::<Decimal>();
+            summed_to = key.clone();
+            let rate = tier_rate_with(&self.book, history, &key, arr_before, self.rules);
+            let record = &history.signups[&key];
+            if record.rate == rate {
+                continue;
+            }
+            let customer = record.customer.clone();
+            if !self.needed.customers.contains(&customer) {
+                self.needed.customers.insert(customer);
+                missing = true;
+                continue;
+            }
+            let Some(loaded) = self.customers.get_mut(&customer) else {
+                continue; // a signup without its record: nothing to rerate
+            };
+            let cell = conversion_cell(&loaded.referral);
+            if !self.needed.cells.contains(&cell) {
+                self.needed.cells.insert(cell);
+                missing = true;
+                continue;
+            }
+            let Some(signup) = &mut loaded.signup else {
+                continue;
+            };
+            let before = std::mem::replace(&mut signup.rate, rate);
+            self.record_signup(&key, &customer, Some(before), rate);
+            self.refresh(&customer);
+        }
+        if missing {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Posts what each customer of the batch is owed beyond what the ledger
+    /// holds, and moves the report cells with them. Answers the changes
+    /// and the ids of events that stay parked.
+    fn finish(mut self, now_ms: i64) -> (Changes, HashSet<String>) {
+        let mut entries = Vec::new();
+        let mut cells: BTreeMap<String, ConversionCounts> = BTreeMap::new();
+        let mut parked = HashSet::new();
+        let mut ids: Vec<&String> = self.derived.keys().collect();
+        ids.sort();
+        let mut customers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let derived = &self.derived[id];
+            let customer = self.customers.get_mut(id).expect("derived from it");
+            // Posted in event-time order, so the ledger reads like the
+            // customer's history.
+            let mut owed_in_order: Vec<(&String, &crate::conversions::customer::Posting)> =
+                derived.owed.iter().collect();
+            owed_in_order.sort_by_key(|(source, owed)| (owed.at, *source));
+            for (source, owed) in owed_in_order {
+                let posted = customer.posted.get(source).copied();
+                let change = owed.amount - posted.unwrap_or_default();
+                if change.is_zero() {
+                    continue;
+                }
+                let kind = if posted.is_some() {
+                    EntryKind::Adjustment
+                } else {
+                    owed.kind
+                };
+                let mut entry = self.book.entry(source, kind, Some(id));
+                entry.amount = change;
+                entry.currency = owed.currency.clone();
+                entry.at = time(owed.at);
+                entry.available_at = time(owed.available_at);
+                self.book
+                    .totals
+                    .entry(owed.currency.clone())
+                    .or_default()
+                    .credit(change, owed.available_at, now_ms);
+                customer.posted.insert(source.clone(), owed.amount);
+                entries.push(entry);
+            }
+            if derived.counts != customer.counts {
+                let cell_key = conversion_cell(&customer.referral);
+                let loaded = self.cells;
+                let cell = cells
+                    .entry(cell_key.clone())
+                    .or_insert_with(|| loaded.get(&cell_key).cloned().unwrap_or_default());
+                cell.replace(&customer.counts, &derived.counts);
+                customer.counts = derived.counts.clone();
+            }
+            parked.extend(derived.parked.iter().map(|(id, _)| id.clone()));
+        }
+        for id in self.derived.keys() {
+            if let Some(customer) = self.customers.remove(id) {
+                customers.push(customer);
+            }
+        }
+        customers.sort_by(|a, b| a.id.cmp(&b.id));
+        let changes = Changes {
+            book: self.book,
+            customers,
+            cells: cells.into_iter().collect(),
+            history: self.history_changes,
+            entries,
+            inbox_taken: 0,
+        };
+        (changes, parked)
+    }
+}
+
+/// The rate of a customer signing up at `key`: the partner's tier then,
+/// before counting the customer.
+fn rate_at(
+    book: &Book,
+    history: Option<&History>,
+    key: &EventKey,
+    rules: &Rules,
+    late: bool,
+) -> Decimal {
+    match history {
+        Some(history) if late => tier_rate(book, history, key, rules),
+        // In order: every ARR change and signup so far came before it.
+        _ => book.tier(rules, time(key.at)).rate,
+    }
+}
+
+/// The tier's rate at `key` from the history, which holds everything from
+/// `history.from <= key.at` on: the ARR before `key` is today's less what
+/// changed from `key` on, and the latest signup before it is in the
+/// history or, earlier, among the book's signup times.
+fn tier_rate(book: &Book, history: &History, key: &EventKey, rules: &Rules) -> Decimal {
+    let since_key: Decimal = history.arr.range(key.clone()..).map(|(_, v)| *v).sum();
+    tier_rate_with(book, history, key, book.arr - since_key, rules)
+}
+
+/// The tier's rate at `key` given the ARR before it.
+fn tier_rate_with(
+    book: &Book,
+    history: &History,
+    key: &EventKey,
+    arr_before: Decimal,
+    rules: &Rules,
+) -> Decimal {
+    let since = money::months_before(key.at, 12);
+    let latest_before = history
+        .signups
+        .range(..key.clone())
+        .next_back()
+        .map(|(k, _)| k.at)
+        .or_else(|| {
+            book.signups
+                .iter()
+                .copied()
+                .filter(|at| *at < history.from)
+                .max()
+        });
+    let recent = latest_before.is_some_and(|at| at > since);
+    money::tier_for(&rules.tiers, arr_before, recent).rate
+}
