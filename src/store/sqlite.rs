@@ -1060,85 +1060,23 @@ impl Store for SqliteStore {
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
-        let partner = partner.to_owned();
-        let book = encode_record(&changes.book);
-        let customers: Vec<(String, Vec<u8>)> = changes
-            .customers
-            .iter()
-            .map(|c| (c.id.clone(), encode_record(c)))
-            .collect();
-        let cells: Vec<(String, Vec<u8>)> = changes
-            .cells
-            .iter()
-            .map(|(cell, counts)| (cell.clone(), encode_record(counts)))
-            .collect();
-        let history = changes.history.clone();
-        let entries: Vec<(u64, String)> = changes
-            .entries
-            .iter()
-            .map(|e| (e.seq, to_json(e)))
-            .collect();
-        let inbox_taken = changes.inbox_taken;
+        let rows = BookRows::of(partner, changes);
+        let version_read = version;
         let commit = move |conn: &mut Connection| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current: i64 = tx
                 .prepare_cached("SELECT version FROM books WHERE partner = ?1")?
-                .query_row([&partner], |row| row.get(0))
+                .query_row([&rows.partner], |row| row.get(0))
                 .optional()?
                 .unwrap_or(0);
-            if current as u64 != version {
+            if current as u64 != version_read {
                 return Ok(Commit::Conflict);
             }
-            tx.prepare_cached(
-                "INSERT INTO books (partner, version, book) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (partner) DO UPDATE SET version = excluded.version, book = excluded.book",
-            )?
-            .execute(params![partner, current + 1, book])?;
-            {
-                let mut customer = tx.prepare_cached(
-                    "INSERT INTO customers (partner, id, record) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (partner, id) DO UPDATE SET record = excluded.record",
-                )?;
-                for (id, record) in &customers {
-                    customer.execute(params![partner, id, record])?;
-                }
-                let mut cell = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO conversions (partner, cell, counts) VALUES (?1, ?2, ?3)",
-                )?;
-                for (key, counts) in &cells {
-                    cell.execute(params![partner, key, counts])?;
-                }
-                let mut add = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO history (partner, at, member) VALUES (?1, ?2, ?3)",
-                )?;
-                let mut remove = tx.prepare_cached(
-                    "DELETE FROM history WHERE partner = ?1 AND at = ?2 AND member = ?3",
-                )?;
-                for change in &history {
-                    match change {
-                        HistoryChange::Add(member, at) => add.execute(params![partner, at, member]),
-                        HistoryChange::Remove(member, at) => {
-                            remove.execute(params![partner, at, member])
-                        }
-                    }?;
-                }
-                let mut entry = tx.prepare_cached(
-                    "INSERT INTO ledger (partner, seq, entry) VALUES (?1, ?2, ?3)",
-                )?;
-                for (seq, json) in &entries {
-                    entry.execute(params![partner, seq, json])?;
-                }
-            }
-            if inbox_taken > 0 {
-                tx.prepare_cached(
-                    "DELETE FROM inbox WHERE seq IN \
-                     (SELECT seq FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2)",
-                )?
-                .execute(params![partner, inbox_taken as i64])?;
-            }
+            rows.write(&tx, current + 1)?;
             tx.commit()?;
             Ok(Commit::Applied)
         };
+        let inbox_taken = changes.inbox_taken;
         // A commit that applies queued events is not synced by itself: a
         // power cut can undo it only together with every later commit (the
         // WAL keeps them in order), and what it applied is then still in
@@ -1413,6 +1351,92 @@ fn json_rows<T: DeserializeOwned>(
         out.push(from_json(&row?)?);
     }
     Ok(out)
+}
+
+/// A book step's changes as the rows it writes, encoded before the
+/// writer's thread takes them.
+struct BookRows {
+    partner: String,
+    book: Vec<u8>,
+    customers: Vec<(String, Vec<u8>)>,
+    cells: Vec<(String, Vec<u8>)>,
+    history: Vec<HistoryChange>,
+    entries: Vec<(u64, String)>,
+    inbox_taken: usize,
+}
+
+impl BookRows {
+    fn of(partner: &str, changes: &Changes) -> Self {
+        BookRows {
+            partner: partner.to_owned(),
+            book: encode_record(&changes.book),
+            customers: changes
+                .customers
+                .iter()
+                .map(|c| (c.id.clone(), encode_record(c)))
+                .collect(),
+            cells: changes
+                .cells
+                .iter()
+                .map(|(cell, counts)| (cell.clone(), encode_record(counts)))
+                .collect(),
+            history: changes.history.clone(),
+            entries: changes
+                .entries
+                .iter()
+                .map(|e| (e.seq, to_json(e)))
+                .collect(),
+            inbox_taken: changes.inbox_taken,
+        }
+    }
+
+    /// Writes every row, the book at `version`, and takes the applied
+    /// events off the inbox.
+    fn write(&self, tx: &rusqlite::Transaction<'_>, version: i64) -> Result<(), StoreError> {
+        let partner = &self.partner;
+        tx.prepare_cached(
+            "INSERT INTO books (partner, version, book) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (partner) DO UPDATE SET version = excluded.version, book = excluded.book",
+        )?
+        .execute(params![partner, version, self.book])?;
+        let mut customer = tx.prepare_cached(
+            "INSERT INTO customers (partner, id, record) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (partner, id) DO UPDATE SET record = excluded.record",
+        )?;
+        for (id, record) in &self.customers {
+            customer.execute(params![partner, id, record])?;
+        }
+        let mut cell = tx.prepare_cached(
+            "INSERT OR REPLACE INTO conversions (partner, cell, counts) VALUES (?1, ?2, ?3)",
+        )?;
+        for (key, counts) in &self.cells {
+            cell.execute(params![partner, key, counts])?;
+        }
+        let mut add = tx.prepare_cached(
+            "INSERT OR IGNORE INTO history (partner, at, member) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut remove = tx
+            .prepare_cached("DELETE FROM history WHERE partner = ?1 AND at = ?2 AND member = ?3")?;
+        for change in &self.history {
+            match change {
+                HistoryChange::Add(member, at) => add.execute(params![partner, at, member]),
+                HistoryChange::Remove(member, at) => remove.execute(params![partner, at, member]),
+            }?;
+        }
+        let mut entry =
+            tx.prepare_cached("INSERT INTO ledger (partner, seq, entry) VALUES (?1, ?2, ?3)")?;
+        for (seq, json) in &self.entries {
+            entry.execute(params![partner, seq, json])?;
+        }
+        if self.inbox_taken > 0 {
+            tx.prepare_cached(
+                "DELETE FROM inbox WHERE seq IN \
+                 (SELECT seq FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![partner, self.inbox_taken as i64])?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs [`SqliteStore::expire`] once a minute until the store is dropped.
