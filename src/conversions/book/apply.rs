@@ -3,6 +3,7 @@
 //! difference, later signups rated again when an event comes late.
 
 use super::*;
+use crate::conversions::money::Billing;
 
 /// Applies `events` to the book `view` was loaded as (for `request`).
 /// Answers [`Applied::Load`] when a late event needs more of the book: the
@@ -114,75 +115,65 @@ impl<'r> BatchRun<'r> {
         if customer.holds(&event.id) {
             return Ok(Effect::Duplicate);
         }
-        let mut from = None;
-        match &event.kind {
+        let from = match &event.kind {
             EventKind::Signup { billing, .. } => {
-                // The customer's earliest signup counts; a later one
-                // changes nothing, and an earlier one arriving late
-                // replaces it.
-                match customer.signup.as_ref().map(|s| (s.key.clone(), s.rate)) {
-                    Some((first, _)) if first < key => return Ok(Effect::Duplicate),
-                    Some((replaced, rate)) => {
-                        self.forget_signup(&replaced, &event.customer, rate);
-                    }
-                    None => {}
+                match self.take_signup(&key, &event.customer, *billing, late) {
+                    Some(from) => Some(from),
+                    None => return Ok(Effect::Duplicate),
                 }
-                let rate = rate_at(&self.book, self.history.as_ref(), &key, self.rules, late);
-                self.customers
-                    .get_mut(&event.customer)
-                    .expect("inserted above")
-                    .signup = Some(Signup {
-                    key: key.clone(),
-                    billing: *billing,
-                    rate,
-                });
-                self.book.signups.push(key.at);
-                self.record_signup(&key, &event.customer, None, rate);
-                from = Some(key.clone());
             }
-            EventKind::Payment {
-                amount,
-                currency,
-                period,
-            } => customer.payments.push(PaymentEvent {
-                key: key.clone(),
-                amount: *amount,
-                currency: currency.clone(),
-                period: *period,
-            }),
-            EventKind::Refund {
-                payment,
-                amount,
-                currency,
-            } => customer.refunds.push(RefundEvent {
-                key: key.clone(),
-                payment: payment.clone(),
-                amount: *amount,
-                currency: currency.clone(),
-            }),
-            EventKind::Cancel => customer.cancels.push(key.clone()),
-        }
+            step => {
+                record_step(customer, &key, step);
+                None
+            }
+        };
         let moved = self.refresh(&event.customer);
         if late {
-            let from = match (from, moved) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            // Rerated once, from the earliest, after the batch's last
-            // event: each late event rerating every later signup made a
-            // batch of late events quadratic (a tenth of a worker's CPU
-            // with two workers, `perf`).
-            if let Some(from) = from {
-                self.rerate_from = Some(match self.rerate_from.take() {
-                    Some(earlier) => earlier.min(from),
-                    None => from,
-                });
-            }
-        }
-        if !late {
+            self.rerate_from_earliest([from, moved]);
+        } else {
             self.book.latest = Some(key);
         }
         Ok(Effect::Applied)
+    }
+
+    /// The customer's earliest signup counts: a later one changes nothing
+    /// (`None`), and an earlier one arriving late replaces it. Answers
+    /// from when later figures may have moved.
+    fn take_signup(
+        &mut self,
+        key: &EventKey,
+        customer: &str,
+        billing: Billing,
+        late: bool,
+    ) -> Option<EventKey> {
+        let current = self.customers.get(customer)?;
+        match current.signup.as_ref().map(|s| (s.key.clone(), s.rate)) {
+            Some((first, _)) if &first < key => return None,
+            Some((replaced, rate)) => self.forget_signup(&replaced, customer, rate),
+            None => {}
+        }
+        let rate = rate_at(&self.book, self.history.as_ref(), key, self.rules, late);
+        self.customers.get_mut(customer)?.signup = Some(Signup {
+            key: key.clone(),
+            billing,
+            rate,
+        });
+        self.book.signups.push(key.at);
+        self.record_signup(key, customer, None, rate);
+        Some(key.clone())
+    }
+
+    /// Notes that later signups are rated again, once, from the earliest
+    /// of `from`, after the batch's last event: each late event rerating
+    /// every later signup made a batch of late events quadratic (a tenth
+    /// of a worker's CPU with two workers, `perf`).
+    fn rerate_from_earliest(&mut self, from: [Option<EventKey>; 2]) {
+        for from in from.into_iter().flatten() {
+            self.rerate_from = Some(match self.rerate_from.take() {
+                Some(earlier) => earlier.min(from),
+                None => from,
+            });
+        }
     }
 
     /// Takes a signup out of the book and its history, for an earlier one
@@ -453,4 +444,33 @@ fn tier_rate_with(
         });
     let recent = latest_before.is_some_and(|at| at > since);
     money::tier_for(&rules.tiers, arr_before, recent).rate
+}
+
+/// Adds a payment, refund or cancel to the customer's events.
+fn record_step(customer: &mut Customer, key: &EventKey, kind: &EventKind) {
+    match kind {
+        EventKind::Payment {
+            amount,
+            currency,
+            period,
+        } => customer.payments.push(PaymentEvent {
+            key: key.clone(),
+            amount: *amount,
+            currency: currency.clone(),
+            period: *period,
+        }),
+        EventKind::Refund {
+            payment,
+            amount,
+            currency,
+        } => customer.refunds.push(RefundEvent {
+            key: key.clone(),
+            payment: payment.clone(),
+            amount: *amount,
+            currency: currency.clone(),
+        }),
+        EventKind::Cancel => customer.cancels.push(key.clone()),
+        // Taken by `take_signup`.
+        EventKind::Signup { .. } => {}
+    }
 }
