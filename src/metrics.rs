@@ -84,6 +84,33 @@ impl Register {
             .expect("each metric is registered once");
         metric
     }
+
+    /// `redirects_total{outcome}`, one counter per outcome, resolved once.
+    fn redirect_counters(&self) -> Vec<IntCounter> {
+        let by_outcome = self.add(IntCounterVec::new(
+            Opts::new("redirects_total", "Redirects answered, by outcome."),
+            &["outcome"],
+        ));
+        RedirectOutcome::ALL
+            .iter()
+            .map(|o| by_outcome.with_label_values(&[o.label()]))
+            .collect()
+    }
+
+    /// An integer counter per value of `labels`.
+    fn labelled(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    /// `build_info{version}`, always 1.
+    fn build_info(&self) {
+        self.add(IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; labels carry the build."),
+            &["version"],
+        ))
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    }
 }
 
 impl Metrics {
@@ -92,24 +119,9 @@ impl Metrics {
             Registry::new_custom(Some("lastclick".into()), None)
                 .expect("a constant prefix is valid"),
         );
-        let redirects_vec = r.add(IntCounterVec::new(
-            Opts::new("redirects_total", "Redirects answered, by outcome."),
-            &["outcome"],
-        ));
-        let redirects = RedirectOutcome::ALL
-            .iter()
-            .map(|o| redirects_vec.with_label_values(&[o.label()]))
-            .collect();
-        let build_info = r.add(IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; labels carry the build."),
-            &["version"],
-        ));
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let by = |name: &str, help: &str| Opts::new(name, help);
+        r.build_info();
         Metrics {
-            redirects,
+            redirects: r.redirect_counters(),
             redirect_seconds: r.add(Histogram::with_opts(
                 HistogramOpts::new(
                     "redirect_duration_seconds",
@@ -129,26 +141,23 @@ impl Metrics {
                 "clicks_written_total",
                 "Counted clicks written to the store.",
             )),
-            store_errors: r.add(IntCounterVec::new(
-                by("store_errors_total", "Failed store operations, by operation."),
+            store_errors: r.labelled(
+                "store_errors_total",
+                "Failed store operations, by operation.",
                 &["operation"],
-            )),
-            events_received: r.add(IntCounterVec::new(
-                by(
-                    "events_received_total",
-                    "Conversion events accepted by the API, by type and outcome (queued or duplicate).",
-                ),
+            ),
+            events_received: r.labelled(
+                "events_received_total",
+                "Conversion events accepted by the API, by type and outcome (queued or duplicate).",
                 &["type", "outcome"],
-            )),
-            events_processed: r.add(IntCounterVec::new(
-                by(
-                    "events_processed_total",
-                    "Conversion events the worker finished, by type and outcome.",
-                ),
+            ),
+            events_processed: r.labelled(
+                "events_processed_total",
+                "Conversion events the worker finished, by type and outcome.",
                 &["type", "outcome"],
-            )),
+            ),
             commissions: r.add(CounterVec::new(
-                by(
+                Opts::new(
                     "commissions_total",
                     "Commission credited by the worker, by currency (before clawbacks). For monitoring only: the ledger is the record.",
                 ),
