@@ -189,7 +189,7 @@ impl Metrics {
             )),
             events_dead_lettered: r.add(IntCounter::new(
                 "events_dead_lettered_total",
-                "Queue entries that were not events, moved to the dead letter (GET /v1/events/unreadable).",
+                "Queue entries moved to the dead letter (GET /v1/events/unreadable): not events, or events whose routing met a corrupt record three times.",
             )),
             registry: r.0,
         }

@@ -302,3 +302,52 @@ async fn an_unreadable_stream_entry_is_dead_lettered_and_the_pending_count_drain
     );
     assert_applied_once(&app, &expected).await;
 }
+
+/// An event whose routing meets a stored record that cannot be read (here
+/// its customer's claim, damaged on disk) would be retried forever, every
+/// `worker.reclaim_after`. After three such attempts it goes to the dead
+/// letter, with the reason; the queue drains. (A store that is down is
+/// not a reason: those events wait.)
+#[tokio::test]
+async fn an_event_that_meets_a_corrupt_record_three_times_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lastclick.db");
+    let db_text = db.to_string_lossy().into_owned();
+    let app = TestApp::spawn_with(&[
+        ("LASTCLICK_EMBEDDED__PATH", db_text.as_str()),
+        WORKER_ENV[0],
+    ])
+    .await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute(
+        "INSERT INTO claims (customer, referral) VALUES ('cus_bad', 'not json')",
+        [],
+    )
+    .unwrap();
+    let now = chrono::Utc::now();
+    let payment = json!({"id": "pay_1", "type": "payment", "customer": "cus_bad",
+        "at": now.to_rfc3339(), "amount": "10.00", "currency": "USD", "period": "month"});
+    post_all(&app, &[payment]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = app.get("/v1/events/unreadable", Some(ADMIN)).await;
+        if listed["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            let entry = &listed["events"][0];
+            assert!(entry["raw"].as_str().unwrap().contains("pay_1"), "{listed}");
+            assert!(
+                entry["reason"].as_str().unwrap().contains("corrupt"),
+                "{listed}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.metric("lastclick_events_dead_lettered_total").await,
+        1.0
+    );
+    assert_eq!(app.metric("lastclick_worker_pending_events").await, 0.0);
+    assert_eq!(app.metric("lastclick_worker_lag_events").await, 0.0);
+}

@@ -59,6 +59,12 @@ const DRAIN_AT_ONCE: usize = 2000;
 /// Customers' claims remembered by a worker; the memory is cleared when
 /// it holds this many.
 const CLAIMS_REMEMBERED: usize = 100_000;
+/// Routing attempts that meet a stored record that cannot be read before
+/// the event goes to the dead letter: it would fail the same way forever.
+/// (An unavailable store is no reason: its events wait for it.)
+const POISON_AFTER: u32 = 3;
+/// Deliveries whose corrupt meetings are remembered, at most.
+const MEETINGS_REMEMBERED: usize = 10_000;
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +109,8 @@ pub struct Worker {
     lock_for: Duration,
     /// Whether other workers held ready books when this one last looked.
     sharing: AtomicBool,
+    /// How often each delivery's routing met a corrupt record.
+    corrupt_meetings: std::sync::Mutex<HashMap<String, u32>>,
 }
 
 /// Settings of the worker loop.
@@ -141,6 +149,9 @@ enum Routed {
     Book(Box<ForBook>),
     Finished(String, &'static str, Outcome),
     Waiting,
+    /// Met a stored record that cannot be read `POISON_AFTER` times: for
+    /// the dead letter.
+    Poison(Unreadable),
 }
 
 impl Worker {
@@ -157,6 +168,7 @@ impl Worker {
             holder: ClickId::random().to_string(),
             lock_for: config.worker.reclaim_after,
             sharing: AtomicBool::new(false),
+            corrupt_meetings: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,7 +237,8 @@ impl Worker {
         }
     }
 
-    /// Moves queue entries that are not events to the dead letter: left
+    /// Moves queue entries that are not events, and events whose routing
+    /// kept meeting a corrupt record, to the dead letter: left
     /// unacknowledged, they would come back every `reclaim_after`, forever.
     /// If that fails they do come back, and go then.
     async fn dead_letter(&self, unreadable: &[Unreadable]) {
@@ -233,7 +246,7 @@ impl Worker {
             return;
         }
         for entry in unreadable {
-            tracing::error!(delivery = %entry.delivery, reason = %entry.reason, "a queue entry is not an event: dead-lettered");
+            tracing::error!(delivery = %entry.delivery, reason = %entry.reason, "dead-lettered: the entry cannot be read or its routing meets a corrupt record");
         }
         let now_ms = Utc::now().timestamp_millis();
         match self.store.dead_letter(unreadable, now_ms).await {

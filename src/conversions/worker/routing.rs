@@ -6,6 +6,33 @@
 use super::*;
 
 impl Worker {
+    /// What becomes of a delivery whose routing failed: it waits to be
+    /// taken again, unless it met a corrupt record `POISON_AFTER` times.
+    fn after_failure(&self, delivery: &Delivery, error: &StoreError) -> Routed {
+        if !matches!(error, StoreError::Corrupt { .. }) {
+            return Routed::Waiting;
+        }
+        let mut meetings = self
+            .corrupt_meetings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if meetings.len() >= MEETINGS_REMEMBERED {
+            meetings.clear();
+        }
+        let count = meetings.entry(delivery.delivery.clone()).or_default();
+        *count += 1;
+        if *count < POISON_AFTER {
+            return Routed::Waiting;
+        }
+        meetings.remove(&delivery.delivery);
+        let raw = serde_json::to_string(&delivery.event).expect("events serialize to JSON");
+        Routed::Poison(Unreadable::new(
+            delivery.delivery.clone(),
+            &raw,
+            error.to_string(),
+        ))
+    }
+
     /// The routing step of a batch.
     pub(super) async fn route_batch(&self, deliveries: Vec<Delivery>) -> Vec<String> {
         let routed: Vec<Routed> = futures_util::stream::iter(by_customer(deliveries))
@@ -17,6 +44,7 @@ impl Worker {
             .flatten()
             .collect();
         let mut done = Vec::new();
+        let mut poison = Vec::new();
         let mut by_partner: BTreeMap<String, Vec<ForBook>> = BTreeMap::new();
         for routed in routed {
             match routed {
@@ -29,8 +57,10 @@ impl Worker {
                     done.push(delivery);
                 }
                 Routed::Waiting => {}
+                Routed::Poison(entry) => poison.push(entry),
             }
         }
+        self.dead_letter(&poison).await;
         let pushed = futures_util::stream::iter(by_partner)
             .map(|(partner, items)| self.push_to_inbox(partner, items))
             .buffer_unordered(CONCURRENT)
@@ -80,7 +110,7 @@ impl Worker {
                 Err(e) => {
                     self.metrics.count_store_error("apply_event");
                     tracing::warn!(error = %e, event = %delivery.event.id, "event not applied; it will be retried");
-                    vec![Routed::Waiting]
+                    vec![self.after_failure(&delivery, &e)]
                 }
             };
             out.extend(routed);
