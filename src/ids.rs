@@ -87,6 +87,28 @@ checked_string!(
     is_path_id,
     "a campaign slug ([A-Za-z0-9_-], 1 to 64 characters)"
 );
+/// Longest event, customer and payment id.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// 1 to `MAX_EVENT_ID_LEN` bytes, printable, no spaces: the ids merchants
+/// give events and customers.
+pub fn is_merchant_id(text: &str) -> bool {
+    (1..=MAX_EVENT_ID_LEN).contains(&text.len())
+        && text.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+checked_string!(
+    /// An event's id, its idempotency key (a payment's, named by refunds).
+    EventId,
+    is_merchant_id,
+    "an id (1 to 128 printable characters without spaces)"
+);
+checked_string!(
+    /// A merchant's customer id.
+    CustomerId,
+    is_merchant_id,
+    "an id (1 to 128 printable characters without spaces)"
+);
 checked_string!(
     /// A campaign name, reported as `utm_campaign`.
     CampaignName,
@@ -107,6 +129,20 @@ mod tests {
         assert!(!is_path_id("a.b"));
         assert!(!is_path_id("a/b"));
         assert!(!is_path_id("é"));
+    }
+
+    #[test]
+    fn merchant_ids_are_printable_without_spaces_and_bounded() {
+        assert!(EventId::parse("evt_1:α").is_ok());
+        assert!(CustomerId::parse(&"c".repeat(128)).is_ok());
+        for bad in ["", "has space", "tab\t", "nl\n", &"c".repeat(129)] {
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+            assert!(CustomerId::parse(bad).is_err(), "{bad:?}");
+        }
+        // Stored and queued as plain strings, as before the types.
+        let id = EventId::parse("evt_1").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"evt_1\"");
+        assert!(serde_json::from_str::<EventId>("\"a b\"").is_err());
     }
 
     #[test]

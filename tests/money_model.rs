@@ -25,8 +25,8 @@ use lastclick::conversions::customer::Referral;
 use lastclick::conversions::events::{AttributionRef, Event, EventKind};
 use lastclick::conversions::money::{Billing, Period};
 use lastclick::conversions::worker::{Drained, Worker};
-use lastclick::ids::PartnerId;
 use lastclick::ids::{ClickId, VisitorId};
+use lastclick::ids::{CustomerId, EventId, PartnerId};
 use lastclick::metrics::Metrics;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
@@ -181,7 +181,7 @@ fn events(
                             (
                                 *customer,
                                 EventKind::Refund {
-                                    payment: paid.clone(),
+                                    payment: EventId::parse(paid).unwrap(),
                                     amount: part,
                                     currency: (*currency).into(),
                                 },
@@ -193,8 +193,8 @@ fn events(
                 Step::Cancel { customer } => (*customer, EventKind::Cancel),
             };
             Event {
-                id,
-                customer: format!("{case}c{customer}"),
+                id: EventId::parse(&id).unwrap(),
+                customer: CustomerId::parse(&format!("{case}c{customer}")).unwrap(),
                 at: DateTime::from_timestamp_millis(*at_ms).unwrap(),
                 kind,
             }
@@ -310,7 +310,7 @@ impl ModelPartner {
         let rate = self.tier(key.0).1;
         self.signups.push(key);
         self.customers.insert(
-            event.customer.clone(),
+            event.customer.as_str().to_owned(),
             ModelCustomer {
                 rate,
                 reseller,
@@ -329,7 +329,7 @@ impl ModelPartner {
                 currency,
                 period,
             } => {
-                let c = self.customers.get_mut(&event.customer).unwrap();
+                let c = self.customers.get_mut(event.customer.as_str()).unwrap();
                 c.latest = Some((key, *amount, currency.clone(), *period));
                 c.paid = true;
                 let commission = if c.reseller {
@@ -338,11 +338,11 @@ impl ModelPartner {
                     round(amount * c.rate, digits(currency))
                 };
                 self.net
-                    .insert(event.id.clone(), (commission, currency.clone()));
+                    .insert(event.id.as_str().to_owned(), (commission, currency.clone()));
                 self.payments.insert(
-                    event.id.clone(),
+                    event.id.as_str().to_owned(),
                     ModelPayment {
-                        customer: event.customer.clone(),
+                        customer: event.customer.as_str().to_owned(),
                         amount: *amount,
                         currency: currency.clone(),
                         commission,
@@ -350,8 +350,8 @@ impl ModelPartner {
                         clawed: Decimal::ZERO,
                     },
                 );
-                for refund in self.waiting.remove(&event.id).unwrap_or_default() {
-                    let key = (refund.at.timestamp_millis(), refund.id.clone());
+                for refund in self.waiting.remove(event.id.as_str()).unwrap_or_default() {
+                    let key = (refund.at.timestamp_millis(), refund.id.as_str().to_owned());
                     self.apply(&refund, key);
                 }
             }
@@ -360,14 +360,14 @@ impl ModelPartner {
                 amount,
                 currency,
             } => {
-                let Some(p) = self.payments.get_mut(payment) else {
+                let Some(p) = self.payments.get_mut(payment.as_str()) else {
                     self.waiting
-                        .entry(payment.clone())
+                        .entry(payment.as_str().to_owned())
                         .or_default()
                         .push(event.clone());
                     return;
                 };
-                if p.customer != event.customer || &p.currency != currency {
+                if p.customer != event.customer.as_str() || &p.currency != currency {
                     return;
                 }
                 p.refunded = (p.refunded + amount).min(p.amount);
@@ -378,10 +378,11 @@ impl ModelPartner {
                 };
                 let claw = owed - p.clawed;
                 p.clawed = owed;
-                self.net.insert(event.id.clone(), (-claw, currency.clone()));
+                self.net
+                    .insert(event.id.as_str().to_owned(), (-claw, currency.clone()));
             }
             EventKind::Cancel => {
-                let c = self.customers.get_mut(&event.customer).unwrap();
+                let c = self.customers.get_mut(event.customer.as_str()).unwrap();
                 c.cancelled = Some(key);
             }
         }
@@ -413,28 +414,34 @@ fn model(events: &[Event], partner_of: &HashMap<String, Option<usize>>) -> Vec<M
     let mut unique: BTreeMap<Key, &Event> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for event in events {
-        if seen.insert(event.id.clone()) {
-            unique.insert((event.at.timestamp_millis(), event.id.clone()), event);
+        if seen.insert(event.id.as_str().to_owned()) {
+            unique.insert(
+                (event.at.timestamp_millis(), event.id.as_str().to_owned()),
+                event,
+            );
         }
     }
     let mut partners: Vec<ModelPartner> = (0..PARTNERS).map(|_| ModelPartner::default()).collect();
     let mut before_signup: HashMap<String, Vec<(Key, &Event)>> = HashMap::new();
     for (key, event) in unique {
-        let Some(Some(p)) = partner_of.get(&event.customer) else {
+        let Some(Some(p)) = partner_of.get(event.customer.as_str()) else {
             continue;
         };
         let partner = &mut partners[*p];
-        let signed_up = partner.customers.contains_key(&event.customer);
+        let signed_up = partner.customers.contains_key(event.customer.as_str());
         match &event.kind {
             EventKind::Signup { billing, .. } if !signed_up => {
                 partner.signup(event, key, *billing == Billing::Reseller);
-                for (key, waited) in before_signup.remove(&event.customer).unwrap_or_default() {
+                for (key, waited) in before_signup
+                    .remove(event.customer.as_str())
+                    .unwrap_or_default()
+                {
                     partner.apply(waited, key);
                 }
             }
             EventKind::Signup { .. } => {}
             _ if !signed_up => before_signup
-                .entry(event.customer.clone())
+                .entry(event.customer.as_str().to_owned())
                 .or_default()
                 .push((key, event)),
             _ => partner.apply(event, key),
@@ -773,8 +780,8 @@ fn redis_matches_the_model() {
 async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
     let item = |partner: &str, id: &str| InboxItem {
         event: Event {
-            id: id.into(),
-            customer: format!("{partner}-cus"),
+            id: EventId::parse(id).unwrap(),
+            customer: CustomerId::parse(&format!("{partner}-cus")).unwrap(),
             at: DateTime::from_timestamp_millis(BASE_MS).unwrap(),
             kind: EventKind::Cancel,
         },

@@ -11,7 +11,7 @@ use lastclick::conversions::book::{Book, BookRequest, Changes, HistoryChange, Le
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::money::Period;
-use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
+use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId};
 use lastclick::ids::{ClickId, VisitorId};
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
@@ -233,8 +233,8 @@ async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store
 
 fn payment_event(id: &str, customer: &str) -> Event {
     Event {
-        id: id.into(),
-        customer: customer.into(),
+        id: EventId::parse(id).unwrap(),
+        customer: CustomerId::parse(customer).unwrap(),
         at: Utc.timestamp_opt(t0(), 0).unwrap(),
         kind: EventKind::Payment {
             amount: "10.00".parse().unwrap(),

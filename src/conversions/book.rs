@@ -344,7 +344,9 @@ pub enum Applied {
 pub fn request_for(events: &[Incoming<'_>]) -> BookRequest {
     let mut request = BookRequest::default();
     for incoming in events {
-        request.customers.insert(incoming.event.customer.clone());
+        request
+            .customers
+            .insert(incoming.event.customer.as_str().to_owned());
         request.cells.insert(conversion_cell(incoming.referral));
     }
     request

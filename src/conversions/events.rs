@@ -8,20 +8,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::conversions::money::{minor_digits, Billing, Period};
+use crate::ids::{CustomerId, EventId, MAX_EVENT_ID_LEN};
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 1000;
 /// Largest amount accepted: far above any subscription, and small enough
 /// that sums and ARR (x 12) of many customers stay exact in `Decimal`.
 const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
-/// Longest event, customer and payment id.
-const MAX_ID_LEN: usize = 128;
 
 /// A validated event, as queued for the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    pub id: String,
-    pub customer: String,
+    pub id: EventId,
+    pub customer: CustomerId,
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -41,7 +40,7 @@ pub enum EventKind {
         period: Period,
     },
     Refund {
-        payment: String,
+        payment: EventId,
         #[serde(with = "rust_decimal::serde::str")]
         amount: Decimal,
         currency: String,
@@ -197,8 +196,8 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
             ),
         ));
     }
-    let id = id_field(object, "id")?;
-    let customer = id_field(object, "customer")?;
+    let id = id_field(object, "id", EventId::parse)?;
+    let customer = id_field(object, "customer", CustomerId::parse)?;
     let at = at_field(object)?;
     if at > latest {
         return Err(invalid(
@@ -220,7 +219,7 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
             }
         }
         EventType::Refund => {
-            let payment = id_field(object, "payment")?;
+            let payment = id_field(object, "payment", EventId::parse)?;
             let (amount, currency) = money_fields(object)?;
             EventKind::Refund {
                 payment,
@@ -250,16 +249,17 @@ fn string_field<'v>(object: &'v Map<String, Value>, name: &str) -> Result<&'v st
 }
 
 /// Ids: 1 to 128 printable characters without spaces.
-fn id_field(object: &Map<String, Value>, name: &str) -> Result<String, Invalid> {
-    let text = string_field(object, name)?;
-    let printable = text.chars().all(|c| !c.is_control() && !c.is_whitespace());
-    if text.is_empty() || text.len() > MAX_ID_LEN || !printable {
-        return Err(invalid(
+fn id_field<T>(
+    object: &Map<String, Value>,
+    name: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, Invalid> {
+    parse(string_field(object, name)?).map_err(|_| {
+        invalid(
             "invalid_id",
-            format!("`{name}` must be 1 to {MAX_ID_LEN} printable characters without spaces"),
-        ));
-    }
-    Ok(text.to_owned())
+            format!("`{name}` must be 1 to {MAX_EVENT_ID_LEN} printable characters without spaces"),
+        )
+    })
 }
 
 fn at_field(object: &Map<String, Value>) -> Result<DateTime<Utc>, Invalid> {

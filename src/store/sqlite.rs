@@ -666,7 +666,7 @@ impl Store for SqliteStore {
                     )?;
                     let now = now_ms();
                     for event in &events {
-                        if seen.execute([&event.id])? == 1 {
+                        if seen.execute([event.id.as_str()])? == 1 {
                             queue.execute(params![to_json(event), now])?;
                             enqueued.accepted += 1;
                         } else {
@@ -823,13 +823,18 @@ impl Store for SqliteStore {
         let event = event.clone();
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(claim) = claim_of(&tx, &event.customer)? {
+            if let Some(claim) = claim_of(&tx, event.customer.as_str())? {
                 return Ok(Route::Claimed(claim));
             }
             tx.execute(
                 "INSERT OR IGNORE INTO parked (customer, event_id, event, parked_at) \
                  VALUES (?1, ?2, ?3, ?4)",
-                params![event.customer, event.id, to_json(&event), now_ms],
+                params![
+                    event.customer.as_str(),
+                    event.id.as_str(),
+                    to_json(&event),
+                    now_ms
+                ],
             )?;
             tx.commit()?;
             Ok(Route::Parked)
@@ -867,7 +872,7 @@ impl Store for SqliteStore {
             return Ok(()); // nearly every signup: nothing waited for it
         }
         let customer = customer.to_owned();
-        let ids: Vec<String> = parked.iter().map(|e| e.id.clone()).collect();
+        let ids: Vec<String> = parked.iter().map(|e| e.id.as_str().to_owned()).collect();
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {

@@ -99,7 +99,7 @@ impl<'r> BatchRun<'r> {
         let event = incoming.event;
         let key = EventKey {
             at: event.at.timestamp_millis(),
-            id: event.id.clone(),
+            id: event.id.as_str().to_owned(),
         };
         let late = self.book.latest.as_ref().is_some_and(|l| &key < l);
         let covered = self.history.as_ref().is_some_and(|h| h.from <= key.at);
@@ -110,14 +110,14 @@ impl<'r> BatchRun<'r> {
         }
         let customer = self
             .customers
-            .entry(event.customer.clone())
-            .or_insert_with(|| Customer::new(&event.customer, incoming.referral.clone()));
-        if customer.holds(&event.id) {
+            .entry(event.customer.as_str().to_owned())
+            .or_insert_with(|| Customer::new(event.customer.as_str(), incoming.referral.clone()));
+        if customer.holds(event.id.as_str()) {
             return Ok(Effect::Duplicate);
         }
         let from = match &event.kind {
             EventKind::Signup { billing, .. } => {
-                match self.take_signup(&key, &event.customer, *billing, late) {
+                match self.take_signup(&key, event.customer.as_str(), *billing, late) {
                     Some(from) => Some(from),
                     None => return Ok(Effect::Duplicate),
                 }
@@ -127,7 +127,7 @@ impl<'r> BatchRun<'r> {
                 None
             }
         };
-        let moved = self.refresh(&event.customer);
+        let moved = self.refresh(event.customer.as_str());
         if late {
             self.rerate_from_earliest([from, moved]);
         } else {
@@ -465,7 +465,7 @@ fn record_step(customer: &mut Customer, key: &EventKey, kind: &EventKind) {
             currency,
         } => customer.refunds.push(RefundEvent {
             key: key.clone(),
-            payment: payment.clone(),
+            payment: payment.as_str().to_owned(),
             amount: *amount,
             currency: currency.clone(),
         }),

@@ -4,6 +4,7 @@ use super::*;
 use crate::conversions::customer::DAY_MS;
 use crate::conversions::events::AttributionRef;
 use crate::conversions::money::{Billing, Period};
+use crate::ids::{CustomerId, EventId};
 
 fn d(text: &str) -> Decimal {
     text.parse().unwrap()
@@ -44,8 +45,8 @@ fn referral() -> Referral {
 
 fn signup(id: &str, customer: &str, billing: Billing, day: i64) -> Event {
     Event {
-        id: id.into(),
-        customer: customer.into(),
+        id: EventId::parse(id).unwrap(),
+        customer: CustomerId::parse(customer).unwrap(),
         at: at(day),
         kind: EventKind::Signup {
             billing,
@@ -56,8 +57,8 @@ fn signup(id: &str, customer: &str, billing: Billing, day: i64) -> Event {
 
 fn payment(id: &str, customer: &str, amount: &str, day: i64) -> Event {
     Event {
-        id: id.into(),
-        customer: customer.into(),
+        id: EventId::parse(id).unwrap(),
+        customer: CustomerId::parse(customer).unwrap(),
         at: at(day),
         kind: EventKind::Payment {
             amount: d(amount),
@@ -69,11 +70,11 @@ fn payment(id: &str, customer: &str, amount: &str, day: i64) -> Event {
 
 fn refund(id: &str, customer: &str, paid: &str, amount: &str, day: i64) -> Event {
     Event {
-        id: id.into(),
-        customer: customer.into(),
+        id: EventId::parse(id).unwrap(),
+        customer: CustomerId::parse(customer).unwrap(),
         at: at(day),
         kind: EventKind::Refund {
-            payment: paid.into(),
+            payment: EventId::parse(paid).unwrap(),
             amount: d(amount),
             currency: "USD".into(),
         },
@@ -278,8 +279,8 @@ fn any_delivery_order_and_batching_gives_the_same_money() {
         signup("s0", "c3", Billing::Reseller, 5),
         payment("p3", "c3", "500", 7),
         Event {
-            id: "x1".into(),
-            customer: "c1".into(),
+            id: EventId::parse("x1").unwrap(),
+            customer: CustomerId::parse("c1").unwrap(),
             at: at(8),
             kind: EventKind::Cancel,
         },
@@ -413,8 +414,8 @@ fn every_split_of_a_late_signup_scenario_gives_the_same_rates() {
     let rules = rules(0);
     let ms = |t: i64| time(t);
     let ev = |id: &str, c: &str, t: i64, kind: EventKind| Event {
-        id: id.into(),
-        customer: c.into(),
+        id: EventId::parse(id).unwrap(),
+        customer: CustomerId::parse(c).unwrap(),
         at: ms(t),
         kind,
     };
@@ -444,7 +445,13 @@ fn every_split_of_a_late_signup_scenario_gives_the_same_rates() {
     ];
     let events: Vec<Event> = order
         .iter()
-        .map(|id| events.iter().find(|e| e.id == *id).unwrap().clone())
+        .map(|id| {
+            events
+                .iter()
+                .find(|e| e.id.as_str() == *id)
+                .unwrap()
+                .clone()
+        })
         .collect();
     let mut reference = Kept::default();
     reference.apply(&events, &rules, at(400));

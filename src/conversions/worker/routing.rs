@@ -125,13 +125,13 @@ impl Worker {
         let kind = event.kind.name();
         let finished = |outcome| Routed::Finished(delivery.delivery.clone(), kind, outcome);
         let EventKind::Signup { attribution, .. } = &event.kind else {
-            let route = match self.remembered_claim(&event.customer) {
+            let route = match self.remembered_claim(event.customer.as_str()) {
                 Some(claim) => Route::Claimed(claim),
                 None => {
                     let now = Utc::now().timestamp_millis();
                     let route = self.store.route_event(event, now).await?;
                     if let Route::Claimed(claim) = &route {
-                        self.remember_claim(&event.customer, claim);
+                        self.remember_claim(event.customer.as_str(), claim);
                     }
                     route
                 }
@@ -156,16 +156,16 @@ impl Worker {
         // answers the parked events too.
         let (claim, parked) = self
             .store
-            .claim_customer(&event.customer, resolved.as_ref())
+            .claim_customer(event.customer.as_str(), resolved.as_ref())
             .await?;
-        self.remember_claim(&event.customer, &claim);
+        self.remember_claim(event.customer.as_str(), &claim);
         let Some(referral) = claim else {
             // Signed up without a valid click: final, and so is what
             // waited for it.
             for waited in &parked {
                 self.metrics.count_event(waited.kind.name(), "no_effect");
             }
-            self.store.unpark(&event.customer, &parked).await?;
+            self.store.unpark(event.customer.as_str(), &parked).await?;
             return Ok(vec![finished(Outcome::NoEffect)]);
         };
         let mut out: Vec<Routed> = parked
@@ -183,7 +183,7 @@ impl Worker {
             event: event.clone(),
             referral,
             delivery: Some(delivery.delivery.clone()),
-            unpark: Some((event.customer.clone(), parked)),
+            unpark: Some((event.customer.as_str().to_owned(), parked)),
         })));
         Ok(out)
     }
@@ -267,10 +267,10 @@ fn by_customer(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
     let mut groups: Vec<Vec<Delivery>> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for delivery in deliveries {
-        match group_of.get(&delivery.event.customer) {
+        match group_of.get(delivery.event.customer.as_str()) {
             Some(&g) => groups[g].push(delivery),
             None => {
-                group_of.insert(delivery.event.customer.clone(), groups.len());
+                group_of.insert(delivery.event.customer.as_str().to_owned(), groups.len());
                 groups.push(vec![delivery]);
             }
         }

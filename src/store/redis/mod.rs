@@ -577,7 +577,7 @@ impl Store for RedisStore {
         let mut invocation = self.enqueue_events.prepare_invoke();
         invocation.key(keys::EVENT_IDS).key(keys::EVENT_STREAM);
         for event in events {
-            invocation.arg(&event.id).arg(encode(event));
+            invocation.arg(event.id.as_str()).arg(encode(event));
         }
         let accepted: usize = invocation
             .invoke_async(&mut self.conn())
