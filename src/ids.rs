@@ -1,5 +1,6 @@
 //! Domain identifiers parsed at the edge: partner ids, campaign slugs and
-//! names, click and visitor ids, and the bound on a partner's `utm_term`.
+//! names, click and visitor ids, event and customer ids, and the bound on
+//! a partner's `utm_term`.
 
 use std::fmt;
 
