@@ -348,6 +348,8 @@ async fn an_event_that_meets_a_corrupt_record_three_times_is_dead_lettered() {
         app.metric("lastclick_events_dead_lettered_total").await,
         1.0
     );
+    let attempts = r#"lastclick_store_errors_total{operation="apply_event"}"#;
+    assert_eq!(app.metric(attempts).await, 3.0, "three attempts, not one");
     assert_eq!(app.metric("lastclick_worker_pending_events").await, 0.0);
     assert_eq!(app.metric("lastclick_worker_lag_events").await, 0.0);
 }

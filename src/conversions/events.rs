@@ -433,22 +433,8 @@ mod tests {
         let round_trip: Event =
             serde_json::from_str(&serde_json::to_string(&events[2]).unwrap()).unwrap();
         assert_eq!(round_trip, events[2]);
-    }
-
-    /// The wire's `type` tag (serde) and `EventType`'s names agree, and
-    /// every type's name parses back to it.
-    #[test]
-    fn every_event_type_is_named_alike_on_the_wire_and_in_the_enum() {
-        let batch = json!([
-            {"id": "e1", "type": "signup", "customer": "c", "at": "2026-11-22T08:00:00Z",
-             "billing": "referral", "attribution": {"click_id": "abc"}},
-            {"id": "e2", "type": "payment", "customer": "c", "at": "2026-11-22T09:00:00Z",
-             "amount": "10.00", "currency": "USD", "period": "month"},
-            {"id": "e3", "type": "refund", "customer": "c", "at": "2026-11-22T10:00:00Z",
-             "payment": "e2", "amount": "10.00", "currency": "USD"},
-            {"id": "e4", "type": "cancel", "customer": "c", "at": "2026-11-22T10:00:00Z"}
-        ]);
-        let events = validate_batch(&batch, far()).unwrap();
+        // One of each type: the wire's `type` tag (serde) and `EventType`'s
+        // names agree, and every name parses back to its type.
         let types: Vec<EventType> = events.iter().map(|e| e.kind.event_type()).collect();
         assert_eq!(types, EventType::ALL);
         for event in &events {

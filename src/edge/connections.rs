@@ -166,21 +166,19 @@ impl PublicInner {
             now: unix_now(),
         });
         let sent = self.redirect_headers(&answer);
-        // Header-safe (printable ASCII), which `HeaderValue` always takes.
-        let header = |value: &str| {
-            HeaderValue::from_str(value)
-                .unwrap_or_else(|_| HeaderValue::from_static(self.redirector.default_location()))
-        };
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
-        headers.insert(LOCATION, header(sent.location));
+        // Header-safe (printable ASCII), which `HeaderValue` always takes.
+        if let Ok(location) = HeaderValue::from_str(sent.location) {
+            headers.insert(LOCATION, location);
+        }
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // Explicit even for HEAD, where hyper would leave it out: clients
         // that cannot tell a HEAD answer then still know it has no body.
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        if let Some(cookie) = sent.set_cookie {
-            headers.insert(SET_COOKIE, header(cookie));
+        if let Some(cookie) = sent.set_cookie.and_then(|c| HeaderValue::from_str(c).ok()) {
+            headers.insert(SET_COOKIE, cookie);
         }
         response
     }

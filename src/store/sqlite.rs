@@ -724,6 +724,7 @@ impl Store for SqliteStore {
             .iter()
             .filter_map(|e| e.delivery.parse().ok())
             .collect();
+        let queued = seqs.clone();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for entry in &entries {
@@ -737,8 +738,10 @@ impl Store for SqliteStore {
                     entry.reason,
                     now_ms
                 ])?;
+            }
+            for seq in &queued {
                 tx.prepare_cached("DELETE FROM event_queue WHERE seq = ?1")?
-                    .execute([&entry.delivery])?;
+                    .execute([seq])?;
             }
             tx.execute(
                 "DELETE FROM unreadable_events WHERE seq <= \

@@ -146,14 +146,18 @@ impl<'r> BatchRun<'r> {
         billing: Billing,
         late: bool,
     ) -> Option<EventKey> {
-        let current = self.customers.get(customer)?;
+        let current = &self.customers[customer];
         match current.signup.as_ref().map(|s| (s.key.clone(), s.rate)) {
             Some((first, _)) if &first < key => return None,
             Some((replaced, rate)) => self.forget_signup(&replaced, customer, rate),
             None => {}
         }
         let rate = rate_at(&self.book, self.history.as_ref(), key, self.rules, late);
-        self.customers.get_mut(customer)?.signup = Some(Signup {
+        // `take` inserted the customer before it asked.
+        self.customers
+            .get_mut(customer)
+            .expect("inserted by take")
+            .signup = Some(Signup {
             key: key.clone(),
             billing,
             rate,

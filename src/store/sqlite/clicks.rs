@@ -52,8 +52,8 @@ pub(super) const VISITORS_EVERY: Duration = Duration::from_secs(30);
 /// though nearly all held a few hashes.)
 pub(super) const VISITORS_PENDING_MAX_BYTES: usize = 16 << 20;
 
-/// Clicks per multi-row statement: one statement for many rows saves most
-/// of what a click costs beyond its two B-tree inserts.
+/// Last clicks per multi-row upsert: one statement for many rows saves
+/// most of what a row costs beyond its B-tree insert.
 pub(super) const ROWS_AT_ONCE: usize = 128;
 
 /// `items` in chunks of `ROWS_AT_ONCE`, then of halving powers of two:
