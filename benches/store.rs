@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lastclick::ids::{ClickId, VisitorId};
+use lastclick::store::prelude::*;
 use lastclick::store::sqlite::SqliteStore;
-use lastclick::store::{Click, Store};
+use lastclick::store::Click;
 
 const BATCH: usize = 256;
 

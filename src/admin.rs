@@ -10,7 +10,7 @@ use axum::Router;
 
 use crate::edge::clicks::ClickQueue;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::prelude::*;
 
 #[derive(Clone)]
 pub struct AdminState {

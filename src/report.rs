@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 use crate::conversions::book::parse_conversion_cell;
 use crate::conversions::customer::ConversionCounts;
 use crate::ids::PartnerId;
-use crate::store::{CounterCell, Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::{CounterCell, StoreError};
 
 /// Days covered when the query gives no range.
 const DEFAULT_DAYS: u64 = 30;

@@ -23,9 +23,9 @@ use crate::edge::cookie::CookieSigner;
 use crate::edge::redirect::{RedirectSettings, Redirector};
 use crate::edge::{self, PublicInner, PublicService};
 use crate::metrics::Metrics;
+use crate::store::prelude::*;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::{spawn_expiry, SqliteStore};
-use crate::store::Store;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -28,9 +28,10 @@ use lastclick::conversions::worker::{Drained, Worker};
 use lastclick::ids::{ClickId, VisitorId};
 use lastclick::ids::{CustomerId, EventId, PartnerId};
 use lastclick::metrics::Metrics;
+use lastclick::store::prelude::*;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
-use lastclick::store::{Click, Delivery, InboxItem, Partner, Store};
+use lastclick::store::{Click, Delivery, InboxItem, Partner};
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 

@@ -13,10 +13,11 @@ use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::money::Period;
 use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId};
 use lastclick::ids::{ClickId, VisitorId};
+use lastclick::store::prelude::*;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{
-    Campaign, Click, Commit, CounterCell, InboxItem, Partner, Route, Store, StoreError,
+    Campaign, Click, Commit, CounterCell, InboxItem, Partner, Route, StoreError,
 };
 
 const DAY: i64 = 86_400;

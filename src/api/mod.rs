@@ -39,7 +39,8 @@ use crate::config::Config;
 use crate::edge::cache::RouteCache;
 use crate::ids::PartnerId;
 use crate::metrics::Metrics;
-use crate::store::{Partner, Store};
+use crate::store::prelude::*;
+use crate::store::Partner;
 
 /// What every handler can reach.
 #[derive(Clone)]

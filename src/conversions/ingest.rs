@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::conversions::events::{validate_event, Event, MAX_BATCH};
-use crate::store::{Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::StoreError;
 
 /// A line that was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! only if the book is still at the version read, else read again.
 
 use crate::conversions::book::{BookRequest, BookView, Changes};
-use crate::store::{Commit, Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::{Commit, StoreError};
 
 /// What a computation makes of a loaded book.
 pub enum Computed<T> {

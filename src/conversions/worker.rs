@@ -22,7 +22,8 @@ use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
 use crate::ids::{ClickId, VisitorId};
 use crate::metrics::Metrics;
-use crate::store::{Click, Delivery, InboxItem, Route, Store, StoreError, Unreadable};
+use crate::store::prelude::*;
+use crate::store::{Click, Delivery, InboxItem, Route, StoreError, Unreadable};
 
 /// Events taken from the queue at once. A batch's events reach each
 /// partner's book together, and a book step costs about the same whether it

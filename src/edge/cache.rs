@@ -11,7 +11,8 @@ use foldhash::fast::RandomState;
 
 use crate::edge::landing::{LandingPolicy, LandingUrl};
 use crate::ids::DEFAULT_LINK;
-use crate::store::{Campaign, CatalogSnapshot, Store, StoreError};
+use crate::store::prelude::*;
+use crate::store::{Campaign, CatalogSnapshot, StoreError};
 
 /// Never a real store version, so the first refresh always loads.
 const NEVER_LOADED: u64 = u64::MAX;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::store::{Click, Store};
+use crate::store::prelude::*;
+use crate::store::Click;
 
 /// How long a stopping flusher keeps retrying an unreachable store before
 /// it counts what is left as dropped.

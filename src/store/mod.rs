@@ -230,23 +230,30 @@ pub enum Commit {
     Conflict,
 }
 
-/// Where partners, campaigns, clicks and report counters live.
+/// Where partners, campaigns, clicks, events and books live: the sum of
+/// the store's concerns below, one trait each, so that each
+/// implementation keeps one file per concern.
 ///
 /// Behaviour is the same for every implementation and is tested once for all
 /// (`tests/store.rs`). Nothing on the redirect path calls it: redirects read
-/// the in-process cache and queue their clicks.
+/// the in-process cache and queue their clicks. Callers bring the concern
+/// traits into scope with `use crate::store::prelude::*`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    CatalogStore + ClickStore + EventQueue + RoutingStore + BookStore + Send + Sync + 'static
+{
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+}
 
-    /// How many customers a worker routes at once: enough calls in flight
-    /// to hide a networked store's round trips, few enough not to queue
-    /// on an embedded store's one writer.
-    fn routing_concurrency(&self) -> usize {
-        16
-    }
+/// The store traits, to call a `Store`'s methods.
+pub mod prelude {
+    pub use super::{BookStore, CatalogStore, ClickStore, EventQueue, RoutingStore, Store};
+}
 
+/// Partners and campaigns: what the redirect's cache is loaded from.
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
     /// Rises on every partner or campaign change, so caches reload only then.
     async fn catalog_version(&self) -> Result<u64, StoreError>;
     async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError>;
@@ -261,7 +268,11 @@ pub trait Store: Send + Sync + 'static {
     /// Fails with `Conflict` when the partner already has the slug.
     async fn insert_campaign(&self, campaign: &Campaign) -> Result<(), StoreError>;
     async fn campaigns(&self, partner: &PartnerId) -> Result<Vec<Campaign>, StoreError>;
+}
 
+/// Click records, each visitor's last click and the report's click counters.
+#[async_trait]
+pub trait ClickStore: Send + Sync {
     /// Stores click records, each visitor's last click (the latest by click
     /// time, whatever order clicks arrive in) and report counters. Sending
     /// the same batch again, as the flusher does when an outcome is unknown,
@@ -288,7 +299,12 @@ pub trait Store: Send + Sync + 'static {
         partner: &PartnerId,
         cells: &[CounterCell],
     ) -> Result<u64, StoreError>;
+}
 
+/// The event queue: what the API accepted, until a worker routed it, and
+/// the dead letter for what no worker can read.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
     /// Queues events for the worker. An id seen before, ever, is a
     /// duplicate and is not queued again.
     async fn enqueue_events(&self, events: &[Event]) -> Result<Enqueued, StoreError>;
@@ -309,6 +325,17 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` dead-lettered entries, oldest first.
     async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError>;
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError>;
+}
+
+/// Customers: who claimed each, and the events parked until a claim.
+#[async_trait]
+pub trait RoutingStore: Send + Sync {
+    /// How many customers a worker routes at once: enough calls in flight
+    /// to hide a networked store's round trips, few enough not to queue
+    /// on an embedded store's one writer.
+    fn routing_concurrency(&self) -> usize {
+        16
+    }
 
     /// Where a customer's payment, refund or cancel goes: the claim when
     /// the customer was claimed, else the event is parked with the
@@ -333,7 +360,12 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Vec<ParkedEvent>, StoreError>;
     /// How many events are parked.
     async fn parked_count(&self) -> Result<u64, StoreError>;
+}
 
+/// Partners' books: inboxes, the book step's commit, conversion cells and
+/// the ledger.
+#[async_trait]
+pub trait BookStore: Send + Sync {
     /// What `request` asks of the partner's book.
     async fn load_book(&self, partner: &str, request: &BookRequest)
         -> Result<BookView, StoreError>;

@@ -269,3 +269,209 @@ pub(super) fn merge_visitors(
     tx.commit()?;
     Ok(())
 }
+
+#[async_trait]
+impl ClickStore for SqliteStore {
+    async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
+        if clicks.is_empty() {
+            return Ok(());
+        }
+        let owned = clicks.to_vec();
+        // A batch is at risk only until the next synced commit: the
+        // documented cost of a power loss is the last flush interval of
+        // clicks, and a batch then costs one write, not a sync.
+        let batch = self
+            .write_unsynced(move |conn| write_clicks(conn, &owned))
+            .await?;
+        let counts_due = {
+            let mut pending = relock(&self.counts);
+            pending.add(batch.seq, fresh_counts(&batch.cells));
+            pending.cells() >= counts::COUNTS_PENDING_MAX_CELLS
+                || pending.since.elapsed() >= counts::COUNTS_EVERY
+        };
+        if counts_due {
+            self.merge_counts().await?;
+        }
+        let visitors_due = {
+            let mut pending = relock(&self.visitors);
+            for (cell, clicks) in batch.cells {
+                pending.add(cell, &clicks.visitors);
+            }
+            pending.bytes >= VISITORS_PENDING_MAX_BYTES || pending.since.elapsed() >= VISITORS_EVERY
+        };
+        if visitors_due {
+            self.merge_visitors().await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.merge_counts().await?;
+        self.merge_visitors().await
+    }
+
+    async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
+        let (id, horizon) = (id.0, self.horizon());
+        self.read(move |conn| {
+            let click = click_log::lookup(conn, &ClickId(id))?;
+            Ok(click.filter(|c| c.at >= horizon))
+        })
+        .await
+    }
+
+    async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
+        let (visitor, horizon) = (visitor.0, self.horizon());
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let last: Option<[u8; 16]> = tx
+                .prepare_cached("SELECT click FROM last_clicks WHERE visitor = ?1 AND at >= ?2")?
+                .query_row(params![visitor, horizon], |row| row.get(0))
+                .optional()?;
+            let Some(last) = last else { return Ok(None) };
+            let click = click_log::lookup(&tx, &ClickId(last))?;
+            Ok(click.filter(|c| c.at >= horizon))
+        })
+        .await
+    }
+
+    async fn click_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickCount>, StoreError> {
+        // Pending counts first, the cells and their merge mark after: a
+        // generation merged meanwhile is then counted from the cells only.
+        let pending = relock(&self.counts).of_partner(partner.as_str());
+        let partner = partner.as_str().to_owned();
+        let (merged_upto, stored) = self
+            .read(move |conn| {
+                let tx = conn.transaction()?;
+                let merged_upto = counts::merged_upto(&tx)?;
+                let mut query = tx.prepare_cached(
+                    "SELECT day, campaign, term, clicks FROM click_cells \
+                     WHERE partner = ?1 AND day >= ?2 AND day <= ?3",
+                )?;
+                let rows = query
+                    .query_map(params![partner, from.to_string(), to.to_string()], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, u64>(3)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok((merged_upto, rows))
+            })
+            .await?;
+        let mut cells: BTreeMap<(NaiveDate, String, String), u64> = BTreeMap::new();
+        for (day, campaign, term, clicks) in stored {
+            let Ok(day) = day.parse::<NaiveDate>() else {
+                continue;
+            };
+            *cells.entry((day, campaign, term)).or_default() += clicks;
+        }
+        for (upto, counts) in pending {
+            if upto <= merged_upto {
+                continue;
+            }
+            for (day, campaign, term, clicks) in counts {
+                if (from..=to).contains(&day) {
+                    *cells.entry((day, campaign, term)).or_default() += clicks;
+                }
+            }
+        }
+        Ok(cells
+            .into_iter()
+            .map(|((day, campaign, term), clicks)| ClickCount {
+                cell: CounterCell {
+                    day,
+                    campaign,
+                    term,
+                },
+                clicks,
+            })
+            .collect())
+    }
+
+    async fn unique_visitors(
+        &self,
+        partner: &PartnerId,
+        cells: &[CounterCell],
+    ) -> Result<u64, StoreError> {
+        let wanted = cells.to_vec();
+        let owner = partner.as_str().to_owned();
+        let mut union = self
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT visitors FROM cell_visitors \
+                     WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
+                )?;
+                let mut union = Sketch::default();
+                for cell in &wanted {
+                    let key = params![owner, cell.day.to_string(), cell.campaign, cell.term];
+                    let found: Option<Vec<u8>> =
+                        query.query_row(key, |row| row.get(0)).optional()?;
+                    if let Some(bytes) = found {
+                        union.merge(&Sketch::from_bytes(&bytes));
+                    }
+                }
+                Ok(union)
+            })
+            .await?;
+        // What recent batches saw and is not merged yet.
+        let asked: HashSet<(NaiveDate, &str, &str)> = cells
+            .iter()
+            .map(|c| (c.day, c.campaign.as_str(), c.term.as_str()))
+            .collect();
+        let pending = relock(&self.visitors);
+        for ((of, day, campaign, term), sketch) in &pending.cells {
+            let term = term.as_deref().unwrap_or("");
+            if **of == *partner.as_str() && asked.contains(&(*day, &**campaign, term)) {
+                union.merge(sketch);
+            }
+        }
+        Ok(union.count())
+    }
+}
+
+impl SqliteStore {
+    /// Adds every pending click count to `click_cells` (see `counts`).
+    pub(super) async fn merge_counts(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.merging_counts.lock().await;
+        let Some((upto, cells)) = relock(&self.counts).seal() else {
+            return Ok(());
+        };
+        // Unsynced: the merge and the deletion of the rows it merged commit
+        // together, and a power cut undoes both or neither.
+        self.write_unsynced(move |conn| counts::merge(conn, upto, &cells))
+            .await?;
+        relock(&self.counts).merged(upto);
+        Ok(())
+    }
+
+    /// Merges pending unique-visitor sketches into the stored ones.
+    async fn merge_visitors(&self) -> Result<(), StoreError> {
+        let cells: Vec<(Cell, Sketch)> = {
+            let mut pending = relock(&self.visitors);
+            pending.since = std::time::Instant::now();
+            pending.bytes = 0;
+            pending.cells.drain().collect()
+        };
+        if cells.is_empty() {
+            return Ok(());
+        }
+        // Merging is idempotent (a register's maximum): what a failed write
+        // did not merge goes back to wait for the next one.
+        let retry = cells.clone();
+        let merged = self.write(move |conn| merge_visitors(conn, cells)).await;
+        if merged.is_err() {
+            let mut pending = relock(&self.visitors);
+            for (cell, sketch) in retry {
+                pending.merge(cell, &sketch);
+            }
+        }
+        merged
+    }
+}

@@ -1,0 +1,281 @@
+//! Partners' books in Redis: the inbox list, the book hash and its
+//! records, the ledger, each book step committed by one script guarded by
+//! the book's version.
+
+use super::*;
+
+#[async_trait]
+impl BookStore for RedisStore {
+    async fn load_book(
+        &self,
+        partner: &str,
+        request: &BookRequest,
+    ) -> Result<BookView, StoreError> {
+        let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
+        // HMGET and SMISMEMBER need at least one field: "" names nothing.
+        let or_nothing = |set: &std::collections::BTreeSet<String>| -> Vec<String> {
+            if set.is_empty() {
+                vec![String::new()]
+            } else {
+                set.iter().cloned().collect()
+            }
+        };
+        let customers = or_nothing(&request.customers);
+        let cells = or_nothing(&request.cells);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .get(key("version"))
+            .get(key("book"))
+            .cmd("HMGET")
+            .arg(key("customers"))
+            .arg(&customers)
+            .cmd("HMGET")
+            .arg(key("conversions"))
+            .arg(&cells);
+        match request.history_from {
+            Some(from) => {
+                pipe.cmd("ZRANGE")
+                    .arg(key("history"))
+                    .arg(from)
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .arg("WITHSCORES");
+            }
+            None => {
+                pipe.exists(key("history"));
+            }
+        }
+        type Loaded = (
+            Option<u64>,
+            Option<Vec<u8>>,
+            Vec<Option<Vec<u8>>>,
+            Vec<Option<Vec<u8>>>,
+            Value,
+        );
+        let (version, book, customer_rows, cell_rows, history): Loaded = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut view = BookView {
+            book: book
+                .map(|b| decode_record(&b))
+                .transpose()?
+                .unwrap_or_default(),
+            version: version.unwrap_or_default(),
+            ..BookView::default()
+        };
+        for (id, raw) in customers.iter().zip(customer_rows) {
+            if let Some(raw) = raw {
+                view.customers
+                    .insert(id.clone(), decode_record::<Customer>(&raw)?);
+            }
+        }
+        for (cell, raw) in cells.iter().zip(cell_rows) {
+            if let Some(raw) = raw {
+                view.cells
+                    .insert(cell.clone(), decode_record::<ConversionCounts>(&raw)?);
+            }
+        }
+        if let Some(from) = request.history_from {
+            let members: Vec<(String, f64)> =
+                redis::from_redis_value(history).map_err(|e| StoreError::corrupt("history", e))?;
+            view.history = Some(History::from_members(
+                from,
+                members.iter().map(|(m, at)| (m.as_str(), *at as i64)),
+            ));
+        }
+        Ok(view)
+    }
+
+    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut push = redis::cmd("RPUSH");
+        push.arg(keys::owned(|k| keys::book(k, partner, "inbox")));
+        for item in items {
+            push.arg(encode(item));
+        }
+        self.exec(&push).await?;
+        // After the push: a worker that settles the set in between sees
+        // the events, or this marks the partner again.
+        self.exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
+            .await
+    }
+
+    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        redis::cmd("SRANDMEMBER")
+            .arg(keys::READY)
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys::owned(|k| keys::book(k, partner, "inbox")))
+            .arg(0)
+            .arg(max.saturating_sub(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|r| decode(r)).collect()
+    }
+
+    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError> {
+        let inbox = keys::owned(|k| keys::book(k, partner, "inbox"));
+        let waiting: u64 = redis::cmd("LLEN")
+            .arg(&inbox)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if waiting > 0 {
+            return self
+                .exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
+                .await;
+        }
+        self.exec(redis::cmd("SREM").arg(keys::READY).arg(partner))
+            .await?;
+        // A push may have landed between the two: look again.
+        let waiting: u64 = redis::cmd("LLEN")
+            .arg(&inbox)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if waiting > 0 {
+            self.exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn lock_book(
+        &self,
+        partner: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(keys::owned(|k| keys::book(k, partner, "lock")))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
+    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+        self.unlock_book
+            .key(keys::owned(|k| keys::book(k, partner, "lock")))
+            .arg(holder)
+            .invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn commit_book(
+        &self,
+        partner: &str,
+        version: u64,
+        changes: &Changes,
+    ) -> Result<Commit, StoreError> {
+        let mut invocation = self.commit_book.prepare_invoke();
+        for part in [
+            "version",
+            "book",
+            "customers",
+            "conversions",
+            "history",
+            "ledger",
+            "inbox",
+        ] {
+            invocation.key(keys::owned(|k| keys::book(k, partner, part)));
+        }
+        invocation
+            .arg(version)
+            .arg(changes.inbox_taken)
+            .arg(encode_record(&changes.book));
+        invocation.arg(changes.customers.len());
+        for customer in &changes.customers {
+            invocation.arg(&customer.id).arg(encode_record(customer));
+        }
+        invocation.arg(changes.cells.len());
+        for (cell, counts) in &changes.cells {
+            invocation.arg(cell).arg(encode_record(counts));
+        }
+        invocation.arg(changes.history.len());
+        for change in &changes.history {
+            match change {
+                HistoryChange::Add(member, at) => invocation.arg("+").arg(*at).arg(member),
+                HistoryChange::Remove(member, _) => invocation.arg("-").arg(member),
+            };
+        }
+        for entry in &changes.entries {
+            invocation.arg(encode(entry));
+        }
+        let outcome: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(if outcome == 1 {
+            Commit::Applied
+        } else {
+            Commit::Conflict
+        })
+    }
+
+    async fn conversion_counts(
+        &self,
+        partner: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+        let cells: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(keys::owned(|k| keys::book(k, partner, "conversions")))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut counts = Vec::new();
+        for (cell, raw) in cells {
+            let in_range =
+                parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to);
+            if in_range {
+                counts.push((cell, decode_record(&raw)?));
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn ledger(
+        &self,
+        partner: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let key = keys::owned(|k| keys::book(k, partner, "ledger"));
+        // Entry `seq` sits at index seq - 1: the list only grows, in order.
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let below = before.map_or(len + 1, |b| b.min(len + 1));
+        if below <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = below - 2;
+        let start = stop.saturating_sub(limit as u64 - 1);
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(&key)
+            .arg(start)
+            .arg(stop)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().rev().map(|r| decode(r)).collect()
+    }
+}

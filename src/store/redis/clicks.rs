@@ -1,0 +1,110 @@
+//! Click batches in Redis: one pipeline per slot (`click_batch`), and
+//! the report's counters and unique-visitor sketches read back.
+
+use super::*;
+
+#[async_trait]
+impl ClickStore for RedisStore {
+    async fn record_clicks(&self, clicks: &[Click]) -> Result<(), StoreError> {
+        if clicks.is_empty() {
+            return Ok(());
+        }
+        let pipelines = self.click_pipelines(clicks);
+        match self.run_pipelines(&pipelines).await {
+            Err(e) if is_noscript(&e) => {
+                // Every step is idempotent, so the batch is simply sent again.
+                self.load_click_scripts().await.map_err(unavailable)?;
+                self.run_pipelines(&pipelines).await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+
+    async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::click(k, id)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(raw.and_then(|r| {
+            serde_json::from_str::<ClickRecord>(&r)
+                .ok()
+                .and_then(ClickRecord::into_click)
+        }))
+    }
+
+    async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
+        let latest: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::visitor(k, visitor)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        // `time:click id`; the click record lives exactly as long.
+        let click_id = latest
+            .as_deref()
+            .and_then(|l| l.split_once(':'))
+            .and_then(|(_, id)| ClickId::parse(id));
+        match click_id {
+            Some(id) => self.click(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn click_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ClickCount>, StoreError> {
+        let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for day in &days {
+            pipe.hgetall(keys::owned(|k| {
+                keys::day_clicks(k, partner.as_str(), &day.to_string())
+            }));
+        }
+        let maps: Vec<HashMap<String, u64>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let mut counts = Vec::new();
+        for (day, map) in days.iter().zip(maps) {
+            for (field, clicks) in map {
+                let (campaign, term) = field.split_once('\t').unwrap_or((&field, ""));
+                counts.push(ClickCount {
+                    cell: CounterCell {
+                        day: *day,
+                        campaign: campaign.to_owned(),
+                        term: term.to_owned(),
+                    },
+                    clicks,
+                });
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn unique_visitors(
+        &self,
+        partner: &PartnerId,
+        cells: &[CounterCell],
+    ) -> Result<u64, StoreError> {
+        if cells.is_empty() {
+            return Ok(0);
+        }
+        let mut pfcount = redis::cmd("PFCOUNT");
+        let (mut field, mut key) = (String::new(), String::new());
+        for cell in cells {
+            keys::field(&mut field, &cell.campaign, &cell.term);
+            keys::day_visitors(&mut key, partner.as_str(), &cell.day.to_string(), &field);
+            pfcount.arg(&key);
+        }
+        pfcount
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+}
