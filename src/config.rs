@@ -2,7 +2,7 @@
 //! `LASTCLICK_<SECTION>__<KEY>` environment overrides, validated at startup.
 
 use crate::conversions::book::Rules;
-use crate::conversions::money::Tier;
+use crate::conversions::money::{Currency, Tier};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -176,7 +176,7 @@ pub struct Commission {
 #[serde(deny_unknown_fields)]
 pub struct Payout {
     /// Smallest payout per ISO 4217 currency.
-    pub minimum: BTreeMap<String, Decimal>,
+    pub minimum: BTreeMap<Currency, Decimal>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,14 +311,6 @@ impl Config {
         }
         self.validate_tiers()?;
         for (currency, minimum) in &self.payout.minimum {
-            // The same table as events' currencies: a payout currency no
-            // event could carry would never have anything to pay.
-            if crate::conversions::money::minor_digits(currency).is_none() {
-                return Err(invalid(
-                    "payout.minimum",
-                    format!("`{currency}` is not an ISO 4217 code"),
-                ));
-            }
             if *minimum <= Decimal::ZERO {
                 return Err(invalid(
                     "payout.minimum",

@@ -6,6 +6,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::conversions::money::Currency;
+
 /// Sub-millisecond buckets: a redirect is expected to take tens of µs.
 const REDIRECT_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
@@ -216,9 +218,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn count_commission(&self, currency: &str, amount: f64) {
+    pub fn count_commission(&self, currency: Currency, amount: f64) {
         self.commissions
-            .with_label_values(&[currency])
+            .with_label_values(&[currency.code()])
             .inc_by(amount.max(0.0));
     }
 

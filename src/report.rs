@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::conversions::book::parse_conversion_cell;
 use crate::conversions::customer::ConversionCounts;
+use crate::conversions::money::Currency;
 use crate::ids::PartnerId;
 use crate::store::prelude::*;
 use crate::store::{CounterCell, StoreError};
@@ -262,7 +263,7 @@ impl Report {
     }
 
     /// Every currency with revenue or commission in the report, sorted.
-    fn currencies(&self) -> Vec<String> {
+    fn currencies(&self) -> Vec<Currency> {
         self.totals.currencies()
     }
 
@@ -423,7 +424,7 @@ impl Column {
         }
     }
 
-    fn csv_headers(self, currencies: &[String]) -> Vec<String> {
+    fn csv_headers(self, currencies: &[Currency]) -> Vec<String> {
         if self.is_money() {
             currencies
                 .iter()
@@ -434,9 +435,9 @@ impl Column {
         }
     }
 
-    fn csv(self, row: &Row, currencies: &[String]) -> Vec<String> {
+    fn csv(self, row: &Row, currencies: &[Currency]) -> Vec<String> {
         let c = &row.conversions;
-        let by_currency = |amounts: &BTreeMap<String, rust_decimal::Decimal>| {
+        let by_currency = |amounts: &BTreeMap<Currency, rust_decimal::Decimal>| {
             currencies
                 .iter()
                 .map(|cur| amounts.get(cur).map(|a| a.to_string()).unwrap_or_default())
@@ -457,7 +458,7 @@ impl Column {
     }
 }
 
-fn count_columns(currencies: &[String]) -> Vec<String> {
+fn count_columns(currencies: &[Currency]) -> Vec<String> {
     Column::ALL
         .iter()
         .flat_map(|column| column.csv_headers(currencies))
@@ -472,9 +473,9 @@ impl Row {
         Value::Object(totals)
     }
 
-    fn currencies(&self) -> Vec<String> {
+    fn currencies(&self) -> Vec<Currency> {
         let c = &self.conversions;
-        let mut all: Vec<String> = c
+        let mut all: Vec<Currency> = c
             .revenue
             .keys()
             .chain(c.commission.keys())
@@ -493,7 +494,7 @@ impl Row {
         }
     }
 
-    fn csv_counts(&self, currencies: &[String]) -> Vec<String> {
+    fn csv_counts(&self, currencies: &[Currency]) -> Vec<String> {
         Column::ALL
             .iter()
             .flat_map(|column| column.csv(self, currencies))

@@ -164,7 +164,7 @@ fn events(
                         *customer,
                         EventKind::Payment {
                             amount,
-                            currency: currency.into(),
+                            currency: currency.parse().unwrap(),
                             period,
                         },
                     )
@@ -184,7 +184,7 @@ fn events(
                                 EventKind::Refund {
                                     payment: EventId::parse(paid).unwrap(),
                                     amount: part,
-                                    currency: (*currency).into(),
+                                    currency: currency.parse().unwrap(),
                                 },
                             )
                         }
@@ -330,6 +330,8 @@ impl ModelPartner {
                 currency,
                 period,
             } => {
+                // The model keeps its own table of minor units, by code.
+                let currency = &currency.to_string();
                 let c = self.customers.get_mut(event.customer.as_str()).unwrap();
                 c.latest = Some((key, *amount, currency.clone(), *period));
                 c.paid = true;
@@ -361,6 +363,7 @@ impl ModelPartner {
                 amount,
                 currency,
             } => {
+                let currency = &currency.to_string();
                 let Some(p) = self.payments.get_mut(payment.as_str()) else {
                     self.waiting
                         .entry(payment.as_str().to_owned())
@@ -656,7 +659,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             .book
             .balances(now)
             .into_iter()
-            .map(|b| (b.currency, b.available.normalize()))
+            .map(|b| (b.currency.to_string(), b.available.normalize()))
             .filter(|(_, v)| !v.is_zero())
             .collect();
         let available: BTreeMap<String, Decimal> = model
@@ -708,7 +711,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
         let revenue: BTreeMap<String, Decimal> = counts
             .revenue
             .iter()
-            .map(|(c, v)| (c.clone(), v.normalize()))
+            .map(|(c, v)| (c.to_string(), v.normalize()))
             .filter(|(_, v)| !v.is_zero())
             .collect();
         let model_revenue: BTreeMap<String, Decimal> = model
@@ -721,7 +724,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
         let commission: BTreeMap<String, Decimal> = counts
             .commission
             .iter()
-            .map(|(c, v)| (c.clone(), v.normalize()))
+            .map(|(c, v)| (c.to_string(), v.normalize()))
             .filter(|(_, v)| !v.is_zero())
             .collect();
         assert_eq!(

@@ -10,6 +10,7 @@ use common::redis_server::{RedisCluster, RedisServer};
 use lastclick::conversions::book::{Book, BookRequest, Changes, HistoryChange, LedgerEntry};
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
+use lastclick::conversions::money::Currency;
 use lastclick::conversions::money::Period;
 use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId};
 use lastclick::ids::{ClickId, VisitorId};
@@ -239,7 +240,7 @@ fn payment_event(id: &str, customer: &str) -> Event {
         at: Utc.timestamp_opt(t0(), 0).unwrap(),
         kind: EventKind::Payment {
             amount: "10.00".parse().unwrap(),
-            currency: "USD".into(),
+            currency: Currency::USD,
             period: Period::Month,
         },
     }
@@ -253,7 +254,7 @@ fn commission_entry(seq: u64) -> LedgerEntry {
         kind: EntryKind::Commission,
         customer: Some("cus_1".into()),
         amount: "1.00".parse().unwrap(),
-        currency: "USD".into(),
+        currency: Currency::USD,
         at: Utc.timestamp_opt(t0(), 0).unwrap(),
         available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, JsonBody, PartnerScope};
 use crate::conversions::book::{self, Balance, BookRequest, LedgerEntry};
+use crate::conversions::money::Currency;
 use crate::conversions::step::{self, Computed, StepError};
 
 /// Ledger entries per page by default, and at most.
@@ -101,15 +102,15 @@ pub async fn payout(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<PayoutRequest>,
 ) -> Result<(StatusCode, Json<LedgerEntry>), ApiError> {
-    if crate::conversions::money::minor_digits(&body.currency).is_none() {
-        return Err(ApiError::bad_request(
+    let currency = Currency::parse(&body.currency).map_err(|_| {
+        ApiError::bad_request(
             "invalid_currency",
             format!(
                 "`currency` is `{}`, not an ISO 4217 code",
                 body.currency.escape_debug()
             ),
-        ));
-    }
+        )
+    })?;
     let partner = state.existing_partner(&scope.id).await?;
     let rules = state.config.rules();
     let id = format!("po_{}", crate::ids::ClickId::random());
@@ -124,7 +125,7 @@ pub async fn payout(
                 &rules,
                 partner.paypal_email.is_some(),
                 &id,
-                &body.currency,
+                currency,
                 Utc::now(),
             )?;
             Ok::<_, book::PayoutRefusal>(Computed::Done(changes, ()))

@@ -21,7 +21,7 @@ use crate::conversions::customer::{
 };
 use crate::conversions::events::{Event, EventKind};
 use crate::conversions::money::Tier;
-use crate::conversions::money::{self, minor_digits};
+use crate::conversions::money::{self, Currency, Money};
 
 /// One line of the ledger. Amounts are signed: commissions add, clawbacks
 /// and payouts take away; adjustments correct an earlier line of the same
@@ -35,7 +35,7 @@ pub struct LedgerEntry {
     pub kind: EntryKind,
     pub customer: Option<String>,
     pub amount: Decimal,
-    pub currency: String,
+    pub currency: Currency,
     /// The event's time (a payout's: when it was made).
     pub at: DateTime<Utc>,
     pub available_at: DateTime<Utc>,
@@ -58,7 +58,7 @@ pub struct Book {
     pub arr: Decimal,
     /// Signup times (unix ms) of the partner's referred customers.
     pub signups: Vec<i64>,
-    pub totals: BTreeMap<String, CurrencyTotals>,
+    pub totals: BTreeMap<Currency, CurrencyTotals>,
     /// Entries written so far; the next gets `entries + 1`.
     pub entries: u64,
     /// The latest event applied: an event before it is late, and may
@@ -143,7 +143,7 @@ pub enum HistoryChange {
 /// A balance as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Balance {
-    pub currency: String,
+    pub currency: Currency,
     pub pending: Decimal,
     pub available: Decimal,
     pub paid: Decimal,
@@ -155,11 +155,11 @@ pub struct Rules {
     pub tiers: Vec<Tier>,
     pub hold_days: u32,
     /// Smallest payout per currency; a currency not listed is never paid.
-    pub payout_minimum: BTreeMap<String, Decimal>,
+    pub payout_minimum: BTreeMap<Currency, Decimal>,
 }
 
 impl Rules {
-    fn terms(&self) -> Terms<'_> {
+    fn terms(&self) -> Terms {
         Terms {
             hold_days: self.hold_days,
             arr_currency: arr_currency(self),
@@ -169,13 +169,12 @@ impl Rules {
 
 /// The currency ARR and tiers are measured in: USD when payouts list it,
 /// else the first one payouts list.
-pub fn arr_currency(rules: &Rules) -> &str {
-    rules
-        .payout_minimum
-        .keys()
-        .find(|c| c.as_str() == "USD")
-        .or_else(|| rules.payout_minimum.keys().next())
-        .map_or("USD", String::as_str)
+pub fn arr_currency(rules: &Rules) -> Currency {
+    let listed = || rules.payout_minimum.keys().copied();
+    listed()
+        .find(|&c| c == Currency::USD)
+        .or_else(|| listed().next())
+        .unwrap_or(Currency::USD)
 }
 
 impl CurrencyTotals {
@@ -215,13 +214,9 @@ impl Book {
             .map(|(currency, totals)| {
                 let (pending, matured) = totals.pending_at(now.timestamp_millis());
                 // Shown in the currency's minor unit: "0.00", not "0".
-                let digits = minor_digits(currency).unwrap_or(2);
-                let shown = |mut amount: Decimal| {
-                    amount.rescale(digits);
-                    amount
-                };
+                let shown = |amount: Decimal| currency.shown(amount);
                 Balance {
-                    currency: currency.clone(),
+                    currency: *currency,
                     pending: shown(pending),
                     available: shown(totals.available + matured),
                     paid: shown(totals.paid),
@@ -235,15 +230,21 @@ impl Book {
         money::tier_for(&rules.tiers, self.arr, recent)
     }
 
-    fn entry(&mut self, id: &str, kind: EntryKind, customer: Option<&str>) -> LedgerEntry {
+    fn entry(
+        &mut self,
+        id: &str,
+        kind: EntryKind,
+        customer: Option<&str>,
+        money: Money,
+    ) -> LedgerEntry {
         self.entries += 1;
         LedgerEntry {
             seq: self.entries,
             id: id.to_owned(),
             kind,
             customer: customer.map(str::to_owned),
-            amount: Decimal::ZERO,
-            currency: String::new(),
+            amount: money.amount,
+            currency: money.currency,
             at: DateTime::default(),
             available_at: DateTime::default(),
         }
@@ -358,7 +359,7 @@ pub struct ProgramStatus {
     pub tier: String,
     pub rate: Decimal,
     pub arr: Decimal,
-    pub arr_currency: String,
+    pub arr_currency: Currency,
     pub next_tier: Option<NextTier>,
     pub new_customers_3_months: usize,
     pub new_customers_12_months: usize,
@@ -382,8 +383,7 @@ impl Book {
         let tier = self.tier(rules, now);
         let currency = arr_currency(rules);
         // ARR is a measure shown in the currency's unit, not a paid sum.
-        let shown =
-            |amount: Decimal| money::round_minor(amount, minor_digits(currency).unwrap_or(2));
+        let shown = |amount: Decimal| currency.round(amount);
         let new_3 = money::signups_within(&self.signups, now, 3);
         let new_12 = money::signups_within(&self.signups, now, 12);
         let next_tier = money::next_tier(&rules.tiers, tier).map(|next| {
@@ -404,7 +404,7 @@ impl Book {
             tier: tier.name.clone(),
             rate: tier.rate,
             arr: shown(self.arr),
-            arr_currency: currency.to_owned(),
+            arr_currency: currency,
             next_tier,
             new_customers_3_months: new_3,
             new_customers_12_months: new_12,

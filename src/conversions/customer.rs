@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::conversions::money::{self, arr_share, commission, minor_digits, Billing, Period};
+use crate::conversions::money::{arr_share, Billing, Currency, Money, Period};
 
 /// Milliseconds in a day, for `commission.hold_days`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -47,8 +47,14 @@ pub struct Signup {
 pub struct PaymentEvent {
     pub key: EventKey,
     pub amount: Decimal,
-    pub currency: String,
+    pub currency: Currency,
     pub period: Period,
+}
+
+impl PaymentEvent {
+    pub fn money(&self) -> Money {
+        Money::new(self.amount, self.currency)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +63,7 @@ pub struct RefundEvent {
     /// The id of the payment refunded.
     pub payment: String,
     pub amount: Decimal,
-    pub currency: String,
+    pub currency: Currency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +84,7 @@ pub enum EntryKind {
 pub struct Posting {
     pub kind: EntryKind,
     pub amount: Decimal,
-    pub currency: String,
+    pub currency: Currency,
     /// The source event's `at`, unix ms.
     pub at: i64,
     /// When it becomes available for payout, unix ms.
@@ -93,9 +99,9 @@ pub struct ConversionCounts {
     /// Customers who paid at least once.
     pub customers: u64,
     /// Payments less refunds, per currency.
-    pub revenue: BTreeMap<String, Decimal>,
+    pub revenue: BTreeMap<Currency, Decimal>,
     /// Commissions less clawbacks, per currency.
-    pub commission: BTreeMap<String, Decimal>,
+    pub commission: BTreeMap<Currency, Decimal>,
 }
 
 impl ConversionCounts {
@@ -104,10 +110,10 @@ impl ConversionCounts {
         self.signups += other.signups;
         self.customers += other.customers;
         for (currency, amount) in &other.revenue {
-            *self.revenue.entry(currency.clone()).or_default() += amount;
+            *self.revenue.entry(*currency).or_default() += amount;
         }
         for (currency, amount) in &other.commission {
-            *self.commission.entry(currency.clone()).or_default() += amount;
+            *self.commission.entry(*currency).or_default() += amount;
         }
     }
 
@@ -118,16 +124,16 @@ impl ConversionCounts {
         self.signups = (self.signups + after.signups).saturating_sub(before.signups);
         self.customers = (self.customers + after.customers).saturating_sub(before.customers);
         for (currency, amount) in &after.revenue {
-            *self.revenue.entry(currency.clone()).or_default() += amount;
+            *self.revenue.entry(*currency).or_default() += amount;
         }
         for (currency, amount) in &before.revenue {
-            *self.revenue.entry(currency.clone()).or_default() -= amount;
+            *self.revenue.entry(*currency).or_default() -= amount;
         }
         for (currency, amount) in &after.commission {
-            *self.commission.entry(currency.clone()).or_default() += amount;
+            *self.commission.entry(*currency).or_default() += amount;
         }
         for (currency, amount) in &before.commission {
-            *self.commission.entry(currency.clone()).or_default() -= amount;
+            *self.commission.entry(*currency).or_default() -= amount;
         }
     }
 }
@@ -169,10 +175,10 @@ pub struct Derived {
 
 /// The rule-set a derivation needs.
 #[derive(Debug, Clone, Copy)]
-pub struct Terms<'a> {
+pub struct Terms {
     pub hold_days: u32,
     /// ARR and tiers are measured in this currency only.
-    pub arr_currency: &'a str,
+    pub arr_currency: Currency,
 }
 
 /// A payment as the derivation tracks it.
@@ -226,7 +232,7 @@ impl Customer {
 
     /// Derives what the customer's events come to, in the order of their
     /// keys. Nothing counts before the signup is known.
-    pub fn derive(&self, terms: Terms<'_>) -> Derived {
+    pub fn derive(&self, terms: Terms) -> Derived {
         let Some(signup) = &self.signup else {
             let parked = self
                 .payments
@@ -283,7 +289,7 @@ impl Customer {
 /// The state of one derivation.
 struct Run<'a> {
     signup: &'a Signup,
-    terms: Terms<'a>,
+    terms: Terms,
     paid: HashMap<&'a str, Paid<'a>>,
     /// Refunds whose payment has not come (yet), by payment id.
     waiting: HashMap<&'a str, Vec<&'a RefundEvent>>,
@@ -295,9 +301,8 @@ struct Run<'a> {
 
 impl<'a> Run<'a> {
     fn payment(&mut self, p: &'a PaymentEvent) {
-        let digits = minor_digits(&p.currency).unwrap_or(2);
         let earned = match self.signup.billing {
-            Billing::Referral => commission(p.amount, self.signup.rate, digits),
+            Billing::Referral => p.money().share(self.signup.rate).amount,
             Billing::Reseller => Decimal::ZERO,
         };
         let available_at = p.key.at + i64::from(self.terms.hold_days) * DAY_MS;
@@ -306,7 +311,7 @@ impl<'a> Run<'a> {
             Posting {
                 kind: EntryKind::Commission,
                 amount: earned,
-                currency: p.currency.clone(),
+                currency: p.currency,
                 at: p.key.at,
                 available_at,
             },
@@ -343,11 +348,10 @@ impl<'a> Run<'a> {
         }
         let amount = paid.event.amount;
         paid.refunded = (paid.refunded + r.amount).min(amount);
-        let digits = minor_digits(&r.currency).unwrap_or(2);
         let owed = if paid.refunded == amount {
             paid.commission
         } else {
-            money::round_minor(paid.commission * paid.refunded / amount, digits)
+            r.currency.round(paid.commission * paid.refunded / amount)
         };
         let claw = owed - paid.clawed_back;
         paid.clawed_back = owed;
@@ -356,7 +360,7 @@ impl<'a> Run<'a> {
             Posting {
                 kind: EntryKind::Clawback,
                 amount: -claw,
-                currency: r.currency.clone(),
+                currency: r.currency,
                 at: r.key.at,
                 // A clawback follows its payment's date: before it, it
                 // cancels the pending commission; after, it takes from
@@ -407,14 +411,10 @@ impl<'a> Run<'a> {
         counts.customers = u64::from(!self.paid.is_empty());
         for paid in self.paid.values() {
             let currency = &paid.event.currency;
-            *counts.revenue.entry(currency.clone()).or_default() +=
-                paid.event.amount - paid.refunded;
+            *counts.revenue.entry(*currency).or_default() += paid.event.amount - paid.refunded;
         }
         for posting in self.derived.owed.values() {
-            *counts
-                .commission
-                .entry(posting.currency.clone())
-                .or_default() += posting.amount;
+            *counts.commission.entry(posting.currency).or_default() += posting.amount;
         }
         let mut parked: Vec<&RefundEvent> = self.waiting.into_values().flatten().collect();
         parked.sort_by(|a, b| a.key.cmp(&b.key));
@@ -465,7 +465,7 @@ mod tests {
         c.payments.push(PaymentEvent {
             key: key(at, id),
             amount: d(amount),
-            currency: "USD".into(),
+            currency: Currency::USD,
             period: Period::Month,
         });
     }
@@ -475,13 +475,13 @@ mod tests {
             key: key(at, id),
             payment: payment.into(),
             amount: d(amount),
-            currency: "USD".into(),
+            currency: Currency::USD,
         });
     }
 
-    const TERMS: Terms<'static> = Terms {
+    const TERMS: Terms = Terms {
         hold_days: 0,
-        arr_currency: "USD",
+        arr_currency: Currency::USD,
     };
 
     #[test]
@@ -511,7 +511,7 @@ mod tests {
         assert!(derived.parked.is_empty());
         assert_eq!(derived.owed["p1"].amount, d("60"));
         assert_eq!(derived.owed["r1"].amount, d("-60"));
-        assert_eq!(derived.counts.revenue["USD"], d("0"));
+        assert_eq!(derived.counts.revenue[&Currency::USD], d("0"));
     }
 
     #[test]
@@ -548,7 +548,7 @@ mod tests {
         refund(&mut c, 2_000, "r1", "p1", "300");
         let derived = c.derive(Terms {
             hold_days: 2,
-            arr_currency: "USD",
+            arr_currency: Currency::USD,
         });
         assert_eq!(derived.owed["p1"].available_at, 32 * DAY_MS);
         assert_eq!(derived.owed["r1"].available_at, 32 * DAY_MS);

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::conversions::money::{minor_digits, Billing, Period};
+use crate::conversions::money::{Billing, Currency, Money, Period};
 use crate::ids::{CustomerId, EventId, MAX_EVENT_ID_LEN};
 
 /// Most events in one request.
@@ -36,14 +36,14 @@ pub enum EventKind {
     Payment {
         #[serde(with = "rust_decimal::serde::str")]
         amount: Decimal,
-        currency: String,
+        currency: Currency,
         period: Period,
     },
     Refund {
         payment: EventId,
         #[serde(with = "rust_decimal::serde::str")]
         amount: Decimal,
-        currency: String,
+        currency: Currency,
     },
     Cancel,
 }
@@ -211,7 +211,7 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
             attribution: attribution_field(object)?,
         },
         EventType::Payment => {
-            let (amount, currency) = money_fields(object)?;
+            let Money { amount, currency } = money_fields(object)?;
             EventKind::Payment {
                 amount,
                 currency,
@@ -220,7 +220,7 @@ pub fn validate_event(value: &Value, latest: DateTime<Utc>) -> Result<Event, Inv
         }
         EventType::Refund => {
             let payment = id_field(object, "payment", EventId::parse)?;
-            let (amount, currency) = money_fields(object)?;
+            let Money { amount, currency } = money_fields(object)?;
             EventKind::Refund {
                 payment,
                 amount,
@@ -329,17 +329,18 @@ fn attribution_field(object: &Map<String, Value>) -> Result<AttributionRef, Inva
 
 /// `amount` (a positive decimal string with at most the currency's minor
 /// digits) and `currency` (an ISO 4217 code).
-fn money_fields(object: &Map<String, Value>) -> Result<(Decimal, String), Invalid> {
-    let currency = string_field(object, "currency")?;
-    let digits = minor_digits(currency).ok_or_else(|| {
+fn money_fields(object: &Map<String, Value>) -> Result<Money, Invalid> {
+    let code = string_field(object, "currency")?;
+    let currency = Currency::parse(code).map_err(|_| {
         invalid(
             "invalid_currency",
             format!(
                 "`currency` is `{}`, not an ISO 4217 code",
-                currency.escape_debug()
+                code.escape_debug()
             ),
         )
     })?;
+    let digits = currency.minor_digits();
     let text = match object.get("amount") {
         Some(Value::String(text)) => text,
         Some(_) => {
@@ -381,7 +382,7 @@ fn money_fields(object: &Map<String, Value>) -> Result<(Decimal, String), Invali
             format!("`amount` has more than {digits} decimal places, the minor unit of {currency}"),
         ));
     }
-    Ok((amount, currency.to_owned()))
+    Ok(Money::new(amount, currency))
 }
 
 #[cfg(test)]

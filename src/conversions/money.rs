@@ -1,5 +1,5 @@
-//! Money arithmetic: currencies and their minor units, commission rounding,
-//! monthly values, ARR shares and tiers. Pure functions on `Decimal`; money
+//! Money arithmetic: currencies and their minor units, amounts of money and
+//! commission rounding, monthly values, ARR shares and tiers. Pure functions on `Decimal`; money
 //! is never a float.
 
 use chrono::{DateTime, Months, Utc};
@@ -29,8 +29,8 @@ const TWO_DIGITS: &[&str] = &[
 
 /// Digits after the decimal point of an ISO 4217 currency; `None` for a code
 /// that is not one.
-pub fn minor_digits(currency: &str) -> Option<u32> {
-    // The common ones first: this is called for every amount derived.
+fn minor_digits(currency: &str) -> Option<u32> {
+    // The common ones first: events are parsed at the API's rate.
     if matches!(currency, "USD" | "EUR" | "GBP") {
         return Some(2);
     }
@@ -50,14 +50,129 @@ pub fn minor_digits(currency: &str) -> Option<u32> {
     }
 }
 
-/// Rounds to the currency's minor unit, half away from zero.
-pub fn round_minor(amount: Decimal, digits: u32) -> Decimal {
-    amount.round_dp_with_strategy(digits, RoundingStrategy::MidpointAwayFromZero)
+/// An ISO 4217 currency, parsed once where it comes in (an event, the
+/// configuration, a payout request) and carrying its minor unit, so that
+/// no later step meets a code it cannot round. Ordered, stored and shown
+/// as its code.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Currency {
+    code: [u8; 3],
+    minor_digits: u8,
 }
 
-/// The commission on `amount` at `rate`, rounded to the minor unit.
-pub fn commission(amount: Decimal, rate: Decimal, digits: u32) -> Decimal {
-    round_minor(amount * rate, digits)
+/// A code that is not an active ISO 4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an ISO 4217 currency code")]
+pub struct UnknownCurrency(pub String);
+
+impl Currency {
+    pub const USD: Currency = Currency {
+        code: *b"USD",
+        minor_digits: 2,
+    };
+
+    /// The currency named `code` (upper case, as ISO 4217 writes it).
+    pub fn parse(code: &str) -> Result<Currency, UnknownCurrency> {
+        let unknown = || UnknownCurrency(code.chars().take(16).collect());
+        let digits = minor_digits(code).ok_or_else(unknown)?;
+        let code = code.as_bytes().try_into().map_err(|_| unknown())?;
+        Ok(Currency {
+            code,
+            minor_digits: digits as u8,
+        })
+    }
+
+    pub fn code(&self) -> &str {
+        // Only codes found in the tables above are built: ASCII letters.
+        std::str::from_utf8(&self.code).expect("currency codes are ASCII")
+    }
+
+    /// Digits after the decimal point of the minor unit (2 for cents).
+    pub fn minor_digits(self) -> u32 {
+        u32::from(self.minor_digits)
+    }
+
+    /// `amount` rounded to the minor unit, half away from zero.
+    pub fn round(self, amount: Decimal) -> Decimal {
+        amount.round_dp_with_strategy(self.minor_digits(), RoundingStrategy::MidpointAwayFromZero)
+    }
+
+    /// `amount` written with every digit of the minor unit: "0.00", not "0".
+    pub fn shown(self, mut amount: Decimal) -> Decimal {
+        amount.rescale(self.minor_digits());
+        amount
+    }
+}
+
+impl std::str::FromStr for Currency {
+    type Err = UnknownCurrency;
+    fn from_str(code: &str) -> Result<Self, Self::Err> {
+        Currency::parse(code)
+    }
+}
+
+impl std::fmt::Display for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::fmt::Debug for Currency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an ISO 4217 currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                Currency::parse(code).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
+    }
+}
+
+/// An amount of one currency. Never a float: `Decimal`, exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money {
+    pub amount: Decimal,
+    pub currency: Currency,
+}
+
+impl Money {
+    pub fn new(amount: Decimal, currency: Currency) -> Money {
+        Money { amount, currency }
+    }
+
+    /// `rate` of this amount (a commission on it), rounded to the minor
+    /// unit, half away from zero.
+    pub fn share(self, rate: Decimal) -> Money {
+        self.with(self.currency.round(self.amount * rate))
+    }
+
+    /// Another amount of the same currency.
+    pub fn with(self, amount: Decimal) -> Money {
+        Money::new(amount, self.currency)
+    }
+}
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.amount, self.currency)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +289,12 @@ mod tests {
 
     #[test]
     fn currencies_know_their_minor_units() {
+        let digits = |code: &str| Currency::parse(code).ok().map(Currency::minor_digits);
+        assert_eq!(digits("USD"), Some(2));
+        assert_eq!(digits("JPY"), Some(0));
+        assert_eq!(digits("usd"), None);
+        assert_eq!(digits("USDT"), None);
+        assert_eq!(digits("\u{e9}\u{e9}"), None);
         assert_eq!(minor_digits("USD"), Some(2));
         assert_eq!(minor_digits("JPY"), Some(0));
         assert_eq!(minor_digits("KWD"), Some(3));
@@ -185,17 +306,35 @@ mod tests {
 
     #[test]
     fn commission_rounds_half_away_from_zero() {
-        assert_eq!(commission(d("0.125"), Decimal::ONE, 2), d("0.13"));
-        assert_eq!(commission(d("-0.125"), Decimal::ONE, 2), d("-0.13"));
-        assert_eq!(commission(d("10.01"), d("0.25"), 2), d("2.50")); // 2.5025
-        assert_eq!(commission(d("10.02"), d("0.25"), 2), d("2.51")); // 2.505
-        assert_eq!(commission(d("999"), d("0.22"), 0), d("220")); // 219.78
-        assert_eq!(commission(d("1.005"), d("0.5"), 3), d("0.503")); // 0.5025
+        let share = |amount: &str, rate: &str, code: &str| {
+            Money::new(d(amount), code.parse().unwrap())
+                .share(d(rate))
+                .amount
+        };
+        assert_eq!(share("0.125", "1", "USD"), d("0.13"));
+        assert_eq!(share("-0.125", "1", "USD"), d("-0.13"));
+        assert_eq!(share("10.01", "0.25", "USD"), d("2.50")); // 2.5025
+        assert_eq!(share("10.02", "0.25", "USD"), d("2.51")); // 2.505
+        assert_eq!(share("999", "0.22", "JPY"), d("220")); // 219.78
+        assert_eq!(share("1.005", "0.5", "KWD"), d("0.503")); // 0.5025
+    }
+
+    #[test]
+    fn a_currency_is_stored_and_shown_as_its_code() {
+        let jpy: Currency = "JPY".parse().unwrap();
+        assert_eq!(serde_json::to_string(&jpy).unwrap(), "\"JPY\"");
+        assert_eq!(serde_json::from_str::<Currency>("\"JPY\"").unwrap(), jpy);
+        assert!(serde_json::from_str::<Currency>("\"XYZ\"").is_err());
+        let stored = postcard::to_allocvec(&jpy).unwrap();
+        assert_eq!(stored, postcard::to_allocvec("JPY").unwrap());
+        assert_eq!(Currency::USD.shown(d("0")).to_string(), "0.00");
+        assert!(Currency::USD < "XAF".parse().unwrap());
     }
 
     #[test]
     fn twelve_payments_of_1000_at_20_percent_earn_2400() {
-        let total: Decimal = (0..12).map(|_| commission(d("1000"), d("0.20"), 2)).sum();
+        let payment = Money::new(d("1000"), Currency::USD);
+        let total: Decimal = (0..12).map(|_| payment.share(d("0.20")).amount).sum();
         assert_eq!(total, d("2400"));
     }
 

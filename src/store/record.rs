@@ -57,7 +57,7 @@ mod tests {
         };
         counts
             .revenue
-            .insert("EUR".into(), Decimal::new(123_456, 2));
+            .insert("EUR".parse().unwrap(), Decimal::new(123_456, 2));
         let binary = encode_record(&counts);
         assert_eq!(decode_record::<ConversionCounts>(&binary).unwrap(), counts);
         let json = serde_json::to_vec(&counts).unwrap();

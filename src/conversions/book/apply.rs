@@ -3,7 +3,7 @@
 //! difference, later signups rated again when an event comes late.
 
 use super::*;
-use crate::conversions::money::Billing;
+use crate::conversions::money::{Billing, Money};
 
 /// Applies `events` to the book `view` was loaded as (for `request`).
 /// Answers [`Applied::Load`] when a late event needs more of the book: the
@@ -358,16 +358,16 @@ impl<'r> BatchRun<'r> {
                 } else {
                     owed.kind
                 };
-                let mut entry = self.book.entry(source, kind, Some(id));
-                entry.amount = change;
-                entry.currency = owed.currency.clone();
+                let mut entry =
+                    self.book
+                        .entry(source, kind, Some(id), Money::new(change, owed.currency));
                 entry.at = time(owed.at);
                 entry.available_at = time(owed.available_at);
-                self.book
-                    .totals
-                    .entry(owed.currency.clone())
-                    .or_default()
-                    .credit(change, owed.available_at, now_ms);
+                self.book.totals.entry(owed.currency).or_default().credit(
+                    change,
+                    owed.available_at,
+                    now_ms,
+                );
                 customer.posted.insert(source.clone(), owed.amount);
                 entries.push(entry);
             }
@@ -460,7 +460,7 @@ fn record_step(customer: &mut Customer, key: &EventKey, kind: &EventKind) {
         } => customer.payments.push(PaymentEvent {
             key: key.clone(),
             amount: *amount,
-            currency: currency.clone(),
+            currency: *currency,
             period: *period,
         }),
         EventKind::Refund {
@@ -471,7 +471,7 @@ fn record_step(customer: &mut Customer, key: &EventKey, kind: &EventKind) {
             key: key.clone(),
             payment: payment.as_str().to_owned(),
             amount: *amount,
-            currency: currency.clone(),
+            currency: *currency,
         }),
         EventKind::Cancel => customer.cancels.push(key.clone()),
         // Taken by `take_signup`.

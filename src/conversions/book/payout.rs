@@ -9,15 +9,15 @@ pub enum PayoutRefusal {
     #[error("the partner has no paypal_email")]
     NoPaypalEmail,
     #[error("{0} cannot be paid out (no payout.minimum for it)")]
-    CurrencyNotPaid(String),
+    CurrencyNotPaid(Currency),
     #[error("the available balance {available} {currency} is below the minimum {minimum}")]
     BelowMinimum {
-        currency: String,
+        currency: Currency,
         available: Decimal,
         minimum: Decimal,
     },
     #[error("there is no positive available balance in {0}")]
-    NothingAvailable(String),
+    NothingAvailable(Currency),
 }
 
 impl PayoutRefusal {
@@ -38,7 +38,7 @@ pub fn payout(
     rules: &Rules,
     has_paypal_email: bool,
     id: &str,
-    currency: &str,
+    currency: Currency,
     now: DateTime<Utc>,
 ) -> Result<Changes, PayoutRefusal> {
     if !has_paypal_email {
@@ -46,27 +46,30 @@ pub fn payout(
     }
     let minimum = *rules
         .payout_minimum
-        .get(currency)
-        .ok_or_else(|| PayoutRefusal::CurrencyNotPaid(currency.to_owned()))?;
+        .get(&currency)
+        .ok_or(PayoutRefusal::CurrencyNotPaid(currency))?;
     let mut book = book.clone();
-    let totals = book.totals.entry(currency.to_owned()).or_default();
+    let totals = book.totals.entry(currency).or_default();
     totals.settle(now.timestamp_millis());
     let available = totals.available;
     if available <= Decimal::ZERO {
-        return Err(PayoutRefusal::NothingAvailable(currency.to_owned()));
+        return Err(PayoutRefusal::NothingAvailable(currency));
     }
     if available < minimum {
         return Err(PayoutRefusal::BelowMinimum {
-            currency: currency.to_owned(),
+            currency,
             available,
             minimum,
         });
     }
     totals.available = Decimal::ZERO;
     totals.paid += available;
-    let mut entry = book.entry(id, EntryKind::Payout, None);
-    entry.amount = -available;
-    entry.currency = currency.to_owned();
+    let mut entry = book.entry(
+        id,
+        EntryKind::Payout,
+        None,
+        Money::new(-available, currency),
+    );
     entry.at = now;
     entry.available_at = now;
     Ok(Changes {

@@ -24,7 +24,7 @@ fn rules(hold_days: u32) -> Rules {
             tier("gold", "20000", "0.25", true),
         ],
         hold_days,
-        payout_minimum: [("USD".to_owned(), d("50"))].into(),
+        payout_minimum: [(Currency::USD, d("50"))].into(),
     }
 }
 
@@ -62,7 +62,7 @@ fn payment(id: &str, customer: &str, amount: &str, day: i64) -> Event {
         at: at(day),
         kind: EventKind::Payment {
             amount: d(amount),
-            currency: "USD".into(),
+            currency: Currency::USD,
             period: Period::Month,
         },
     }
@@ -76,7 +76,7 @@ fn refund(id: &str, customer: &str, paid: &str, amount: &str, day: i64) -> Event
         kind: EventKind::Refund {
             payment: EventId::parse(paid).unwrap(),
             amount: d(amount),
-            currency: "USD".into(),
+            currency: Currency::USD,
         },
     }
 }
@@ -328,8 +328,8 @@ fn a_future_payments_commission_is_pending_and_its_refund_cancels_it() {
     let balance = &kept.book.balances(at(2))[0];
     assert_eq!((balance.pending, balance.available), (d("0"), d("0")));
     assert_eq!(
-        payout(&kept.book, &rules, true, "po", "USD", at(2)).unwrap_err(),
-        PayoutRefusal::NothingAvailable("USD".into())
+        payout(&kept.book, &rules, true, "po", Currency::USD, at(2)).unwrap_err(),
+        PayoutRefusal::NothingAvailable(Currency::USD)
     );
     let balance = &kept.book.balances(at(31))[0];
     assert_eq!((balance.pending, balance.available), (d("0"), d("0")));
@@ -350,23 +350,30 @@ fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
     let balance = &kept.book.balances(at(2))[0];
     assert_eq!((balance.pending, balance.available), (d("40"), d("0")));
     assert_eq!(
-        payout(&kept.book, &rules, true, "po", "USD", at(31)).unwrap_err(),
+        payout(&kept.book, &rules, true, "po", Currency::USD, at(31)).unwrap_err(),
         PayoutRefusal::BelowMinimum {
-            currency: "USD".into(),
+            currency: Currency::USD,
             available: d("40"),
             minimum: d("50")
         }
     );
     kept.apply(&[payment("p2", "c1", "50", 2)], &rules, at(2));
     assert_eq!(
-        payout(&kept.book, &rules, false, "po", "USD", at(40)).unwrap_err(),
+        payout(&kept.book, &rules, false, "po", Currency::USD, at(40)).unwrap_err(),
         PayoutRefusal::NoPaypalEmail
     );
     assert!(matches!(
-        payout(&kept.book, &rules, true, "po", "EUR", at(40)),
+        payout(
+            &kept.book,
+            &rules,
+            true,
+            "po",
+            "EUR".parse().unwrap(),
+            at(40)
+        ),
         Err(PayoutRefusal::CurrencyNotPaid(_))
     ));
-    let paid = payout(&kept.book, &rules, true, "po", "USD", at(40)).unwrap();
+    let paid = payout(&kept.book, &rules, true, "po", Currency::USD, at(40)).unwrap();
     kept.commit(&paid);
     assert_eq!(paid.entries[0].amount, d("-50"));
     let balance = &kept.book.balances(at(40))[0];
@@ -425,7 +432,7 @@ fn every_split_of_a_late_signup_scenario_gives_the_same_rates() {
     };
     let pm = |cents: i64, yearly: bool| EventKind::Payment {
         amount: Decimal::new(cents, 2),
-        currency: "USD".into(),
+        currency: Currency::USD,
         period: if yearly { Period::Year } else { Period::Month },
     };
     let events = vec![

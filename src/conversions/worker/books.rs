@@ -163,7 +163,7 @@ impl Worker {
                 continue;
             }
             let amount = entry.amount.try_into().unwrap_or(0.0);
-            self.metrics.count_commission(&entry.currency, amount);
+            self.metrics.count_commission(entry.currency, amount);
         }
     }
 }
