@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use chrono::{Days, NaiveDate};
 use serde_json::{json, Map, Value};
 
-use crate::conversions::book::parse_conversion_cell;
 use crate::conversions::customer::ConversionCounts;
 use crate::conversions::money::Currency;
 use crate::ids::PartnerId;
@@ -169,11 +168,8 @@ pub async fn build(
     }
     let mut total_conversions = ConversionCounts::default();
     for (cell, counts) in &conversions {
-        let Some((day, campaign, term)) = parse_conversion_cell(cell) else {
-            continue;
-        };
         groups
-            .entry(row_key(day, &campaign, &term))
+            .entry(row_key(cell.day, &cell.campaign, &cell.term))
             .or_default()
             .conversions
             .add(counts);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use common::redis_server::{RedisCluster, RedisServer};
-use lastclick::conversions::book::{Book, BookRequest, Changes, HistoryChange, LedgerEntry};
+use lastclick::conversions::book::{
+    Book, BookRequest, Changes, ConversionCell, HistoryChange, LedgerEntry,
+};
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::money::Currency;
@@ -29,6 +31,15 @@ fn t0() -> i64 {
 }
 
 /// The UTC day `offset` days after `t0`.
+/// The cell of day 0's clicks on `campaign`, without a term.
+fn conversion_cell(campaign: &str) -> ConversionCell {
+    ConversionCell {
+        day: d(0),
+        campaign: campaign.to_owned(),
+        term: String::new(),
+    }
+}
+
 fn d(offset: i64) -> NaiveDate {
     Utc.timestamp_opt(t0() + offset * DAY, 0)
         .unwrap()
@@ -371,7 +382,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
             ..view.book.clone()
         },
         customers: vec![customer.clone()],
-        cells: vec![("cell".into(), counts.clone())],
+        cells: vec![(conversion_cell("spring"), counts.clone())],
         history: vec![
             HistoryChange::Add("a\te1\t1".into(), 1_000),
             HistoryChange::Add("a\te2\t2".into(), 2_000),
@@ -405,7 +416,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     );
     let request = BookRequest {
         customers: ["cus_1".to_owned(), "nobody".to_owned()].into(),
-        cells: ["cell".to_owned()].into(),
+        cells: [conversion_cell("spring")].into(),
         history_from: Some(600),
     };
     let view = store.load_book("acme", &request).await.unwrap();
@@ -414,7 +425,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         view.customers.into_values().collect::<Vec<_>>(),
         vec![customer]
     );
-    assert_eq!(view.cells["cell"], counts);
+    assert_eq!(view.cells[&conversion_cell("spring")], counts);
     let history = view.history.unwrap();
     assert_eq!(history.from, 600);
     let arr: Vec<(i64, String)> = history
@@ -515,7 +526,7 @@ async fn the_event_queue_hands_each_event_out_until_acknowledged(store: Arc<dyn 
 
 async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<dyn Store>) {
     let cell_on = |offset: i64| {
-        lastclick::conversions::book::conversion_cell(&Referral {
+        ConversionCell::of(&Referral {
             click_at: t0() + offset * DAY,
             ..referral("acme")
         })
@@ -560,7 +571,7 @@ async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<d
             cells
                 .into_iter()
                 .map(|(cell, _)| cell)
-                .collect::<Vec<String>>()
+                .collect::<Vec<ConversionCell>>()
         }
     };
     assert_eq!(days(0, 0).await, vec![cell_on(0)]);
@@ -580,8 +591,8 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         signups: 1,
         ..ConversionCounts::default()
     };
-    let cells: Vec<(String, ConversionCounts)> = (0..600)
-        .map(|i| (format!("cell{i}"), counts.clone()))
+    let cells: Vec<(ConversionCell, ConversionCounts)> = (0..600)
+        .map(|i| (conversion_cell(&format!("campaign{i}")), counts.clone()))
         .collect();
     let member = |id: &str| format!("a\t{id}\t1");
     let mut history: Vec<HistoryChange> = (1..=1_100)

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -255,26 +255,43 @@ fn time(unix_ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(unix_ms).unwrap_or_default()
 }
 
-/// The report cell of a referred customer: `day\tcampaign\tterm`, the UTC
-/// day of its click.
-pub fn conversion_cell(referral: &Referral) -> String {
-    let day = DateTime::from_timestamp(referral.click_at, 0)
-        .unwrap_or_default()
-        .date_naive();
-    format!(
-        "{day}\t{}\t{}",
-        referral.campaign,
-        referral.term.as_deref().unwrap_or("")
-    )
+/// The report cell a referred customer's conversions count in: the UTC
+/// day of its click, its campaign and its term (empty for none). Stored
+/// under its key, `day\tcampaign\tterm` (campaign names and terms hold no
+/// tab).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConversionCell {
+    pub day: NaiveDate,
+    pub campaign: String,
+    pub term: String,
 }
 
-/// Parses a cell key back into (day, campaign, term).
-pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, String)> {
-    let mut parts = key.splitn(3, '\t');
-    let day = parts.next()?.parse().ok()?;
-    let campaign = parts.next()?.to_owned();
-    let term = parts.next()?.to_owned();
-    Some((day, campaign, term))
+impl ConversionCell {
+    pub fn of(referral: &Referral) -> ConversionCell {
+        let day = DateTime::from_timestamp(referral.click_at, 0)
+            .unwrap_or_default()
+            .date_naive();
+        ConversionCell {
+            day,
+            campaign: referral.campaign.clone(),
+            term: referral.term.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The key it is stored under.
+    pub fn key(&self) -> String {
+        format!("{}\t{}\t{}", self.day, self.campaign, self.term)
+    }
+
+    /// The cell stored under `key`; `None` for a key that is not one.
+    pub fn parse_key(key: &str) -> Option<ConversionCell> {
+        let mut parts = key.splitn(3, '\t');
+        Some(ConversionCell {
+            day: parts.next()?.parse().ok()?,
+            campaign: parts.next()?.to_owned(),
+            term: parts.next()?.to_owned(),
+        })
+    }
 }
 
 // ---- applying a batch ----------------------------------------------------
@@ -283,7 +300,7 @@ pub fn parse_conversion_cell(key: &str) -> Option<(chrono::NaiveDate, String, St
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BookRequest {
     pub customers: BTreeSet<String>,
-    pub cells: BTreeSet<String>,
+    pub cells: BTreeSet<ConversionCell>,
     /// The history from this time (ms) on, when a late event needs it.
     pub history_from: Option<i64>,
 }
@@ -297,7 +314,7 @@ pub struct BookView {
     /// The requested customers that exist.
     pub customers: BTreeMap<String, Customer>,
     /// The requested report cells (missing ones are empty).
-    pub cells: BTreeMap<String, ConversionCounts>,
+    pub cells: BTreeMap<ConversionCell, ConversionCounts>,
     /// Loaded from `history_from` on, when requested.
     pub history: Option<History>,
 }
@@ -309,7 +326,7 @@ pub struct BookView {
 pub struct Changes {
     pub book: Book,
     pub customers: Vec<Customer>,
-    pub cells: Vec<(String, ConversionCounts)>,
+    pub cells: Vec<(ConversionCell, ConversionCounts)>,
     pub history: Vec<HistoryChange>,
     pub entries: Vec<LedgerEntry>,
     /// Events taken off the head of the partner's inbox.
@@ -348,7 +365,7 @@ pub fn request_for(events: &[Incoming<'_>]) -> BookRequest {
         request
             .customers
             .insert(incoming.event.customer.as_str().to_owned());
-        request.cells.insert(conversion_cell(incoming.referral));
+        request.cells.insert(ConversionCell::of(incoming.referral));
     }
     request
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::conversions::book::{BookRequest, BookView, Changes, LedgerEntry};
+use crate::conversions::book::{BookRequest, BookView, Changes, ConversionCell, LedgerEntry};
 use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
@@ -222,6 +222,11 @@ pub struct QueueStats {
     pub routed: u64,
 }
 
+/// The conversion cell stored under `key`, or what is wrong with the key.
+fn cell_of_key(key: &str) -> Result<ConversionCell, StoreError> {
+    ConversionCell::parse_key(key).ok_or_else(|| StoreError::corrupt("conversion cell", key))
+}
+
 /// How `commit_book` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -401,13 +406,13 @@ pub trait BookStore: Send + Sync {
         changes: &Changes,
     ) -> Result<Commit, StoreError>;
     /// Every report cell of the partner's conversions whose day is from
-    /// `from` to `to`, by cell key (see `book::conversion_cell`).
+    /// `from` to `to`.
     async fn conversion_counts(
         &self,
         partner: &str,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Vec<(String, ConversionCounts)>, StoreError>;
+    ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError>;
     /// Ledger entries newest first, those before `before` (a `seq`) when
     /// given.
     async fn ledger(

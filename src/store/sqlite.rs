@@ -51,13 +51,12 @@ use self::counts::{Cell, CellMap, PendingCounts};
 use super::record::{decode_record, encode_record};
 use super::sketch::Sketch;
 use super::{
-    prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery,
-    Enqueued, InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken, Unreadable,
-    UNREADABLE_KEPT,
+    cell_of_key, prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell,
+    Delivery, Enqueued, InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken,
+    Unreadable, UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
-    parse_conversion_cell, Book, BookRequest, BookView, Changes, History, HistoryChange,
-    LedgerEntry,
+    Book, BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;

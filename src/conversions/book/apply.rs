@@ -80,7 +80,7 @@ struct BatchRun<'r> {
     book: Book,
     customers: BTreeMap<String, Customer>,
     /// The report cells as loaded.
-    cells: &'r BTreeMap<String, ConversionCounts>,
+    cells: &'r BTreeMap<ConversionCell, ConversionCounts>,
     history: Option<History>,
     /// Customers derived in this batch, by id.
     derived: HashMap<String, Derived>,
@@ -309,7 +309,7 @@ impl<'r> BatchRun<'r> {
             let Some(loaded) = self.customers.get_mut(&customer) else {
                 continue; // a signup without its record: nothing to rerate
             };
-            let cell = conversion_cell(&loaded.referral);
+            let cell = ConversionCell::of(&loaded.referral);
             if !self.needed.cells.contains(&cell) {
                 self.needed.cells.insert(cell);
                 missing = true;
@@ -334,7 +334,7 @@ impl<'r> BatchRun<'r> {
     /// and the ids of events that stay parked.
     fn finish(mut self, now_ms: i64) -> (Changes, HashSet<String>) {
         let mut entries = Vec::new();
-        let mut cells: BTreeMap<String, ConversionCounts> = BTreeMap::new();
+        let mut cells: BTreeMap<ConversionCell, ConversionCounts> = BTreeMap::new();
         let mut parked = HashSet::new();
         let mut ids: Vec<&String> = self.derived.keys().collect();
         ids.sort();
@@ -372,7 +372,7 @@ impl<'r> BatchRun<'r> {
                 entries.push(entry);
             }
             if derived.counts != customer.counts {
-                let cell_key = conversion_cell(&customer.referral);
+                let cell_key = ConversionCell::of(&customer.referral);
                 let loaded = self.cells;
                 let cell = cells
                     .entry(cell_key.clone())

@@ -87,7 +87,7 @@ struct Kept {
     book: Book,
     version: u64,
     customers: BTreeMap<String, Customer>,
-    cells: BTreeMap<String, ConversionCounts>,
+    cells: BTreeMap<ConversionCell, ConversionCounts>,
     history: BTreeMap<String, i64>,
     ledger: Vec<LedgerEntry>,
 }
@@ -473,5 +473,24 @@ fn every_split_of_a_late_signup_scenario_gives_the_same_rates() {
             }
         }
         assert_eq!(kept.rates(), reference.rates(), "mask {mask:b}");
+    }
+}
+
+#[test]
+fn a_conversion_cell_is_stored_under_its_key_and_read_back() {
+    let cell = ConversionCell {
+        day: "2026-11-23".parse().unwrap(),
+        campaign: "spring".into(),
+        term: String::new(),
+    };
+    assert_eq!(cell.key(), "2026-11-23\tspring\t");
+    assert_eq!(ConversionCell::parse_key(&cell.key()), Some(cell));
+    for bad in [
+        "",
+        "2026-11-23",
+        "2026-11-23\tspring",
+        "23/11/2026\tspring\t",
+    ] {
+        assert_eq!(ConversionCell::parse_key(bad), None, "{bad:?}");
     }
 }

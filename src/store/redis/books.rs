@@ -13,15 +13,15 @@ impl BookStore for RedisStore {
     ) -> Result<BookView, StoreError> {
         let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
         // HMGET and SMISMEMBER need at least one field: "" names nothing.
-        let or_nothing = |set: &std::collections::BTreeSet<String>| -> Vec<String> {
-            if set.is_empty() {
+        let or_nothing = |keys: Vec<String>| -> Vec<String> {
+            if keys.is_empty() {
                 vec![String::new()]
             } else {
-                set.iter().cloned().collect()
+                keys
             }
         };
-        let customers = or_nothing(&request.customers);
-        let cells = or_nothing(&request.cells);
+        let customers = or_nothing(request.customers.iter().cloned().collect());
+        let cells = or_nothing(request.cells.iter().map(ConversionCell::key).collect());
         let mut pipe = redis::pipe();
         pipe.atomic()
             .get(key("version"))
@@ -70,7 +70,7 @@ impl BookStore for RedisStore {
                     .insert(id.clone(), decode_record::<Customer>(&raw)?);
             }
         }
-        for (cell, raw) in cells.iter().zip(cell_rows) {
+        for (cell, raw) in request.cells.iter().zip(cell_rows) {
             if let Some(raw) = raw {
                 view.cells
                     .insert(cell.clone(), decode_record::<ConversionCounts>(&raw)?);
@@ -205,7 +205,7 @@ impl BookStore for RedisStore {
         }
         invocation.arg(changes.cells.len());
         for (cell, counts) in &changes.cells {
-            invocation.arg(cell).arg(encode_record(counts));
+            invocation.arg(cell.key()).arg(encode_record(counts));
         }
         invocation.arg(changes.history.len());
         for change in &changes.history {
@@ -233,17 +233,16 @@ impl BookStore for RedisStore {
         partner: &str,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+    ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
         let cells: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(keys::owned(|k| keys::book(k, partner, "conversions")))
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         let mut counts = Vec::new();
-        for (cell, raw) in cells {
-            let in_range =
-                parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to);
-            if in_range {
+        for (key, raw) in cells {
+            let cell = cell_of_key(&key)?;
+            if cell.day >= from && cell.day <= to {
                 counts.push((cell, decode_record(&raw)?));
             }
         }

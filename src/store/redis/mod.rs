@@ -30,6 +30,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::Serialize;
 
+use super::cell_of_key;
 use super::prelude::*;
 use super::record::{decode_record, encode_record};
 use super::{
@@ -38,7 +39,7 @@ use super::{
     UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
-    parse_conversion_cell, BookRequest, BookView, Changes, History, HistoryChange, LedgerEntry,
+    BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;

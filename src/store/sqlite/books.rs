@@ -32,8 +32,10 @@ impl BookStore for SqliteStore {
                 .insert(id, decode_record::<Customer>(&record.0)?);
         }
         for (key, counts) in stored.cells {
-            view.cells
-                .insert(key, decode_record::<ConversionCounts>(&counts.0)?);
+            view.cells.insert(
+                cell_of_key(&key)?,
+                decode_record::<ConversionCounts>(&counts.0)?,
+            );
         }
         if let Some(from) = history_from {
             view.history = Some(History::from_members(
@@ -159,7 +161,7 @@ impl BookStore for SqliteStore {
         partner: &str,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Vec<(String, ConversionCounts)>, StoreError> {
+    ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
         let partner = partner.to_owned();
         self.read(move |conn| {
             let mut query = conn.prepare_cached(
@@ -170,8 +172,9 @@ impl BookStore for SqliteStore {
             })?;
             let mut cells = Vec::new();
             for row in rows {
-                let (cell, counts) = row?;
-                if parse_conversion_cell(&cell).is_some_and(|(day, ..)| day >= from && day <= to) {
+                let (key, counts) = row?;
+                let cell = cell_of_key(&key)?;
+                if cell.day >= from && cell.day <= to {
                     cells.push((cell, decode_record(&counts.0)?));
                 }
             }
@@ -247,7 +250,7 @@ fn read_book(
             &tx,
             "SELECT counts FROM conversions WHERE partner = ?1 AND cell = ?2",
             partner,
-            &request.cells,
+            request.cells.iter().map(ConversionCell::key),
         )?,
         history: Vec::new(),
     };
@@ -263,19 +266,20 @@ fn read_book(
 
 /// The partner's record under each of `keys` that has one, by key: `sql`
 /// selects it by partner (`?1`) and key (`?2`).
-fn records_of<'k>(
+fn records_of(
     tx: &rusqlite::Transaction<'_>,
     sql: &str,
     partner: &str,
-    keys: impl IntoIterator<Item = &'k String>,
+    keys: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> Result<Vec<(String, StoredRecord)>, StoreError> {
     let mut query = tx.prepare_cached(sql)?;
     let mut found = Vec::new();
     for key in keys {
+        let key = key.as_ref();
         let record: Option<StoredRecord> = query
             .query_row(params![partner, key], |row| row.get(0))
             .optional()?;
-        found.extend(record.map(|record| (key.clone(), record)));
+        found.extend(record.map(|record| (key.to_owned(), record)));
     }
     Ok(found)
 }
@@ -305,7 +309,7 @@ impl BookRows {
             cells: changes
                 .cells
                 .iter()
-                .map(|(cell, counts)| (cell.clone(), encode_record(counts)))
+                .map(|(cell, counts)| (cell.key(), encode_record(counts)))
                 .collect(),
             history: changes.history.clone(),
             entries: changes
