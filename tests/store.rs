@@ -292,8 +292,9 @@ async fn events_wait_parked_until_their_customer_is_claimed(store: Arc<dyn Store
     assert_eq!(listed[0].parked_at, 1_000);
 
     // The claim answers what was parked; after it, events are routed.
+    let cus_1 = CustomerId::parse("cus_1").unwrap();
     let acme = referral("acme");
-    let (claim, parked) = store.claim_customer("cus_1", Some(&acme)).await.unwrap();
+    let (claim, parked) = store.claim_customer(&cus_1, Some(&acme)).await.unwrap();
     assert_eq!(
         (claim.as_ref(), parked.as_slice()),
         (Some(&acme), std::slice::from_ref(&early))
@@ -306,17 +307,17 @@ async fn events_wait_parked_until_their_customer_is_claimed(store: Arc<dyn Store
     // A second claim changes nothing and still answers the parked events
     // until the claimant forgets them.
     let (claim, again) = store
-        .claim_customer("cus_1", Some(&referral("rival")))
+        .claim_customer(&cus_1, Some(&referral("rival")))
         .await
         .unwrap();
     assert_eq!((claim, again.len()), (Some(acme.clone()), 1));
     // Claimed, the events are the claimant's: never dead, however old,
     // until it forgets them (a claimant that died gets them again).
     assert_eq!(store.expire_parked(i64::MAX).await.unwrap(), 0);
-    let (_, still) = store.claim_customer("cus_1", Some(&acme)).await.unwrap();
+    let (_, still) = store.claim_customer(&cus_1, Some(&acme)).await.unwrap();
     assert_eq!(still, parked);
     assert_eq!(store.parked_count().await.unwrap(), 1);
-    store.unpark("cus_1", &parked).await.unwrap();
+    store.unpark(&cus_1, &parked).await.unwrap();
     assert_eq!(store.parked_count().await.unwrap(), 0);
     assert!(store.parked_events(false, 10).await.unwrap().is_empty());
 

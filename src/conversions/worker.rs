@@ -20,7 +20,7 @@ use crate::conversions::events::{AttributionRef, Event, EventKind};
 use crate::conversions::step::{self, Computed, StepError};
 use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
-use crate::ids::{ClickId, VisitorId};
+use crate::ids::{ClickId, CustomerId, VisitorId};
 use crate::metrics::Metrics;
 use crate::store::prelude::*;
 use crate::store::{Click, Delivery, InboxItem, Route, StoreError, Unreadable};
@@ -133,7 +133,7 @@ struct ForBook {
     delivery: Option<String>,
     /// The customer whose parked events this claim brought, to forget
     /// once the inbox has them.
-    unpark: Option<(String, Vec<Event>)>,
+    unpark: Option<(CustomerId, Vec<Event>)>,
 }
 
 /// What a round of book steps left behind.

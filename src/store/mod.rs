@@ -16,7 +16,7 @@ use crate::conversions::book::{BookRequest, BookView, Changes, ConversionCell, L
 use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, PartnerId};
-use crate::ids::{ClickId, VisitorId};
+use crate::ids::{ClickId, CustomerId, VisitorId};
 
 /// Why a store call failed, by what the caller can do about it: the API
 /// maps each to its answer in one place (`api/error.rs`).
@@ -351,12 +351,12 @@ pub trait RoutingStore: Send + Sync {
     /// for the customer, which the claimant applies.
     async fn claim_customer(
         &self,
-        customer: &str,
+        customer: &CustomerId,
         referral: Option<&Referral>,
     ) -> Result<(Option<Referral>, Vec<Event>), StoreError>;
     /// Forgets the customer's parked events (`parked`, as the claim
     /// answered them): the claimant's book has them.
-    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError>;
+    async fn unpark(&self, customer: &CustomerId, parked: &[Event]) -> Result<(), StoreError>;
     /// Moves the events of customers parked before `before_ms` and still
     /// not claimed to the dead letter; answers how many moved.
     async fn expire_parked(&self, before_ms: i64) -> Result<usize, StoreError>;

@@ -61,7 +61,7 @@ use crate::conversions::book::{
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;
 use crate::ids::PartnerId;
-use crate::ids::{ClickId, VisitorId};
+use crate::ids::{ClickId, CustomerId, VisitorId};
 
 /// The schema this build writes. Each migration takes the database from
 /// the version before it to its own (`PRAGMA user_version`).

@@ -156,7 +156,7 @@ impl Worker {
         // answers the parked events too.
         let (claim, parked) = self
             .store
-            .claim_customer(event.customer.as_str(), resolved.as_ref())
+            .claim_customer(&event.customer, resolved.as_ref())
             .await?;
         self.remember_claim(event.customer.as_str(), &claim);
         let Some(referral) = claim else {
@@ -165,7 +165,7 @@ impl Worker {
             for waited in &parked {
                 self.metrics.count_event(waited.kind.name(), "no_effect");
             }
-            self.store.unpark(event.customer.as_str(), &parked).await?;
+            self.store.unpark(&event.customer, &parked).await?;
             return Ok(vec![finished(Outcome::NoEffect)]);
         };
         let mut out: Vec<Routed> = parked
@@ -183,7 +183,7 @@ impl Worker {
             event: event.clone(),
             referral,
             delivery: Some(delivery.delivery.clone()),
-            unpark: Some((event.customer.as_str().to_owned(), parked)),
+            unpark: Some((event.customer.clone(), parked)),
         })));
         Ok(out)
     }

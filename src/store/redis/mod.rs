@@ -44,7 +44,7 @@ use crate::conversions::book::{
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;
 use crate::ids::PartnerId;
-use crate::ids::{ClickId, IdHashing, VisitorId};
+use crate::ids::{ClickId, CustomerId, IdHashing, VisitorId};
 
 use self::click_batch::{script_source, ClickBatch, ClickBuffers, ClickRecord, ClickScripts};
 use self::scripts::*;

@@ -64,9 +64,10 @@ impl RoutingStore for RedisStore {
 
     async fn claim_customer(
         &self,
-        customer: &str,
+        customer: &CustomerId,
         referral: Option<&Referral>,
     ) -> Result<(Option<Referral>, Vec<Event>), StoreError> {
+        let customer = customer.as_str();
         let (claim, parked): (String, Vec<String>) = self
             .claim_customer
             .key(keys::owned(|k| keys::claim(k, customer)))
@@ -82,7 +83,8 @@ impl RoutingStore for RedisStore {
         Ok((decode(&claim)?, parked))
     }
 
-    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
+    async fn unpark(&self, customer: &CustomerId, parked: &[Event]) -> Result<(), StoreError> {
+        let customer = customer.as_str();
         self.exec(redis::cmd("DEL").arg(keys::owned(|k| keys::customer(k, customer, "parked"))))
             .await?;
         if parked.is_empty() {

@@ -29,10 +29,10 @@ impl RoutingStore for SqliteStore {
 
     async fn claim_customer(
         &self,
-        customer: &str,
+        customer: &CustomerId,
         referral: Option<&Referral>,
     ) -> Result<(Option<Referral>, Vec<Event>), StoreError> {
-        let customer = customer.to_owned();
+        let customer = customer.as_str().to_owned();
         let referral = referral.map(to_json);
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -52,11 +52,11 @@ impl RoutingStore for SqliteStore {
         .await
     }
 
-    async fn unpark(&self, customer: &str, parked: &[Event]) -> Result<(), StoreError> {
+    async fn unpark(&self, customer: &CustomerId, parked: &[Event]) -> Result<(), StoreError> {
         if parked.is_empty() {
             return Ok(()); // nearly every signup: nothing waited for it
         }
-        let customer = customer.to_owned();
+        let customer = customer.as_str().to_owned();
         let ids: Vec<String> = parked.iter().map(|e| e.id.as_str().to_owned()).collect();
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
