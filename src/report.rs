@@ -148,7 +148,7 @@ pub async fn build(
 ) -> Result<Report, StoreError> {
     let counts = store.click_counts(partner, query.from, query.to).await?;
     let conversions = store
-        .conversion_counts(partner.as_str(), query.from, query.to)
+        .conversion_counts(partner, query.from, query.to)
         .await?;
     let row_key = |day: NaiveDate, campaign: &str, term: &str| RowKey {
         campaign: query

@@ -37,6 +37,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 const PARTNERS: usize = 2;
 const CUSTOMERS: usize = 6;
+fn pid(id: &str) -> PartnerId {
+    PartnerId::parse(id).unwrap()
+}
+
 const BASE_MS: i64 = 1_790_000_000_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -604,12 +608,12 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
     let last = Worker::new(Arc::clone(&store), &config(), metrics);
     for round in 0.. {
         last.drain_ready().await;
-        let mine: Vec<String> = store
+        let mine: Vec<PartnerId> = store
             .ready_partners(1000)
             .await
             .unwrap()
             .into_iter()
-            .filter(|p| p.starts_with(&case))
+            .filter(|p| p.as_str().starts_with(&case))
             .collect();
         if mine.is_empty() {
             break;
@@ -633,7 +637,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             customers: customers.keys().cloned().collect(),
             ..BookRequest::default()
         };
-        let view = store.load_book(id, &request).await.unwrap();
+        let view = store.load_book(&pid(id), &request).await.unwrap();
         assert_eq!(
             view.book.arr.normalize(),
             model.arr().normalize(),
@@ -669,7 +673,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             .collect();
         assert_eq!(balances, available, "balances of {id}; {context}");
 
-        let ledger = store.ledger(id, None, 10_000).await.unwrap();
+        let ledger = store.ledger(&pid(id), None, 10_000).await.unwrap();
         let seqs: Vec<u64> = ledger.iter().rev().map(|e| e.seq).collect();
         assert_eq!(
             seqs,
@@ -691,7 +695,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
 
         let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         let cells = store
-            .conversion_counts(id, day, day + chrono::Days::new(3650))
+            .conversion_counts(&pid(id), day, day + chrono::Days::new(3650))
             .await
             .unwrap();
         let mut counts = lastclick::conversions::customer::ConversionCounts::default();
@@ -790,7 +794,7 @@ async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
             kind: EventKind::Cancel,
         },
         referral: Referral {
-            partner: partner.into(),
+            partner: pid(partner),
             campaign: "default_link".into(),
             term: None,
             click_at: BASE_MS / 1000,
@@ -798,23 +802,30 @@ async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
     };
     for partner in ["held-a", "held-b", "held-c"] {
         store
-            .push_inbox(partner, &[item(partner, &format!("{partner}-x"))])
+            .push_inbox(&pid(partner), &[item(partner, &format!("{partner}-x"))])
             .await
             .unwrap();
     }
     let hour = Duration::from_secs(3600);
-    assert!(store.lock_book("held-b", "another", hour).await.unwrap());
+    assert!(store
+        .lock_book(&pid("held-b"), "another", hour)
+        .await
+        .unwrap());
     let worker = Worker::new(Arc::clone(&store), &config(), Arc::new(Metrics::new()));
     assert_eq!(worker.drain_ready().await, Drained::OthersBusy);
-    assert_eq!(store.ready_partners(10).await.unwrap(), vec!["held-b"]);
+    assert_eq!(store.ready_partners(10).await.unwrap(), vec![pid("held-b")]);
     for (partner, waiting) in [("held-a", 0), ("held-b", 1), ("held-c", 0)] {
-        let inbox = store.read_inbox(partner, 10).await.unwrap();
+        let inbox = store.read_inbox(&pid(partner), 10).await.unwrap();
         assert_eq!(inbox.len(), waiting, "{partner}");
     }
-    store.unlock_book("held-b", "another").await.unwrap();
+    store.unlock_book(&pid("held-b"), "another").await.unwrap();
     assert_eq!(worker.drain_ready().await, Drained::Idle);
     assert!(store.ready_partners(10).await.unwrap().is_empty());
-    assert!(store.read_inbox("held-b", 10).await.unwrap().is_empty());
+    assert!(store
+        .read_inbox(&pid("held-b"), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[test]

@@ -31,6 +31,10 @@ fn t0() -> i64 {
 }
 
 /// The UTC day `offset` days after `t0`.
+fn pid(id: &str) -> PartnerId {
+    PartnerId::parse(id).unwrap()
+}
+
 /// The cell of day 0's clicks on `campaign`, without a term.
 fn conversion_cell(campaign: &str) -> ConversionCell {
     ConversionCell {
@@ -273,7 +277,7 @@ fn commission_entry(seq: u64) -> LedgerEntry {
 
 fn referral(partner: &str) -> Referral {
     Referral {
-        partner: partner.into(),
+        partner: pid(partner),
         campaign: "default_link".into(),
         term: None,
         click_at: t0(),
@@ -337,38 +341,35 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         referral: referral("acme"),
     };
     store
-        .push_inbox("acme", &[item("e1"), item("e2")])
+        .push_inbox(&pid("acme"), &[item("e1"), item("e2")])
         .await
         .unwrap();
-    store.push_inbox("acme", &[item("e3")]).await.unwrap();
-    assert_eq!(
-        store.ready_partners(10).await.unwrap(),
-        vec!["acme".to_owned()]
-    );
-    let head = store.read_inbox("acme", 2).await.unwrap();
+    store.push_inbox(&pid("acme"), &[item("e3")]).await.unwrap();
+    assert_eq!(store.ready_partners(10).await.unwrap(), vec![pid("acme")]);
+    let head = store.read_inbox(&pid("acme"), 2).await.unwrap();
     assert_eq!(head, vec![item("e1"), item("e2")]);
     assert_eq!(store.event_queue_stats().await.unwrap().routed, 3);
 
     // Locked by one worker: not by another, until given back.
     let ttl = std::time::Duration::from_secs(30);
-    assert!(store.lock_book("acme", "w1", ttl).await.unwrap());
-    assert!(!store.lock_book("acme", "w2", ttl).await.unwrap());
+    assert!(store.lock_book(&pid("acme"), "w1", ttl).await.unwrap());
+    assert!(!store.lock_book(&pid("acme"), "w2", ttl).await.unwrap());
     assert!(
-        !store.lock_book("acme", "w1", ttl).await.unwrap(),
+        !store.lock_book(&pid("acme"), "w1", ttl).await.unwrap(),
         "taken is taken, for its holder too"
     );
-    store.unlock_book("acme", "w2").await.unwrap();
+    store.unlock_book(&pid("acme"), "w2").await.unwrap();
     assert!(
-        !store.lock_book("acme", "w2", ttl).await.unwrap(),
+        !store.lock_book(&pid("acme"), "w2", ttl).await.unwrap(),
         "only the holder gives it back"
     );
-    store.unlock_book("acme", "w1").await.unwrap();
-    assert!(store.lock_book("acme", "w2", ttl).await.unwrap());
+    store.unlock_book(&pid("acme"), "w1").await.unwrap();
+    assert!(store.lock_book(&pid("acme"), "w2", ttl).await.unwrap());
 
     // A commit writes the book, its customers, cells, history and ledger
     // and takes what it applied off the inbox's head, against the version.
     let view = store
-        .load_book("acme", &BookRequest::default())
+        .load_book(&pid("acme"), &BookRequest::default())
         .await
         .unwrap();
     let mut customer = Customer::new("cus_1", referral("acme"));
@@ -398,21 +399,21 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     };
     assert_eq!(
         store
-            .commit_book("acme", view.version, &changes)
+            .commit_book(&pid("acme"), view.version, &changes)
             .await
             .unwrap(),
         Commit::Applied
     );
     assert_eq!(
         store
-            .commit_book("acme", view.version, &changes)
+            .commit_book(&pid("acme"), view.version, &changes)
             .await
             .unwrap(),
         Commit::Conflict,
         "a stale version changes nothing"
     );
     assert_eq!(
-        store.read_inbox("acme", 10).await.unwrap(),
+        store.read_inbox(&pid("acme"), 10).await.unwrap(),
         vec![item("e3")]
     );
     let request = BookRequest {
@@ -420,7 +421,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         cells: [conversion_cell("spring")].into(),
         history_from: Some(600),
     };
-    let view = store.load_book("acme", &request).await.unwrap();
+    let view = store.load_book(&pid("acme"), &request).await.unwrap();
     assert_eq!(view.book.entries, 1);
     assert_eq!(
         view.customers.into_values().collect::<Vec<_>>(),
@@ -441,26 +442,23 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     );
     assert!(history.signups.is_empty(), "the history from 600 on only");
     assert_eq!(
-        store.ledger("acme", None, 10).await.unwrap(),
+        store.ledger(&pid("acme"), None, 10).await.unwrap(),
         changes.entries
     );
 
     // The ready set follows the inbox.
-    store.settle_ready("acme").await.unwrap();
-    assert_eq!(
-        store.ready_partners(10).await.unwrap(),
-        vec!["acme".to_owned()]
-    );
+    store.settle_ready(&pid("acme")).await.unwrap();
+    assert_eq!(store.ready_partners(10).await.unwrap(), vec![pid("acme")]);
     let changes = Changes {
         book: view.book.clone(),
         inbox_taken: 1,
         ..Changes::default()
     };
     store
-        .commit_book("acme", view.version, &changes)
+        .commit_book(&pid("acme"), view.version, &changes)
         .await
         .unwrap();
-    store.settle_ready("acme").await.unwrap();
+    store.settle_ready(&pid("acme")).await.unwrap();
     assert!(store.ready_partners(10).await.unwrap().is_empty());
     assert_eq!(store.event_queue_stats().await.unwrap().routed, 0);
 }
@@ -546,13 +544,13 @@ async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<d
         ..Changes::default()
     };
     assert_eq!(
-        store.commit_book("acme", 0, &changes).await.unwrap(),
+        store.commit_book(&pid("acme"), 0, &changes).await.unwrap(),
         Commit::Applied
     );
     let page = |before, limit| {
         let store = store.clone();
         async move {
-            let entries = store.ledger("acme", before, limit).await.unwrap();
+            let entries = store.ledger(&pid("acme"), before, limit).await.unwrap();
             entries.iter().map(|e| e.seq).collect::<Vec<u64>>()
         }
     };
@@ -560,13 +558,17 @@ async fn ledger_pages_count_down_and_conversion_cells_filter_by_day(store: Arc<d
     assert_eq!(page(Some(4), 2).await, vec![3, 2]);
     assert_eq!(page(Some(2), 10).await, vec![1]);
     assert!(page(Some(1), 10).await.is_empty());
-    assert!(store.ledger("nobody", None, 10).await.unwrap().is_empty());
+    assert!(store
+        .ledger(&pid("nobody"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 
     let days = |from, to| {
         let store = store.clone();
         async move {
             let cells = store
-                .conversion_counts("acme", d(from), d(to))
+                .conversion_counts(&pid("acme"), d(from), d(to))
                 .await
                 .unwrap();
             cells
@@ -619,7 +621,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         inbox_taken: 0,
     };
     assert_eq!(
-        store.commit_book("acme", 0, &changes).await.unwrap(),
+        store.commit_book(&pid("acme"), 0, &changes).await.unwrap(),
         Commit::Applied
     );
     let request = BookRequest {
@@ -627,7 +629,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         cells: cells.iter().map(|(cell, _)| cell.clone()).collect(),
         history_from: Some(0),
     };
-    let view = store.load_book("acme", &request).await.unwrap();
+    let view = store.load_book(&pid("acme"), &request).await.unwrap();
     assert_eq!((view.version, view.book.entries), (1, 2_100));
     let expected: std::collections::BTreeMap<String, Customer> =
         customers.into_iter().map(|c| (c.id.clone(), c)).collect();
@@ -643,7 +645,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
     assert_eq!(arr.len(), 1_099, "e700 and x removed, e5 added back");
     assert!(arr.contains(&"e5".to_owned()));
     assert!(!arr.contains(&"e700".to_owned()) && !arr.contains(&"x".to_owned()));
-    let ledger = store.ledger("acme", None, 5_000).await.unwrap();
+    let ledger = store.ledger(&pid("acme"), None, 5_000).await.unwrap();
     let seqs: Vec<u64> = ledger.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=2_100).rev().collect::<Vec<u64>>());
 }
@@ -900,7 +902,7 @@ async fn a_restarted_sqlite_store_hands_out_at_once_what_a_killed_serve_had_take
             .len(),
         1
     );
-    assert!(store.lock_book("acme", "w", hour).await.unwrap());
+    assert!(store.lock_book(&pid("acme"), "w", hour).await.unwrap());
     drop(store); // killed: taken, never acknowledged; the book locked
 
     // What a worker has taken and locked is held in its process (the
@@ -912,7 +914,7 @@ async fn a_restarted_sqlite_store_hands_out_at_once_what_a_killed_serve_had_take
         again.events.iter().map(|d| &d.event).collect::<Vec<_>>(),
         vec![&event]
     );
-    assert!(store.lock_book("acme", "w2", hour).await.unwrap());
+    assert!(store.lock_book(&pid("acme"), "w2", hour).await.unwrap());
 }
 
 /// A queue entry that is not an event is handed out once as unreadable;

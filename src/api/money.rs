@@ -29,7 +29,7 @@ pub async fn balance(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(partner.id.as_str(), &BookRequest::default())
+        .load_book(&partner.id, &BookRequest::default())
         .await?;
     Ok(Json(Balances {
         balances: view.book.balances(Utc::now()),
@@ -76,10 +76,7 @@ pub async fn ledger(
             })?,
     };
     let partner = state.existing_partner(&scope.id).await?;
-    let entries = state
-        .store
-        .ledger(partner.id.as_str(), before, limit)
-        .await?;
+    let entries = state.store.ledger(&partner.id, before, limit).await?;
     let next_cursor = match entries.last() {
         Some(last) if entries.len() == limit && last.seq > 1 => Some(last.seq.to_string()),
         _ => None,
@@ -116,7 +113,7 @@ pub async fn payout(
     let id = format!("po_{}", crate::ids::ClickId::random());
     let step = step::commit_with_retry(
         state.store.as_ref(),
-        partner.id.as_str(),
+        &partner.id,
         &BookRequest::default(),
         MAX_ATTEMPTS,
         |view, _| {

@@ -129,7 +129,7 @@ pub async fn show(
     let view = state
         .store
         .load_book(
-            partner.id.as_str(),
+            &partner.id,
             &crate::conversions::book::BookRequest::default(),
         )
         .await?;

@@ -9,6 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::conversions::money::{arr_share, Billing, Currency, Money, Period};
+use crate::ids::PartnerId;
 
 /// Milliseconds in a day, for `commission.hold_days`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -25,7 +26,7 @@ pub struct EventKey {
 /// claimed, so a redelivered signup resolves the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Referral {
-    pub partner: String,
+    pub partner: PartnerId,
     pub campaign: String,
     pub term: Option<String>,
     /// Unix seconds of the click.
@@ -447,7 +448,7 @@ mod tests {
         let mut c = Customer::new(
             "c1",
             Referral {
-                partner: "acme".into(),
+                partner: PartnerId::parse("acme").unwrap(),
                 campaign: "default_link".into(),
                 term: None,
                 click_at: 0,

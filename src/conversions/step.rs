@@ -3,6 +3,7 @@
 //! only if the book is still at the version read, else read again.
 
 use crate::conversions::book::{BookRequest, BookView, Changes};
+use crate::ids::PartnerId;
 use crate::store::prelude::*;
 use crate::store::{Commit, StoreError};
 
@@ -32,7 +33,7 @@ impl<E> From<StoreError> for StepError<E> {
 /// the read and the commit.
 pub async fn try_commit<T, E>(
     store: &dyn Store,
-    partner: &str,
+    partner: &PartnerId,
     mut request: BookRequest,
     mut compute: impl FnMut(BookView, &BookRequest) -> Result<Computed<T>, E>,
 ) -> Result<Option<(Changes, T)>, StepError<E>> {
@@ -55,7 +56,7 @@ pub async fn try_commit<T, E>(
 /// is `Contended`.
 pub async fn commit_with_retry<T, E>(
     store: &dyn Store,
-    partner: &str,
+    partner: &PartnerId,
     request: &BookRequest,
     attempts: usize,
     mut compute: impl FnMut(BookView, &BookRequest) -> Result<Computed<T>, E>,

@@ -294,7 +294,7 @@ impl Worker {
             }
         };
         for partner in partners {
-            if let Err(e) = self.store.settle_ready(partner.id.as_str()).await {
+            if let Err(e) = self.store.settle_ready(&partner.id).await {
                 self.metrics.count_store_error("sweep_ready");
                 tracing::warn!(error = %e, "cannot settle ready partners; retrying later");
                 return;

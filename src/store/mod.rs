@@ -227,6 +227,11 @@ fn cell_of_key(key: &str) -> Result<ConversionCell, StoreError> {
     ConversionCell::parse_key(key).ok_or_else(|| StoreError::corrupt("conversion cell", key))
 }
 
+/// The partner id stored as `key`, or what is wrong with it.
+fn partner_of_key(key: &str) -> Result<PartnerId, StoreError> {
+    PartnerId::parse(key).map_err(|e| StoreError::corrupt("partner id", e))
+}
+
 /// How `commit_book` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -372,17 +377,24 @@ pub trait RoutingStore: Send + Sync {
 #[async_trait]
 pub trait BookStore: Send + Sync {
     /// What `request` asks of the partner's book.
-    async fn load_book(&self, partner: &str, request: &BookRequest)
-        -> Result<BookView, StoreError>;
+    async fn load_book(
+        &self,
+        partner: &PartnerId,
+        request: &BookRequest,
+    ) -> Result<BookView, StoreError>;
     /// Appends routed events to the partner's inbox, then marks the
     /// partner ready. Durable once answered.
-    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError>;
+    async fn push_inbox(&self, partner: &PartnerId, items: &[InboxItem]) -> Result<(), StoreError>;
     /// Up to `max` partners whose inbox may hold events.
-    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError>;
+    async fn ready_partners(&self, max: usize) -> Result<Vec<PartnerId>, StoreError>;
     /// The first `max` events of the partner's inbox, oldest first.
-    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError>;
+    async fn read_inbox(
+        &self,
+        partner: &PartnerId,
+        max: usize,
+    ) -> Result<Vec<InboxItem>, StoreError>;
     /// Marks the partner ready if its inbox holds events, else not.
-    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError>;
+    async fn settle_ready(&self, partner: &PartnerId) -> Result<(), StoreError>;
 
     /// Takes the partner's book for `holder` for up to `ttl` unless another
     /// holder has it: one worker at a time works on a book, so none
@@ -390,18 +402,18 @@ pub trait BookStore: Send + Sync {
     /// taken. Commits stay guarded by the version all the same.
     async fn lock_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError>;
     /// Gives the book back, if `holder` still has it.
-    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError>;
+    async fn unlock_book(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError>;
     /// Applies `changes` (with the ids they applied, and taking the first
     /// `changes.inbox_taken` events off the inbox), all or nothing, if the
     /// book is still at `version`.
     async fn commit_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError>;
@@ -409,7 +421,7 @@ pub trait BookStore: Send + Sync {
     /// `from` to `to`.
     async fn conversion_counts(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError>;
@@ -417,7 +429,7 @@ pub trait BookStore: Send + Sync {
     /// given.
     async fn ledger(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError>;

@@ -51,9 +51,9 @@ use self::counts::{Cell, CellMap, PendingCounts};
 use super::record::{decode_record, encode_record};
 use super::sketch::Sketch;
 use super::{
-    cell_of_key, prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell,
-    Delivery, Enqueued, InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken,
-    Unreadable, UNREADABLE_KEPT,
+    cell_of_key, partner_of_key, prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit,
+    CounterCell, Delivery, Enqueued, InboxItem, ParkedEvent, Partner, QueueStats, Route,
+    StoreError, Taken, Unreadable, UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
     Book, BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,

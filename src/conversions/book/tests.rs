@@ -4,7 +4,7 @@ use super::*;
 use crate::conversions::customer::DAY_MS;
 use crate::conversions::events::AttributionRef;
 use crate::conversions::money::{Billing, Period};
-use crate::ids::{CustomerId, EventId};
+use crate::ids::{CustomerId, EventId, PartnerId};
 
 fn d(text: &str) -> Decimal {
     text.parse().unwrap()
@@ -36,7 +36,7 @@ fn at(day: i64) -> DateTime<Utc> {
 
 fn referral() -> Referral {
     Referral {
-        partner: "acme".into(),
+        partner: PartnerId::parse("acme").unwrap(),
         campaign: "spring".into(),
         term: None,
         click_at: BASE_MS / 1000,

@@ -46,7 +46,7 @@ impl Worker {
 
     /// Locks up to `max` of the ready partners' books; answers those it
     /// locked and whether another worker held any it tried.
-    async fn lock_books(&self, ready: Vec<String>, max: usize) -> (Vec<String>, bool) {
+    async fn lock_books(&self, ready: Vec<PartnerId>, max: usize) -> (Vec<PartnerId>, bool) {
         let (mut locked, mut held_elsewhere) = (Vec::new(), false);
         for partner in ready {
             if locked.len() == max {
@@ -70,7 +70,7 @@ impl Worker {
 
     /// Applies what waits in one partner's inbox, its book locked by this
     /// worker, then unlocks it; answers whether anything was applied.
-    async fn drain(&self, partner: String) -> bool {
+    async fn drain(&self, partner: PartnerId) -> bool {
         let drained = match self.drain_locked(&partner).await {
             Ok(drained) => drained,
             Err(e) => {
@@ -86,7 +86,7 @@ impl Worker {
         drained
     }
 
-    async fn drain_locked(&self, partner: &str) -> Result<bool, StoreError> {
+    async fn drain_locked(&self, partner: &PartnerId) -> Result<bool, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let items = self.store.read_inbox(partner, DRAIN_AT_ONCE).await?;
             if items.is_empty() {
@@ -117,7 +117,7 @@ impl Worker {
     /// inbox, atomically; `None` when the book moved since it was read.
     async fn commit_items(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         items: &[InboxItem],
     ) -> Result<Option<HashMap<String, Effect>>, StoreError> {
         let incoming: Vec<Incoming<'_>> = items

@@ -45,7 +45,7 @@ impl Worker {
             .collect();
         let mut done = Vec::new();
         let mut poison = Vec::new();
-        let mut by_partner: BTreeMap<String, Vec<ForBook>> = BTreeMap::new();
+        let mut by_partner: BTreeMap<PartnerId, Vec<ForBook>> = BTreeMap::new();
         for routed in routed {
             match routed {
                 Routed::Book(item) => by_partner
@@ -73,7 +73,7 @@ impl Worker {
     /// Appends a partner's routed events to its inbox; once they are
     /// there, the customers' parked events they carry are forgotten and the
     /// deliveries are finished.
-    async fn push_to_inbox(&self, partner: String, items: Vec<ForBook>) -> Vec<String> {
+    async fn push_to_inbox(&self, partner: PartnerId, items: Vec<ForBook>) -> Vec<String> {
         let inbox: Vec<InboxItem> = items
             .iter()
             .map(|item| InboxItem {
@@ -212,8 +212,9 @@ impl Worker {
         let stored = match attribution {
             AttributionRef::Cookie(value) => {
                 let referral = self.signer.verify(value.as_bytes()).and_then(|v| {
-                    v.attribution().map(|a| Referral {
-                        partner: a.partner.to_owned(),
+                    let a = v.attribution()?;
+                    Some(Referral {
+                        partner: PartnerId::parse(a.partner).ok()?,
                         campaign: a.campaign.to_owned(),
                         term: a.term.map(str::to_owned),
                         click_at: a.clicked_at,
@@ -233,7 +234,7 @@ impl Worker {
         let recent = Utc::now().timestamp() - signed_up_at.timestamp() < CLICK_SETTLE_SECS;
         match stored {
             None if recent => Ok(Resolution::NotYet),
-            stored => self.check(stored.map(referral_of), signed_up_at).await,
+            stored => self.check(stored.and_then(referral_of), signed_up_at).await,
         }
     }
 
@@ -251,11 +252,7 @@ impl Worker {
         if !in_window {
             return Ok(Resolution::NoClick);
         }
-        let partner = match PartnerId::parse(&referral.partner) {
-            Ok(id) => self.store.partner(&id).await?,
-            Err(_) => None,
-        };
-        Ok(match partner {
+        Ok(match self.store.partner(&referral.partner).await? {
             Some(p) if !p.disabled => Resolution::Click(referral),
             _ => Resolution::NoClick,
         })
@@ -286,11 +283,13 @@ enum Resolution {
     NotYet,
 }
 
-fn referral_of(click: Click) -> Referral {
-    Referral {
-        partner: click.partner.to_string(),
+/// The referral a stored click makes; `None` for a click whose partner id
+/// is not one (clicks are recorded only for valid ids: a damaged record).
+fn referral_of(click: Click) -> Option<Referral> {
+    Some(Referral {
+        partner: PartnerId::parse(&click.partner).ok()?,
         campaign: click.campaign.to_string(),
         term: click.term.as_deref().map(String::from),
         click_at: click.at,
-    }
+    })
 }

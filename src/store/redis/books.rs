@@ -8,9 +8,10 @@ use super::*;
 impl BookStore for RedisStore {
     async fn load_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         request: &BookRequest,
     ) -> Result<BookView, StoreError> {
+        let partner = partner.as_str();
         let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
         // HMGET and SMISMEMBER need at least one field: "" names nothing.
         let or_nothing = |keys: Vec<String>| -> Vec<String> {
@@ -87,7 +88,8 @@ impl BookStore for RedisStore {
         Ok(view)
     }
 
-    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
+    async fn push_inbox(&self, partner: &PartnerId, items: &[InboxItem]) -> Result<(), StoreError> {
+        let partner = partner.as_str();
         if items.is_empty() {
             return Ok(());
         }
@@ -103,16 +105,22 @@ impl BookStore for RedisStore {
             .await
     }
 
-    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
-        redis::cmd("SRANDMEMBER")
+    async fn ready_partners(&self, max: usize) -> Result<Vec<PartnerId>, StoreError> {
+        let partners: Vec<String> = redis::cmd("SRANDMEMBER")
             .arg(keys::READY)
             .arg(max)
             .query_async(&mut self.conn())
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        partners.iter().map(|id| partner_of_key(id)).collect()
     }
 
-    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+    async fn read_inbox(
+        &self,
+        partner: &PartnerId,
+        max: usize,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        let partner = partner.as_str();
         let raw: Vec<String> = redis::cmd("LRANGE")
             .arg(keys::owned(|k| keys::book(k, partner, "inbox")))
             .arg(0)
@@ -123,7 +131,8 @@ impl BookStore for RedisStore {
         raw.iter().map(|r| decode(r)).collect()
     }
 
-    async fn settle_ready(&self, partner: &str) -> Result<(), StoreError> {
+    async fn settle_ready(&self, partner: &PartnerId) -> Result<(), StoreError> {
+        let partner = partner.as_str();
         let inbox = keys::owned(|k| keys::book(k, partner, "inbox"));
         let waiting: u64 = redis::cmd("LLEN")
             .arg(&inbox)
@@ -152,10 +161,11 @@ impl BookStore for RedisStore {
 
     async fn lock_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let partner = partner.as_str();
         let taken: Option<String> = redis::cmd("SET")
             .arg(keys::owned(|k| keys::book(k, partner, "lock")))
             .arg(holder)
@@ -168,7 +178,8 @@ impl BookStore for RedisStore {
         Ok(taken.is_some())
     }
 
-    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+    async fn unlock_book(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
+        let partner = partner.as_str();
         self.unlock_book
             .key(keys::owned(|k| keys::book(k, partner, "lock")))
             .arg(holder)
@@ -179,10 +190,11 @@ impl BookStore for RedisStore {
 
     async fn commit_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
+        let partner = partner.as_str();
         let mut invocation = self.commit_book.prepare_invoke();
         for part in [
             "version",
@@ -230,10 +242,11 @@ impl BookStore for RedisStore {
 
     async fn conversion_counts(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
+        let partner = partner.as_str();
         let cells: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(keys::owned(|k| keys::book(k, partner, "conversions")))
             .query_async(&mut self.conn())
@@ -251,10 +264,11 @@ impl BookStore for RedisStore {
 
     async fn ledger(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let partner = partner.as_str();
         let key = keys::owned(|k| keys::book(k, partner, "ledger"));
         // Entry `seq` sits at index seq - 1: the list only grows, in order.
         let len: u64 = redis::cmd("LLEN")

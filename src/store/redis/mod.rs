@@ -30,9 +30,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::Serialize;
 
-use super::cell_of_key;
 use super::prelude::*;
 use super::record::{decode_record, encode_record};
+use super::{cell_of_key, partner_of_key};
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken, Unreadable,

@@ -8,9 +8,10 @@ use super::*;
 impl BookStore for SqliteStore {
     async fn load_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         request: &BookRequest,
     ) -> Result<BookView, StoreError> {
+        let partner = partner.as_str();
         let partner = partner.to_owned();
         let request = request.clone();
         let history_from = request.history_from;
@@ -46,7 +47,8 @@ impl BookStore for SqliteStore {
         Ok(view)
     }
 
-    async fn push_inbox(&self, partner: &str, items: &[InboxItem]) -> Result<(), StoreError> {
+    async fn push_inbox(&self, partner: &PartnerId, items: &[InboxItem]) -> Result<(), StoreError> {
+        let partner = partner.as_str();
         let partner = partner.to_owned();
         let items: Vec<String> = items.iter().map(to_json).collect();
         self.write_unsynced(move |conn| {
@@ -64,19 +66,24 @@ impl BookStore for SqliteStore {
         .await
     }
 
-    async fn ready_partners(&self, max: usize) -> Result<Vec<String>, StoreError> {
+    async fn ready_partners(&self, max: usize) -> Result<Vec<PartnerId>, StoreError> {
         self.read_for_worker(move |conn| {
             let mut query = conn
                 .prepare_cached("SELECT DISTINCT partner FROM inbox ORDER BY partner LIMIT ?1")?;
             let partners = query
                 .query_map([max as i64], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(partners)
+            partners.iter().map(|id| partner_of_key(id)).collect()
         })
         .await
     }
 
-    async fn read_inbox(&self, partner: &str, max: usize) -> Result<Vec<InboxItem>, StoreError> {
+    async fn read_inbox(
+        &self,
+        partner: &PartnerId,
+        max: usize,
+    ) -> Result<Vec<InboxItem>, StoreError> {
+        let partner = partner.as_str();
         let partner = partner.to_owned();
         let items: Vec<String> = self
             .read_for_worker(move |conn| {
@@ -90,17 +97,18 @@ impl BookStore for SqliteStore {
         items.iter().map(|item| from_json(item)).collect()
     }
 
-    async fn settle_ready(&self, _partner: &str) -> Result<(), StoreError> {
+    async fn settle_ready(&self, _partner: &PartnerId) -> Result<(), StoreError> {
         // Ready partners are read off the inbox itself: nothing to mark.
         Ok(())
     }
 
     async fn lock_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let partner = partner.as_str();
         let now = std::time::Instant::now();
         let mut locks = relock(&self.book_locks);
         // Taken is taken, by another worker or by the same one.
@@ -111,7 +119,8 @@ impl BookStore for SqliteStore {
         Ok(true)
     }
 
-    async fn unlock_book(&self, partner: &str, holder: &str) -> Result<(), StoreError> {
+    async fn unlock_book(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
+        let partner = partner.as_str();
         let mut locks = relock(&self.book_locks);
         if locks.get(partner).is_some_and(|(h, _)| h == holder) {
             locks.remove(partner);
@@ -121,10 +130,11 @@ impl BookStore for SqliteStore {
 
     async fn commit_book(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
+        let partner = partner.as_str();
         let rows = BookRows::of(partner, changes);
         let version_read = version;
         let commit = move |conn: &mut Connection| {
@@ -158,10 +168,11 @@ impl BookStore for SqliteStore {
 
     async fn conversion_counts(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
+        let partner = partner.as_str();
         let partner = partner.to_owned();
         self.read(move |conn| {
             let mut query = conn.prepare_cached(
@@ -185,10 +196,11 @@ impl BookStore for SqliteStore {
 
     async fn ledger(
         &self,
-        partner: &str,
+        partner: &PartnerId,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let partner = partner.as_str();
         let partner = partner.to_owned();
         let before = before.map_or(i64::MAX, |b| b as i64);
         self.read(move |conn| {

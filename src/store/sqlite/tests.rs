@@ -3,6 +3,10 @@
 
 use super::*;
 
+fn acme() -> PartnerId {
+    PartnerId::parse("acme").unwrap()
+}
+
 /// Clicks stored one row each (schemas 1 to 3) move into bodies, and
 /// are found by id and by visitor after the migration.
 #[tokio::test]
@@ -96,7 +100,7 @@ async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them
         let customer = Customer::new(
             "cus_1",
             Referral {
-                partner: "acme".into(),
+                partner: PartnerId::parse("acme").unwrap(),
                 campaign: "spring".into(),
                 term: None,
                 click_at: 1_000,
@@ -128,7 +132,7 @@ async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them
         history_from: Some(0),
         ..BookRequest::default()
     };
-    let view = store.load_book("acme", &request).await.unwrap();
+    let view = store.load_book(&acme(), &request).await.unwrap();
     assert_eq!((view.version, view.book.entries), (3, 7));
     assert_eq!(view.customers["cus_1"].id, "cus_1");
     let history = view.history.unwrap();
@@ -145,7 +149,7 @@ async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them
         ..Changes::default()
     };
     changes.book.entries = 8;
-    let commit = store.commit_book("acme", 3, &changes).await.unwrap();
+    let commit = store.commit_book(&acme(), 3, &changes).await.unwrap();
     assert_eq!(commit, Commit::Applied);
     let types: Vec<String> = relock(&store.writer)
         .prepare("SELECT typeof(record) FROM customers UNION ALL SELECT typeof(book) FROM books")
@@ -155,7 +159,7 @@ async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them
         .collect::<rusqlite::Result<_>>()
         .unwrap();
     assert_eq!(types, ["blob", "blob"]);
-    let again = store.load_book("acme", &request).await.unwrap();
+    let again = store.load_book(&acme(), &request).await.unwrap();
     assert_eq!((again.version, again.book.entries), (4, 8));
     assert_eq!(again.customers, view.customers);
 }
