@@ -816,7 +816,7 @@ async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
     assert_eq!(store.ready_partners(10).await.unwrap(), vec![pid("held-b")]);
     for (partner, waiting) in [("held-a", 0), ("held-b", 1), ("held-c", 0)] {
         let inbox = store.read_inbox(&pid(partner), 10).await.unwrap();
-        assert_eq!(inbox.len(), waiting, "{partner}");
+        assert_eq!(inbox.items.len(), waiting, "{partner}");
     }
     store.unlock_book(&pid("held-b"), "another").await.unwrap();
     assert_eq!(worker.drain_ready().await, Drained::Idle);

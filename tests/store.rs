@@ -347,7 +347,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
     store.push_inbox(&pid("acme"), &[item("e3")]).await.unwrap();
     assert_eq!(store.ready_partners(10).await.unwrap(), vec![pid("acme")]);
     let head = store.read_inbox(&pid("acme"), 2).await.unwrap();
-    assert_eq!(head, vec![item("e1"), item("e2")]);
+    assert_eq!(head.items, vec![item("e1"), item("e2")]);
     assert_eq!(store.event_queue_stats().await.unwrap().routed, 3);
 
     // Locked by one worker: not by another, until given back.
@@ -413,7 +413,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         "a stale version changes nothing"
     );
     assert_eq!(
-        store.read_inbox(&pid("acme"), 10).await.unwrap(),
+        store.read_inbox(&pid("acme"), 10).await.unwrap().items,
         vec![item("e3")]
     );
     let request = BookRequest {
@@ -953,6 +953,72 @@ async fn an_unreadable_entry_goes_to_the_dead_letter(store: Arc<dyn Store>, inje
         ("not an event", 1_000)
     );
     assert_eq!(kept[0].delivery, taken.unreadable[0].delivery);
+}
+
+/// An inbox entry that is not a routed event is read apart from the
+/// events around it, in place, and kept in the dead letter on request;
+/// the commit that takes the entries off counts it.
+async fn an_unreadable_inbox_entry_is_read_apart(store: Arc<dyn Store>, inject: impl FnOnce()) {
+    let acme = pid("acme");
+    let item = |id: &str| InboxItem {
+        event: payment_event(id, "cus_1"),
+        referral: referral("acme"),
+    };
+    store.push_inbox(&acme, &[item("e1")]).await.unwrap();
+    inject();
+    store.push_inbox(&acme, &[item("e2")]).await.unwrap();
+    let inbox = store.read_inbox(&acme, 10).await.unwrap();
+    assert_eq!(inbox.items, vec![item("e1"), item("e2")]);
+    assert_eq!(inbox.unreadable.len(), 1, "{inbox:?}");
+    assert_eq!(inbox.unreadable[0].delivery, "inbox:acme");
+    assert_eq!(inbox.unreadable[0].raw, "not an item");
+    assert_eq!(inbox.entries(), 3);
+    store
+        .keep_unreadable(&inbox.unreadable, 2_000)
+        .await
+        .unwrap();
+    let kept = store.unreadable_events(10).await.unwrap();
+    assert_eq!(
+        (kept.len(), kept[0].raw.as_str(), kept[0].at_ms),
+        (1, "not an item", 2_000)
+    );
+    let changes = Changes {
+        inbox_taken: inbox.entries(),
+        ..Changes::default()
+    };
+    assert_eq!(
+        store.commit_book(&acme, 0, &changes).await.unwrap(),
+        Commit::Applied
+    );
+    assert!(store.read_inbox(&acme, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_sqlite_store_reads_an_unreadable_inbox_row_apart() {
+    let (store, dir) = sqlite().await;
+    let path = dir.path().join("lastclick.db");
+    an_unreadable_inbox_entry_is_read_apart(store, || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO inbox (partner, item) VALUES ('acme', 'not an item')",
+                [],
+            )
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_redis_store_reads_an_unreadable_inbox_entry_apart() {
+    let (store, server) = redis().await;
+    an_unreadable_inbox_entry_is_read_apart(store, || {
+        let reply =
+            common::redis_server::command(server.port, "RPUSH lc:{p:acme}:inbox \"not an item\"")
+                .unwrap();
+        assert!(!reply.starts_with('-'), "{reply}");
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -303,6 +303,41 @@ async fn an_unreadable_stream_entry_is_dead_lettered_and_the_pending_count_drain
     assert_applied_once(&app, &expected).await;
 }
 
+/// An entry of a partner's inbox that is not a routed event (a damaged
+/// entry, one written by hand) would stop the partner's book step for
+/// good: it goes to the dead letter as the step takes it off the inbox,
+/// and the events behind it are applied.
+#[tokio::test]
+async fn an_unreadable_inbox_entry_is_dead_lettered_and_the_book_step_goes_on() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [WORKER_ENV[0], ("LASTCLICK_REDIS__URL", url.as_str())];
+    let (app, clicks) = setup(&redis).await;
+    for command in [
+        "RPUSH lc:{p:p0}:inbox not-an-item",
+        "SADD lc:{events}:ready p0",
+    ] {
+        let reply = common::redis_server::command(redis.port, command).expect("redis answers");
+        assert!(!reply.starts_with('-'), "{command}: {reply}");
+    }
+    let (events, expected) = scenario(&clicks, chrono::Utc::now().timestamp() - 5);
+    post_all(&app, &events).await;
+    let worker = WorkerProcess::spawn(&env);
+    assert_applied_once(&app, &expected).await;
+    assert_eq!(
+        worker.metric("lastclick_events_dead_lettered_total").await,
+        1.0
+    );
+    let (status, listed) = app.get("/v1/events/unreadable", Some(ADMIN)).await;
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed["events"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{listed}");
+    assert_eq!(entries[0]["delivery"], "inbox:p0");
+    assert_eq!(entries[0]["raw"], "not-an-item");
+    let left = common::redis_server::command(redis.port, "LLEN lc:{p:p0}:inbox").unwrap();
+    assert_eq!(left.trim(), ":0", "the inbox drained");
+}
+
 /// An event whose routing meets a stored record that cannot be read (here
 /// its customer's claim, damaged on disk) would be retried forever, every
 /// `worker.reclaim_after`. After three such attempts it goes to the dead

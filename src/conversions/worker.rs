@@ -23,7 +23,7 @@ use crate::ids::PartnerId;
 use crate::ids::{ClickId, CustomerId, VisitorId};
 use crate::metrics::Metrics;
 use crate::store::prelude::*;
-use crate::store::{Click, Delivery, InboxItem, Route, StoreError, Unreadable};
+use crate::store::{Click, Delivery, Inbox, InboxItem, Route, StoreError, Unreadable};
 
 /// Events taken from the queue at once. A batch's events reach each
 /// partner's book together, and a book step costs about the same whether it

@@ -151,10 +151,47 @@ pub struct Taken {
     pub unreadable: Vec<Unreadable>,
 }
 
+/// The head of a partner's inbox as read: its routed events, oldest first,
+/// and the entries among them that cannot be read as one, which the worker
+/// moves to the dead letter (`keep_unreadable`) as it takes them off.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inbox {
+    pub items: Vec<InboxItem>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl Inbox {
+    /// Sorts the entries read off `partner`'s inbox (JSON, oldest first).
+    fn decode(partner: &str, entries: &[String]) -> Inbox {
+        let mut inbox = Inbox::default();
+        for raw in entries {
+            match serde_json::from_str(raw) {
+                Ok(item) => inbox.items.push(item),
+                Err(e) => inbox.unreadable.push(Unreadable::new(
+                    format!("inbox:{partner}"),
+                    raw,
+                    e.to_string(),
+                )),
+            }
+        }
+        inbox
+    }
+
+    /// How many entries were read: what the commit takes off the inbox.
+    pub fn entries(&self) -> usize {
+        self.items.len() + self.unreadable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries() == 0
+    }
+}
+
 /// A queue entry that is not an event, as the dead letter keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unreadable {
-    /// The entry's id in the queue.
+    /// The entry's id in the queue, or `inbox:<partner>` for an entry of
+    /// a partner's inbox.
     pub delivery: String,
     /// What the entry held, cut to `UNREADABLE_KEPT_BYTES`.
     pub raw: String,
@@ -332,6 +369,9 @@ pub trait EventQueue: Send + Sync {
     /// Keeps `entries` (as `next_events` answered them) in the dead letter
     /// and takes them off the queue, in one step, each stamped `now_ms`.
     async fn dead_letter(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError>;
+    /// Keeps `entries` that are on no queue (a partner's inbox's) in the
+    /// dead letter, each stamped `now_ms`.
+    async fn keep_unreadable(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError>;
     /// Up to `limit` dead-lettered entries, oldest first.
     async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError>;
     async fn event_queue_stats(&self) -> Result<QueueStats, StoreError>;
@@ -387,12 +427,8 @@ pub trait BookStore: Send + Sync {
     async fn push_inbox(&self, partner: &PartnerId, items: &[InboxItem]) -> Result<(), StoreError>;
     /// Up to `max` partners whose inbox may hold events.
     async fn ready_partners(&self, max: usize) -> Result<Vec<PartnerId>, StoreError>;
-    /// The first `max` events of the partner's inbox, oldest first.
-    async fn read_inbox(
-        &self,
-        partner: &PartnerId,
-        max: usize,
-    ) -> Result<Vec<InboxItem>, StoreError>;
+    /// The first `max` entries of the partner's inbox, oldest first.
+    async fn read_inbox(&self, partner: &PartnerId, max: usize) -> Result<Inbox, StoreError>;
     /// Marks the partner ready if its inbox holds events, else not.
     async fn settle_ready(&self, partner: &PartnerId) -> Result<(), StoreError>;
 

@@ -52,7 +52,7 @@ use super::record::{decode_record, encode_record};
 use super::sketch::Sketch;
 use super::{
     cell_of_key, partner_of_key, prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit,
-    CounterCell, Delivery, Enqueued, InboxItem, ParkedEvent, Partner, QueueStats, Route,
+    CounterCell, Delivery, Enqueued, Inbox, InboxItem, ParkedEvent, Partner, QueueStats, Route,
     StoreError, Taken, Unreadable, UNREADABLE_KEPT,
 };
 use crate::conversions::book::{

@@ -88,15 +88,16 @@ impl Worker {
 
     async fn drain_locked(&self, partner: &PartnerId) -> Result<bool, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let items = self.store.read_inbox(partner, DRAIN_AT_ONCE).await?;
-            if items.is_empty() {
+            let inbox = self.store.read_inbox(partner, DRAIN_AT_ONCE).await?;
+            if inbox.is_empty() {
                 self.store.settle_ready(partner).await?;
                 return Ok(false);
             }
-            let Some(effects) = self.commit_items(partner, &items).await? else {
+            self.keep_unreadable(&inbox.unreadable).await?;
+            let Some(effects) = self.commit_items(partner, &inbox).await? else {
                 continue; // the book moved (a lock that expired): read again
             };
-            for item in &items {
+            for item in &inbox.items {
                 let outcome = match effects.get(item.event.id.as_str()) {
                     Some(Effect::Applied) | None => Outcome::Applied,
                     Some(Effect::Duplicate) => Outcome::Duplicate,
@@ -113,14 +114,35 @@ impl Worker {
         )))
     }
 
-    /// Applies inbox items to the partner's book and takes them off the
-    /// inbox, atomically; `None` when the book moved since it was read.
+    /// Keeps inbox entries that are not events in the dead letter before
+    /// the commit takes them off the inbox (left there, they would stop the
+    /// partner's book for good). Should the commit then find the book
+    /// moved, the next read keeps them again: listed twice, never lost.
+    async fn keep_unreadable(&self, unreadable: &[Unreadable]) -> Result<(), StoreError> {
+        if unreadable.is_empty() {
+            return Ok(());
+        }
+        for entry in unreadable {
+            tracing::error!(delivery = %entry.delivery, reason = %entry.reason, "dead-lettered: an inbox entry cannot be read");
+        }
+        let now_ms = Utc::now().timestamp_millis();
+        self.store.keep_unreadable(unreadable, now_ms).await?;
+        self.metrics
+            .events_dead_lettered
+            .inc_by(unreadable.len() as u64);
+        Ok(())
+    }
+
+    /// Applies an inbox's events to the partner's book and takes its
+    /// entries off the inbox, atomically; `None` when the book moved since
+    /// it was read.
     async fn commit_items(
         &self,
         partner: &PartnerId,
-        items: &[InboxItem],
+        inbox: &Inbox,
     ) -> Result<Option<HashMap<String, Effect>>, StoreError> {
-        let incoming: Vec<Incoming<'_>> = items
+        let incoming: Vec<Incoming<'_>> = inbox
+            .items
             .iter()
             .map(|item| Incoming {
                 event: &item.event,
@@ -134,7 +156,7 @@ impl Worker {
                 match book::apply(view, request, &incoming, &self.rules, now) {
                     Applied::Load(more) => Computed::Load(more),
                     Applied::Done(mut changes, effects) => {
-                        changes.inbox_taken = items.len();
+                        changes.inbox_taken = inbox.entries();
                         let late = request.history_from.is_some();
                         Computed::Done(changes, (effects, late))
                     }

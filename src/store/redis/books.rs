@@ -115,11 +115,7 @@ impl BookStore for RedisStore {
         partners.iter().map(|id| partner_of_key(id)).collect()
     }
 
-    async fn read_inbox(
-        &self,
-        partner: &PartnerId,
-        max: usize,
-    ) -> Result<Vec<InboxItem>, StoreError> {
+    async fn read_inbox(&self, partner: &PartnerId, max: usize) -> Result<Inbox, StoreError> {
         let partner = partner.as_str();
         let raw: Vec<String> = redis::cmd("LRANGE")
             .arg(keys::owned(|k| keys::book(k, partner, "inbox")))
@@ -128,7 +124,7 @@ impl BookStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        raw.iter().map(|r| decode(r)).collect()
+        Ok(Inbox::decode(partner, &raw))
     }
 
     async fn settle_ready(&self, partner: &PartnerId) -> Result<(), StoreError> {

@@ -34,7 +34,7 @@ use super::prelude::*;
 use super::record::{decode_record, encode_record};
 use super::{cell_of_key, partner_of_key};
 use super::{
-    Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued,
+    Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued, Inbox,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken, Unreadable,
     UNREADABLE_KEPT,
 };

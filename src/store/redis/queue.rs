@@ -67,21 +67,7 @@ impl EventQueue for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for entry in entries {
-            pipe.cmd("XADD")
-                .arg(keys::UNREADABLE)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(UNREADABLE_KEPT)
-                .arg("*")
-                .arg("delivery")
-                .arg(&entry.delivery)
-                .arg("raw")
-                .arg(&entry.raw)
-                .arg("reason")
-                .arg(&entry.reason)
-                .arg("at_ms")
-                .arg(now_ms)
-                .ignore();
+            keep_unreadable(&mut pipe, entry, now_ms);
             pipe.cmd("XACK")
                 .arg(keys::EVENT_STREAM)
                 .arg(keys::EVENT_GROUP)
@@ -91,6 +77,19 @@ impl EventQueue for RedisStore {
                 .arg(keys::EVENT_STREAM)
                 .arg(&entry.delivery)
                 .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn keep_unreadable(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            keep_unreadable(&mut pipe, entry, now_ms);
         }
         pipe.query_async::<()>(&mut self.conn())
             .await
@@ -269,4 +268,24 @@ impl RedisStore {
         }
         Ok(taken)
     }
+}
+
+/// Adds `entry` to the dead letter stream, stamped `now_ms`; the stream
+/// keeps about the last `UNREADABLE_KEPT`.
+fn keep_unreadable(pipe: &mut Pipeline, entry: &Unreadable, now_ms: i64) {
+    pipe.cmd("XADD")
+        .arg(keys::UNREADABLE)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(UNREADABLE_KEPT)
+        .arg("*")
+        .arg("delivery")
+        .arg(&entry.delivery)
+        .arg("raw")
+        .arg(&entry.raw)
+        .arg("reason")
+        .arg(&entry.reason)
+        .arg("at_ms")
+        .arg(now_ms)
+        .ignore();
 }

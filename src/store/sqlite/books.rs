@@ -78,14 +78,10 @@ impl BookStore for SqliteStore {
         .await
     }
 
-    async fn read_inbox(
-        &self,
-        partner: &PartnerId,
-        max: usize,
-    ) -> Result<Vec<InboxItem>, StoreError> {
-        let partner = partner.as_str();
-        let partner = partner.to_owned();
-        let items: Vec<String> = self
+    async fn read_inbox(&self, partner: &PartnerId, max: usize) -> Result<Inbox, StoreError> {
+        let partner = partner.as_str().to_owned();
+        let key = partner.clone();
+        let entries: Vec<String> = self
             .read_for_worker(move |conn| {
                 let mut query = conn.prepare_cached(
                     "SELECT item FROM inbox WHERE partner = ?1 ORDER BY seq LIMIT ?2",
@@ -94,7 +90,7 @@ impl BookStore for SqliteStore {
                 Ok(rows.collect::<rusqlite::Result<_>>()?)
             })
             .await?;
-        items.iter().map(|item| from_json(item)).collect()
+        Ok(Inbox::decode(&key, &entries))
     }
 
     async fn settle_ready(&self, _partner: &PartnerId) -> Result<(), StoreError> {

@@ -105,27 +105,11 @@ impl EventQueue for SqliteStore {
         let queued = seqs.clone();
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for entry in &entries {
-                tx.prepare_cached(
-                    "INSERT INTO unreadable_events (delivery, raw, reason, at_ms) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    entry.delivery,
-                    entry.raw,
-                    entry.reason,
-                    now_ms
-                ])?;
-            }
+            keep_unreadable(&tx, &entries, now_ms)?;
             for seq in &queued {
                 tx.prepare_cached("DELETE FROM event_queue WHERE seq = ?1")?
                     .execute([seq])?;
             }
-            tx.execute(
-                "DELETE FROM unreadable_events WHERE seq <= \
-                 (SELECT MAX(seq) FROM unreadable_events) - ?1",
-                [UNREADABLE_KEPT as i64],
-            )?;
             tx.commit()?;
             Ok(())
         })
@@ -135,6 +119,17 @@ impl EventQueue for SqliteStore {
             taken.remove(seq);
         }
         Ok(())
+    }
+
+    async fn keep_unreadable(&self, entries: &[Unreadable], now_ms: i64) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            keep_unreadable(&tx, &entries, now_ms)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn unreadable_events(&self, limit: usize) -> Result<Vec<Unreadable>, StoreError> {
@@ -240,4 +235,26 @@ fn read_events(
         }
     }
     Ok(out)
+}
+
+/// Adds `entries` to the dead letter, stamped `now_ms`, and drops the
+/// oldest beyond `UNREADABLE_KEPT`.
+fn keep_unreadable(
+    tx: &rusqlite::Transaction<'_>,
+    entries: &[Unreadable],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for entry in entries {
+        tx.prepare_cached(
+            "INSERT INTO unreadable_events (delivery, raw, reason, at_ms) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![entry.delivery, entry.raw, entry.reason, now_ms])?;
+    }
+    tx.execute(
+        "DELETE FROM unreadable_events WHERE seq <= \
+         (SELECT MAX(seq) FROM unreadable_events) - ?1",
+        [UNREADABLE_KEPT as i64],
+    )?;
+    Ok(())
 }
