@@ -11,41 +11,7 @@ impl BookStore for RedisStore {
         partner: &PartnerId,
         request: &BookRequest,
     ) -> Result<BookView, StoreError> {
-        let partner = partner.as_str();
-        let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
-        // HMGET and SMISMEMBER need at least one field: "" names nothing.
-        let or_nothing = |keys: Vec<String>| -> Vec<String> {
-            if keys.is_empty() {
-                vec![String::new()]
-            } else {
-                keys
-            }
-        };
-        let customers = or_nothing(request.customers.iter().cloned().collect());
-        let cells = or_nothing(request.cells.iter().map(ConversionCell::key).collect());
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .get(key("version"))
-            .get(key("book"))
-            .cmd("HMGET")
-            .arg(key("customers"))
-            .arg(&customers)
-            .cmd("HMGET")
-            .arg(key("conversions"))
-            .arg(&cells);
-        match request.history_from {
-            Some(from) => {
-                pipe.cmd("ZRANGE")
-                    .arg(key("history"))
-                    .arg(from)
-                    .arg("+inf")
-                    .arg("BYSCORE")
-                    .arg("WITHSCORES");
-            }
-            None => {
-                pipe.exists(key("history"));
-            }
-        }
+        let pipe = load_book_pipeline(partner.as_str(), request);
         type Loaded = (
             Option<u64>,
             Option<Vec<u8>>,
@@ -65,7 +31,7 @@ impl BookStore for RedisStore {
             version: version.unwrap_or_default(),
             ..BookView::default()
         };
-        for (id, raw) in customers.iter().zip(customer_rows) {
+        for (id, raw) in request.customers.iter().zip(customer_rows) {
             if let Some(raw) = raw {
                 view.customers
                     .insert(id.clone(), decode_record::<Customer>(&raw)?);
@@ -287,4 +253,45 @@ impl BookStore for RedisStore {
             .map_err(unavailable)?;
         raw.iter().rev().map(|r| decode(r)).collect()
     }
+}
+
+/// What `load_book` reads, in one atomic pipeline on the partner's slot:
+/// version, book, the requested customers and cells, and the history (or
+/// whether there is one).
+fn load_book_pipeline(partner: &str, request: &BookRequest) -> Pipeline {
+    let key = |part: &str| keys::owned(|k| keys::book(k, partner, part));
+    // HMGET needs at least one field: "" names nothing.
+    let or_nothing = |keys: Vec<String>| -> Vec<String> {
+        if keys.is_empty() {
+            vec![String::new()]
+        } else {
+            keys
+        }
+    };
+    let customers = or_nothing(request.customers.iter().cloned().collect());
+    let cells = or_nothing(request.cells.iter().map(ConversionCell::key).collect());
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .get(key("version"))
+        .get(key("book"))
+        .cmd("HMGET")
+        .arg(key("customers"))
+        .arg(&customers)
+        .cmd("HMGET")
+        .arg(key("conversions"))
+        .arg(&cells);
+    match request.history_from {
+        Some(from) => {
+            pipe.cmd("ZRANGE")
+                .arg(key("history"))
+                .arg(from)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("WITHSCORES");
+        }
+        None => {
+            pipe.exists(key("history"));
+        }
+    }
+    pipe
 }

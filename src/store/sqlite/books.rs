@@ -11,8 +11,7 @@ impl BookStore for SqliteStore {
         partner: &PartnerId,
         request: &BookRequest,
     ) -> Result<BookView, StoreError> {
-        let partner = partner.as_str();
-        let partner = partner.to_owned();
+        let partner = partner.as_str().to_owned();
         let request = request.clone();
         let history_from = request.history_from;
         let stored = self
@@ -48,8 +47,7 @@ impl BookStore for SqliteStore {
     }
 
     async fn push_inbox(&self, partner: &PartnerId, items: &[InboxItem]) -> Result<(), StoreError> {
-        let partner = partner.as_str();
-        let partner = partner.to_owned();
+        let partner = partner.as_str().to_owned();
         let items: Vec<String> = items.iter().map(to_json).collect();
         self.write_unsynced(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -168,8 +166,7 @@ impl BookStore for SqliteStore {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
-        let partner = partner.as_str();
-        let partner = partner.to_owned();
+        let partner = partner.as_str().to_owned();
         self.read(move |conn| {
             let mut query = conn.prepare_cached(
                 "SELECT cell, counts FROM conversions WHERE partner = ?1 ORDER BY cell",
@@ -196,8 +193,7 @@ impl BookStore for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
-        let partner = partner.as_str();
-        let partner = partner.to_owned();
+        let partner = partner.as_str().to_owned();
         let before = before.map_or(i64::MAX, |b| b as i64);
         self.read(move |conn| {
             json_rows(
