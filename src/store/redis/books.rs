@@ -96,12 +96,7 @@ impl BookStore for RedisStore {
     async fn settle_ready(&self, partner: &PartnerId) -> Result<(), StoreError> {
         let partner = partner.as_str();
         let inbox = keys::owned(|k| keys::book(k, partner, "inbox"));
-        let waiting: u64 = redis::cmd("LLEN")
-            .arg(&inbox)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        if waiting > 0 {
+        if self.list_len(&inbox).await? > 0 {
             return self
                 .exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
                 .await;
@@ -109,12 +104,7 @@ impl BookStore for RedisStore {
         self.exec(redis::cmd("SREM").arg(keys::READY).arg(partner))
             .await?;
         // A push may have landed between the two: look again.
-        let waiting: u64 = redis::cmd("LLEN")
-            .arg(&inbox)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        if waiting > 0 {
+        if self.list_len(&inbox).await? > 0 {
             self.exec(redis::cmd("SADD").arg(keys::READY).arg(partner))
                 .await?;
         }
@@ -233,11 +223,7 @@ impl BookStore for RedisStore {
         let partner = partner.as_str();
         let key = keys::owned(|k| keys::book(k, partner, "ledger"));
         // Entry `seq` sits at index seq - 1: the list only grows, in order.
-        let len: u64 = redis::cmd("LLEN")
-            .arg(&key)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let len = self.list_len(&key).await?;
         let below = before.map_or(len + 1, |b| b.min(len + 1));
         if below <= 1 || limit == 0 {
             return Ok(Vec::new());
@@ -252,6 +238,16 @@ impl BookStore for RedisStore {
             .await
             .map_err(unavailable)?;
         raw.iter().rev().map(|r| decode(r)).collect()
+    }
+}
+
+impl RedisStore {
+    pub(super) async fn list_len(&self, key: &str) -> Result<u64, StoreError> {
+        redis::cmd("LLEN")
+            .arg(key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
     }
 }
 

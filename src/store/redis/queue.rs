@@ -126,12 +126,8 @@ impl EventQueue for RedisStore {
             .await
             .map_err(unavailable)?;
         for partner in ready {
-            let waiting: u64 = redis::cmd("LLEN")
-                .arg(keys::owned(|k| keys::book(k, &partner, "inbox")))
-                .query_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
-            stats.routed += waiting;
+            let inbox = keys::owned(|k| keys::book(k, &partner, "inbox"));
+            stats.routed += self.list_len(&inbox).await?;
         }
         Ok(stats)
     }

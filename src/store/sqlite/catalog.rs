@@ -41,11 +41,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn insert_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let row = [
-            partner.id.as_str().to_owned(),
-            partner.token_hash.clone(),
-            to_json(partner),
-        ];
+        let row = partner_row(partner);
         self.write(move |conn| {
             change_catalog(
                 conn,
@@ -58,11 +54,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn update_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let row = [
-            partner.id.as_str().to_owned(),
-            partner.token_hash.clone(),
-            to_json(partner),
-        ];
+        let row = partner_row(partner);
         self.write(move |conn| {
             change_catalog(
                 conn,
@@ -145,4 +137,13 @@ fn change_catalog(
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// A partner's row: id, token hash, record.
+fn partner_row(partner: &Partner) -> [String; 3] {
+    [
+        partner.id.as_str().to_owned(),
+        partner.token_hash.clone(),
+        to_json(partner),
+    ]
 }
