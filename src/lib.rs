@@ -10,12 +10,14 @@
 //!   the route cache, the cookie, the landing allowlist, the click queue
 //! - [`conversions`]: events, the worker, customers, books and the money
 //!   rules: from a merchant's event to a partner's ledger entry
-//! - [`report`]: the UTM performance report
+//! - [`report`]: the UTM performance report; [`csv`]: the one CSV writer,
+//!   safe for spreadsheets
 //! - [`api`]: the `/v1` JSON API, its tokens and roles, and the dashboard
 //!   page
 //! - [`store`]: the `Store` trait and its two stores, SQLite (embedded) and
 //!   Redis
-//! - [`ids`]: partner ids, campaign slugs and names, currency codes
+//! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
+//!   event and customer ids
 //! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
 //!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
 
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod conversions;
+pub mod csv;
 pub mod edge;
 pub mod ids;
 pub mod metrics;

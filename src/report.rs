@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::conversions::customer::ConversionCounts;
 use crate::conversions::money::Currency;
+use crate::csv::CsvWriter;
 use crate::ids::PartnerId;
 use crate::store::prelude::*;
 use crate::store::{CounterCell, StoreError};
@@ -263,9 +264,9 @@ impl Report {
         self.totals.currencies()
     }
 
-    /// RFC 4180 CSV: a header, one line per row, then the totals (labelled
-    /// `total` in the first column); one revenue and one commission column
-    /// per currency.
+    /// RFC 4180 CSV, safe to open in a spreadsheet (`csv.rs`): a header,
+    /// one line per row, then the totals (labelled `total` in the first
+    /// column); one revenue and one commission column per currency.
     pub fn to_csv(&self) -> String {
         let dims = &self.query.group_by;
         let currencies = self.currencies();
@@ -277,8 +278,8 @@ impl Report {
                 .collect()
         };
         header.extend(count_columns(&currencies));
-        let mut out = String::new();
-        push_line(&mut out, &header);
+        let mut out = CsvWriter::new();
+        out.line(&header);
         // Without dimensions the one row is the totals.
         let rows = if dims.is_empty() {
             &[][..]
@@ -288,13 +289,13 @@ impl Report {
         for row in rows {
             let mut fields: Vec<String> = dims.iter().map(|d| row.dimension(*d)).collect();
             fields.extend(row.csv_counts(&currencies));
-            push_line(&mut out, &fields);
+            out.line(&fields);
         }
         let mut totals = vec!["total".to_owned()];
         totals.extend((1..dims.len()).map(|_| String::new()));
         totals.extend(self.totals.csv_counts(&currencies));
-        push_line(&mut out, &totals);
-        out
+        out.line(&totals);
+        out.finish()
     }
 }
 
@@ -327,21 +328,21 @@ pub fn all_to_csv(reports: &[Report], totals: &Row) -> String {
     let mut header = vec!["partner".to_owned()];
     header.extend(dims.iter().map(|d| dimension_column(*d).to_owned()));
     header.extend(count_columns(&currencies));
-    let mut out = String::new();
-    push_line(&mut out, &header);
+    let mut out = CsvWriter::new();
+    out.line(&header);
     for report in reports {
         for row in &report.rows {
             let mut fields = vec![report.partner.to_string()];
             fields.extend(dims.iter().map(|d| row.dimension(*d)));
             fields.extend(row.csv_counts(&currencies));
-            push_line(&mut out, &fields);
+            out.line(&fields);
         }
     }
     let mut last = vec!["total".to_owned()];
     last.extend(dims.iter().map(|_| String::new()));
     last.extend(totals.csv_counts(&currencies));
-    push_line(&mut out, &last);
-    out
+    out.line(&last);
+    out.finish()
 }
 
 fn dimension_column(dimension: Dimension) -> &'static str {
@@ -496,23 +497,6 @@ impl Row {
             .flat_map(|column| column.csv(self, currencies))
             .collect()
     }
-}
-
-/// Appends one CSV line, quoting fields as RFC 4180 asks (CRLF endings).
-fn push_line(out: &mut String, fields: &[String]) {
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if field.contains([',', '"', '\r', '\n']) {
-            out.push('"');
-            out.push_str(&field.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(field);
-        }
-    }
-    out.push_str("\r\n");
 }
 
 #[cfg(test)]

@@ -215,3 +215,50 @@ async fn embedded_store_report() {
 async fn redis_store_report() {
     the_report_joins_clicks_and_conversions(Stack::redis().await).await;
 }
+
+/// A `utm_term` anyone can put in a public link lands in the partner's
+/// spreadsheet: a formula in it arrives as text (a leading `'`), while
+/// figures stay numbers.
+#[tokio::test]
+async fn a_formula_in_a_link_reaches_the_csv_as_text() {
+    let app = TestApp::spawn().await;
+    app.create_partner("acme").await;
+    let formulas = [
+        "=HYPERLINK(\"https://evil.example/\",\"click\")",
+        "+cmd|'/C calc'!A0",
+        "@SUM(1+1)",
+        "-2+3",
+    ];
+    for term in formulas {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("utm_term", term)
+            .finish();
+        click(&app, &format!("/r/acme?{query}")).await;
+    }
+    app.report_when("acme", "", formulas.len() as u64).await;
+    let text = reqwest::Client::new()
+        .get(app.url("/v1/partners/acme/report?format=csv"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for term in formulas {
+        let safe = format!("\"'{}\"", term.replace('"', "\"\""));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("default_link,{safe},1,"))),
+            "{term}: {text}"
+        );
+    }
+    for line in text.lines() {
+        for field in line.split(',') {
+            assert!(
+                !field.starts_with(['=', '+', '@']),
+                "a live formula: {field} in {text}"
+            );
+        }
+    }
+}
