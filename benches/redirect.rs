@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hmac::{Hmac, Mac};
 use lastclick::edge::cache::RouteCache;
 use lastclick::edge::clicks;
-use lastclick::edge::cookie::{find_cookie, Attribution, ClickId, CookieSigner, VisitorId};
+use lastclick::edge::cookie::{find_cookies, Attribution, ClickId, CookieSigner, VisitorId};
 use lastclick::edge::landing::LandingPolicy;
 use lastclick::edge::redirect::{
     build_location, parse_path, RedirectRequest, RedirectSettings, Redirector, UtmParams,
@@ -177,7 +177,9 @@ fn bench_pieces(c: &mut Criterion) {
     });
     group.bench_function("parse_and_verify_cookie", |b| {
         b.iter(|| {
-            let value = find_cookie(black_box(cookie_header.as_bytes()), "lc_attr").unwrap();
+            let value = find_cookies(black_box(cookie_header.as_bytes()), "lc_attr")
+                .next()
+                .unwrap();
             signer.verify(value).is_some()
         })
     });

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, SECRET};
+use common::{Redirect, TestApp, SECRET};
 use serde_json::json;
 
 async fn app_with_campaign() -> TestApp {
@@ -270,6 +270,46 @@ async fn the_last_click_wins_and_keeps_the_visitor() {
     );
     let rival = app.report_when("rival", "", 1).await;
     assert_eq!(rival["totals"]["unique_visitors"], 1);
+}
+
+/// A browser sends every `lc_attr` it holds (one per domain and path):
+/// after a change of `cookie.domain` or of the secrets, a leftover may come
+/// first. Every one is tried and the newest valid one wins.
+#[tokio::test]
+async fn every_attribution_cookie_is_tried_and_the_newest_valid_one_wins() {
+    let app = app_with_campaign().await;
+    app.create_partner("rival").await;
+    let older = app.click("/r/acme/spring", None, None).await;
+    // Click times are in seconds: the second click must be a later one.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let newer = app.click("/r/rival", None, None).await;
+    let (older, newer) = (older.cookie_value().unwrap(), newer.cookie_value().unwrap());
+    let leftover = "bm90LXNpZ25lZA.bm90LWEtdGFn";
+    let click_with = |cookies: String| {
+        let request = app
+            .client
+            .get(app.url("/r/rival"))
+            .header("cookie", cookies);
+        async move { Redirect::from(request.send().await.unwrap()) }
+    };
+    for cookies in [
+        format!("lc_attr={leftover}; lc_attr={newer}"),
+        format!("lc_attr={older}; lc_attr={newer}"),
+        format!("lc_attr={newer}; lc_attr={older}; lc_attr={leftover}"),
+    ] {
+        click_with(cookies.clone()).await;
+    }
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"duplicate\"}")
+            .await,
+        3.0,
+        "each was a repeat of the newest click, on rival"
+    );
+    assert_eq!(
+        app.metric("lastclick_redirects_total{outcome=\"counted\"}")
+            .await,
+        2.0
+    );
 }
 
 #[tokio::test]

@@ -126,9 +126,11 @@ fn push_base64(bytes: &[u8], out: &mut String) {
     out.push_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"));
 }
 
-/// Finds cookie `name` in a `Cookie` request header.
-pub fn find_cookie<'h>(header: &'h [u8], name: &str) -> Option<&'h [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
+/// Every value of cookie `name` in a `Cookie` request header, in order: a
+/// browser sends one per domain and path it holds, so after a change of
+/// `cookie.domain` an old one may come first.
+pub fn find_cookies<'h>(header: &'h [u8], name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    header.split(|&b| b == b';').filter_map(move |pair| {
         let pair = pair.trim_ascii_start();
         let rest = pair.strip_prefix(name.as_bytes())?;
         rest.strip_prefix(b"=").map(|v| v.trim_ascii_end())
@@ -323,9 +325,10 @@ mod tests {
 
     #[test]
     fn cookies_are_found_by_exact_name() {
-        let header = b"other=1; lc_attrx=2; lc_attr=value.sig ; x=y";
-        assert_eq!(find_cookie(header, "lc_attr"), Some(&b"value.sig"[..]));
-        assert_eq!(find_cookie(b"a=b", "lc_attr"), None);
+        let header = b"other=1; lc_attrx=2; lc_attr=value.sig ; x=y; lc_attr=second";
+        let found: Vec<&[u8]> = find_cookies(header, "lc_attr").collect();
+        assert_eq!(found, [&b"value.sig"[..], &b"second"[..]]);
+        assert_eq!(find_cookies(b"a=b", "lc_attr").next(), None);
     }
 
     #[test]

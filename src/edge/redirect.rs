@@ -11,11 +11,15 @@ use aho_corasick::AhoCorasick;
 use crate::edge::cache::{CampaignRoute, PartnerRoute, RouteCache};
 use crate::edge::clicks::ClickQueue;
 use crate::edge::cookie::{
-    find_cookie, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
+    find_cookies, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
 };
 use crate::ids::{is_path_id, MAX_UTM_CHARS};
 use crate::metrics::RedirectOutcome;
 use crate::store::Click;
+
+/// Most attribution cookies of one request checked: a browser holds one
+/// per domain and path; more is a forged header making the server hash.
+const MAX_COOKIES_TRIED: usize = 4;
 
 /// User agents of crawlers and link previews: redirected, never counted.
 const BOT_MARKERS: [&str; 24] = [
@@ -348,11 +352,17 @@ impl Redirector {
         user_agent.is_some_and(|ua| self.bots.matches(ua))
     }
 
+    /// The newest valid attribution cookie of the request. Every one is
+    /// tried, up to `MAX_COOKIES_TRIED` (each costs an HMAC): a leftover
+    /// from an earlier `cookie.domain` or secret must not hide the valid
+    /// one.
     fn earlier_cookie(&self, headers: &[&[u8]]) -> Option<VerifiedCookie> {
         headers
             .iter()
-            .find_map(|h| find_cookie(h, &self.cookie_name))
-            .and_then(|value| self.signer.verify(value))
+            .flat_map(|h| find_cookies(h, &self.cookie_name))
+            .take(MAX_COOKIES_TRIED)
+            .filter_map(|value| self.signer.verify(value))
+            .max_by_key(|cookie| cookie.attribution().map(|a| a.clicked_at))
     }
 
     /// The same visitor on the same link (partner, campaign, term) within
