@@ -141,6 +141,56 @@ async fn partners_update_their_paypal_email_and_only_admins_disable() {
     assert_eq!(body["paypal_email"], Value::Null);
 }
 
+/// A disabled partner keeps reading its own data, but its token may not
+/// create campaigns or request payouts; an admin still may.
+#[tokio::test]
+async fn a_disabled_partners_token_reads_but_does_not_create_or_pay_out() {
+    let app = TestApp::spawn().await;
+    let acme = app.create_partner("acme").await;
+    let (status, _) = app
+        .send_json(
+            "PATCH",
+            "/v1/partners/acme",
+            Some(ADMIN),
+            json!({"disabled": true, "paypal_email": "pay@acme.example"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/partners/acme",
+        "/v1/partners/acme/balance",
+        "/v1/partners/acme/ledger",
+        "/v1/partners/acme/report",
+        "/v1/partners/acme/campaigns",
+    ] {
+        let (status, body) = app.get(path, Some(&acme)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let campaign = json!({"slug": "spring", "name": "spring"});
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/partners/acme/campaigns",
+            Some(&acme),
+            campaign.clone(),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "partner_disabled"), "{body}");
+    let (status, body) = app
+        .send_json(
+            "POST",
+            "/v1/partners/acme/payouts",
+            Some(&acme),
+            json!({"currency": "USD"}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (403, "partner_disabled"), "{body}");
+    let (status, body) = app
+        .send_json("POST", "/v1/partners/acme/campaigns", Some(ADMIN), campaign)
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test]
 async fn the_campaign_builder_enforces_every_rule_and_names_the_field() {
     let app = TestApp::spawn().await;

@@ -125,9 +125,7 @@ pub async fn create(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<NewCampaign>,
 ) -> Result<(StatusCode, Json<CampaignView>), ApiError> {
-    if state.store.partner(&scope.id).await?.is_none() {
-        return Err(ApiError::NotFound("partner"));
-    }
+    state.acting_partner(&scope).await?;
     let campaign = validate(body, scope.id, &state.config)?;
     match state.store.insert_campaign(&campaign).await {
         Err(StoreError::Conflict) => {

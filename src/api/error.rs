@@ -16,6 +16,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may not use this resource")]
     Forbidden,
+    /// A disabled partner's own token: it may read, not create or pay out.
+    #[error("the partner is disabled: its token may read its data but not create campaigns or request payouts")]
+    PartnerDisabled,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -55,7 +58,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::PartnerDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest { .. } | ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
@@ -72,6 +75,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::PartnerDisabled => "partner_disabled",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,

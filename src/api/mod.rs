@@ -60,6 +60,16 @@ impl ApiState {
             .ok_or(ApiError::NotFound("partner"))
     }
 
+    /// The scope's partner, about to create or pay out: a disabled
+    /// partner's own token may not (an admin may, to settle its account).
+    async fn acting_partner(&self, scope: &PartnerScope) -> Result<Partner, ApiError> {
+        let partner = self.existing_partner(&scope.id).await?;
+        if partner.disabled && matches!(scope.caller, Caller::Partner(_)) {
+            return Err(ApiError::PartnerDisabled);
+        }
+        Ok(partner)
+    }
+
     /// Makes a catalog change visible to this instance's redirects at once
     /// (other instances pick it up within `cache.refresh`).
     async fn refresh_routes(&self) {

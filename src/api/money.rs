@@ -108,7 +108,7 @@ pub async fn payout(
             ),
         )
     })?;
-    let partner = state.existing_partner(&scope.id).await?;
+    let partner = state.acting_partner(&scope).await?;
     let rules = state.config.rules();
     let id = format!("po_{}", crate::ids::ClickId::random());
     let step = step::commit_with_retry(
