@@ -18,6 +18,7 @@
 //!   Redis
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
 //!   event and customer ids
+//! - [`json`]: strict JSON input (no key twice in one object)
 //! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
 //!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
 
@@ -28,6 +29,7 @@ pub mod conversions;
 pub mod csv;
 pub mod edge;
 pub mod ids;
+pub mod json;
 pub mod metrics;
 pub mod report;
 pub mod serve;

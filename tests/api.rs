@@ -297,6 +297,59 @@ async fn the_campaign_builder_enforces_every_rule_and_names_the_field() {
     assert_eq!(status, 404);
 }
 
+/// A key named twice in one object is refused wherever JSON comes in:
+/// a `Value` would silently keep the last, so an event could mean what the
+/// last parser to read it decides.
+#[tokio::test]
+async fn a_key_named_twice_in_one_object_is_refused_everywhere() {
+    let app = TestApp::spawn().await;
+    let acme = app.create_partner("acme").await;
+    let at = chrono::Utc::now().to_rfc3339();
+    let event = format!(
+        r#"[{{"id": "pay_1", "type": "payment", "customer": "cus_1", "at": "{at}",
+             "amount": "1.00", "currency": "USD", "period": "month", "amount": "1000.00"}}]"#
+    );
+    let cases = [
+        ("POST", "/v1/events", MERCHANT, event, "amount"),
+        (
+            "POST",
+            "/v1/partners",
+            ADMIN,
+            r#"{"id": "a", "name": "A", "id": "b"}"#.to_owned(),
+            "id",
+        ),
+        (
+            "PATCH",
+            "/v1/partners/acme",
+            acme.as_str(),
+            r#"{"name": "A", "name": "B"}"#.to_owned(),
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/partners/acme/campaigns",
+            acme.as_str(),
+            r#"{"slug": "s", "name": "n", "utm_term": "a", "utm_term": "b"}"#.to_owned(),
+            "utm_term",
+        ),
+    ];
+    for (method, path, token, body, key) in cases {
+        let (status, answer) = app.send_raw_body(method, path, Some(token), body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (400, "duplicate_key"),
+            "{path}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{key}`")), "{message}");
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        !metrics.contains("lastclick_events_received_total{"),
+        "nothing was queued: {metrics}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_json_unknown_fields_wrong_types_and_big_bodies_are_4xx() {
     let app = TestApp::spawn_with(&[("LASTCLICK_API__MAX_BODY_BYTES", "2048")]).await;

@@ -210,6 +210,10 @@ async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
                "currency": "USD", "period": "month"})
         .to_string(),
         r#"{"id": "p2", "type": "payment", "amount": 5}"#.to_owned(),
+        // One line: a JSON Lines file.
+        format!(
+            r#"{{"id": "p3", "type": "payment", "customer": "c1", "at": "{at}", "amount": "1.00", "currency": "USD", "period": "month", "amount": "900.00"}}"#
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
@@ -229,10 +233,14 @@ async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(!first.status.success(), "a rejected line fails the run");
     assert!(
-        stdout.contains("accepted 2, duplicates 0, rejected 1"),
+        stdout.contains("accepted 2, duplicates 0, rejected 2"),
         "{stdout}"
     );
     assert!(stdout.contains("line 3: "), "{stdout}");
+    assert!(
+        stdout.contains("line 4: duplicate_key") && stdout.contains("`amount`"),
+        "{stdout}"
+    );
     let _worker = WorkerProcess::spawn(&env);
     let deadline = Instant::now() + Duration::from_secs(20);
     while available(&app, "p0").await != Decimal::new(1000, 2) {
@@ -249,7 +257,7 @@ async fn ingest_queues_a_file_and_names_the_lines_it_rejects() {
     let again = run();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("accepted 0, duplicates 2, rejected 1"),
+        stdout.contains("accepted 0, duplicates 2, rejected 2"),
         "{stdout}"
     );
     // Embedded, ingest writes the database: tests/persistence.rs.

@@ -174,6 +174,8 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
                 ApiError::bad_request("unreadable_body", "the request body could not be read")
             }
         })?;
+        crate::json::refuse_repeated_keys(&bytes)
+            .map_err(|e| ApiError::bad_request("duplicate_key", e.to_string()))?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {

@@ -95,6 +95,8 @@ fn parse_line(
 ) -> Result<Event, (&'static str, String)> {
     let value: Value = serde_json::from_str(line)
         .map_err(|e| ("malformed_json", format!("malformed JSON: {e}")))?;
+    crate::json::refuse_repeated_keys(line.as_bytes())
+        .map_err(|e| ("duplicate_key", e.to_string()))?;
     validate_event(&value, latest)
 }
 
