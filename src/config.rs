@@ -199,6 +199,13 @@ pub struct Worker {
 pub struct Api {
     /// Largest /v1 body in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Longest a /v1 request body may take to arrive, whole. Default 30s.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Longest a body may stall between two reads: with the whole-body
+    /// deadline, a floor on its rate. Default 5s.
+    #[serde(deserialize_with = "duration")]
+    pub body_idle_timeout: Duration,
     /// Longest report range in days. Default 366.
     pub max_report_days: u32,
 }
@@ -317,6 +324,12 @@ impl Config {
                     format!("{currency} must be positive"),
                 ));
             }
+        }
+        if self.api.body_timeout.is_zero() || self.api.body_idle_timeout.is_zero() {
+            return Err(invalid(
+                "api.body_timeout",
+                "body_timeout and body_idle_timeout must be longer than zero",
+            ));
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be positive"));

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+
 use common::TestApp;
 
 const ALLOWED: [&str; 2] = ["https://www.example.com/", "https://promo.example.com/"];
@@ -238,4 +240,62 @@ async fn other_methods_on_a_redirect_path_are_405() {
     let answer = app
         .raw(b"POST /r/acme HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(parse_answer(&answer).0, 405);
+}
+
+/// A client that announces a large body and sends it a byte at a time held
+/// its connection, and a file descriptor, for good: 1,100 of them put the
+/// server at its descriptor limit and visitors' redirects timed out. Each
+/// now gets 408 once `api.body_idle_timeout` (or `api.body_timeout`)
+/// passes, and its connection is closed; here 150 of them against a server
+/// allowed 128 descriptors, after which redirects answer.
+#[tokio::test]
+async fn slow_request_bodies_are_cut_off_and_redirects_keep_answering() {
+    let app = TestApp::spawn_with(&[
+        ("LASTCLICK_API__BODY_TIMEOUT", "3s"),
+        ("LASTCLICK_API__BODY_IDLE_TIMEOUT", "1s"),
+    ])
+    .await;
+    let token = app.create_partner("acme").await;
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &app.pid().to_string(), "--nofile=128:128"])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success(), "prlimit could not lower the fd limit");
+    let address = app.public.trim_start_matches("http://").to_owned();
+    let answers = tokio::task::spawn_blocking(move || {
+        let head = format!(
+            "POST /v1/partners/acme/campaigns HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000000\r\n\r\n{{"
+        );
+        let slow: Vec<std::net::TcpStream> = (0..150)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(&address).unwrap();
+                stream.write_all(head.as_bytes()).unwrap();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+                    .unwrap();
+                stream
+            })
+            .collect();
+        slow.into_iter()
+            .map(|mut stream| {
+                let mut answer = Vec::new();
+                // A reset after the answer is fine; no answer at all is not.
+                let _ = stream.read_to_end(&mut answer);
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+            .collect::<Vec<String>>()
+    })
+    .await
+    .unwrap();
+    for answer in &answers {
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a slow body was not cut off: {answer:?}"
+        );
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    let redirect = app.click("/r/acme", None, None).await;
+    assert_eq!(redirect.status, 302);
 }

@@ -34,6 +34,10 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not arrive within `api.body_timeout`, or stalled
+    /// longer than `api.body_idle_timeout`; the connection is closed.
+    #[error("the request body did not arrive in time (api.body_timeout, api.body_idle_timeout)")]
+    BodyTimeout,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error("the store is unavailable; try again")]
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::BadRequest { .. } | ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Contended(_) => StatusCode::CONFLICT,
@@ -81,6 +86,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
             ApiError::InvalidEvents(_) => "invalid_events",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "store_unavailable",
             ApiError::Contended(_) => "contended",
@@ -118,6 +124,17 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if matches!(
+            self,
+            ApiError::BodyTimeout | ApiError::PayloadTooLarge { .. }
+        ) {
+            // The rest of the body is not read: the connection cannot carry
+            // another request.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
             );
         }
         if matches!(self, ApiError::Unavailable | ApiError::Contended(_)) {

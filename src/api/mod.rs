@@ -14,6 +14,7 @@
 //!   partner): money
 
 pub mod auth;
+mod body;
 mod campaigns;
 pub mod dashboard;
 mod error;
@@ -29,7 +30,6 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
@@ -166,14 +166,7 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
-        let limit = state.config.api.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::bad_request("unreadable_body", "the request body could not be read")
-            }
-        })?;
+        let bytes = body::read(req.into_body(), &state.config.api).await?;
         crate::json::refuse_repeated_keys(&bytes)
             .map_err(|e| ApiError::bad_request("duplicate_key", e.to_string()))?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
