@@ -299,3 +299,67 @@ async fn slow_request_bodies_are_cut_off_and_redirects_keep_answering() {
     let redirect = app.click("/r/acme", None, None).await;
     assert_eq!(redirect.status, 302);
 }
+
+/// A client may shut its write side once its request is sent: it still
+/// waits for the answer. On the general HTTP path that answer was lost 5 to
+/// 31 times in 100 (for `POST /v1/events` the client could then not know
+/// whether its events were taken). Each kind of request, 100 times.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let app = TestApp::spawn().await;
+    app.create_partner("acme").await;
+    let address = app.public.trim_start_matches("http://").to_owned();
+    let at = chrono::Utc::now().to_rfc3339();
+    let event = format!(r#"[{{"id": "c1", "type": "cancel", "customer": "cus_1", "at": "{at}"}}]"#);
+    let requests = [
+        (
+            "HTTP/1.0 redirect",
+            "GET /r/acme HTTP/1.0\r\n\r\n".to_owned(),
+            "302",
+        ),
+        (
+            "absolute-form redirect",
+            format!("GET http://{address}/r/acme HTTP/1.1\r\nHost: {address}\r\n\r\n"),
+            "302",
+        ),
+        (
+            "plain redirect",
+            "GET /r/acme HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "302",
+        ),
+        (
+            "events",
+            format!(
+                "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{event}",
+                common::MERCHANT,
+                event.len()
+            ),
+            "202",
+        ),
+    ];
+    let lost = tokio::task::spawn_blocking(move || {
+        let mut lost = Vec::new();
+        for (name, request, status) in &requests {
+            for _ in 0..100 {
+                let mut stream = std::net::TcpStream::connect(&address).unwrap();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+                stream.write_all(request.as_bytes()).unwrap();
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                let answer = String::from_utf8_lossy(&answer);
+                let answered = answer.starts_with("HTTP/1.") && answer.get(9..12) == Some(status);
+                if !answered {
+                    lost.push(format!("{name}: {answer:?}"));
+                }
+            }
+        }
+        lost
+    })
+    .await
+    .unwrap();
+    assert!(lost.is_empty(), "{} answers lost: {lost:?}", lost.len());
+}

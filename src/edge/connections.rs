@@ -39,13 +39,17 @@ const MAX_COOKIE_HEADERS: usize = 8;
 const MAX_HEADERS: usize = 32;
 
 /// hyper's settings for both listeners: a limit on the request head's size
-/// and on the time it may take to arrive.
+/// and on the time it may take to arrive; and half-closed connections kept
+/// open for their answer (a client may shut its write side once its
+/// request is sent, and still wait: without this hyper dropped the
+/// connection, answer unsent, when it read the end of the stream first).
 pub fn http1_builder(max_head_bytes: usize) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(IDLE_TIMEOUT)
-        .max_buf_size(max_head_bytes);
+        .max_buf_size(max_head_bytes)
+        .half_close(true);
     builder
 }
 
