@@ -38,6 +38,7 @@ fn redirector() -> (Redirector, clicks::ClickReceiver) {
             window_secs: 10_368_000,
             dedup_secs: 30,
             default_location: "https://www.example.com/signup".into(),
+            max_terms_per_day: 1000,
         },
     );
     (redirector, receiver)

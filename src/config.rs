@@ -51,6 +51,7 @@ pub struct Config {
     pub commission: Commission,
     pub payout: Payout,
     pub api: Api,
+    pub report: Report,
     pub worker: Worker,
 }
 
@@ -196,6 +197,14 @@ pub struct Worker {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Distinct `utm_term`s a partner's clicks count under per UTC day;
+    /// past it a click counts under `(other)`. Default 1000.
+    pub max_terms_per_day: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Api {
     /// Largest /v1 body in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
@@ -330,6 +339,9 @@ impl Config {
                 "api.body_timeout",
                 "body_timeout and body_idle_timeout must be longer than zero",
             ));
+        }
+        if self.report.max_terms_per_day == 0 {
+            return Err(invalid("report.max_terms_per_day", "must be positive"));
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be positive"));

@@ -217,6 +217,7 @@ fn redirector(config: &Config, routes: Arc<RouteCache>, queue: clicks::ClickQueu
             window_secs: config.attribution.window.as_secs(),
             dedup_secs: config.clicks.dedup_window.as_secs() as i64,
             default_location: config.default_landing().as_str().to_owned(),
+            max_terms_per_day: config.report.max_terms_per_day,
         },
     )
 }

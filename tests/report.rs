@@ -262,3 +262,30 @@ async fn a_formula_in_a_link_reaches_the_csv_as_text() {
         }
     }
 }
+
+/// Every distinct `utm_term` in a public link used to become its own
+/// report row, so anyone could grow a partner's report without bound.
+/// Past `report.max_terms_per_day` a click counts under `(other)`: counted,
+/// attributed, never dropped; terms already seen that day still count.
+#[tokio::test]
+async fn past_the_days_term_cap_clicks_count_under_other() {
+    let app = TestApp::spawn_with(&[("LASTCLICK_REPORT__MAX_TERMS_PER_DAY", "3")]).await;
+    app.create_partner("acme").await;
+    for i in 0..10 {
+        click(&app, &format!("/r/acme?utm_term=t{i}")).await;
+    }
+    let again = app.click("/r/acme?utm_term=t1", None, None).await;
+    assert!(again.location.contains("utm_term=t1"), "{}", again.location);
+    let capped = app.click("/r/acme?utm_term=t9", None, None).await;
+    assert!(
+        capped.location.contains("utm_term=%28other%29"),
+        "{}",
+        capped.location
+    );
+    let report = app.report_when("acme", "", 12).await;
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "three terms and (other): {report}");
+    assert_eq!(row(&report, "default_link", Some("t1"))["clicks"], 2);
+    assert_eq!(row(&report, "default_link", Some("(other)"))["clicks"], 8);
+    assert_eq!(report["totals"]["clicks"], 12);
+}

@@ -17,5 +17,6 @@ pub mod cookie;
 pub mod landing;
 pub mod link;
 pub mod redirect;
+pub mod terms;
 
 pub use connections::{http1_builder, serve_connection, PublicInner, PublicService};

@@ -13,6 +13,7 @@ use crate::edge::clicks::ClickQueue;
 use crate::edge::cookie::{
     find_cookies, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
 };
+use crate::edge::terms::TermCap;
 use crate::ids::{is_path_id, MAX_UTM_CHARS};
 use crate::metrics::RedirectOutcome;
 use crate::store::Click;
@@ -126,6 +127,8 @@ pub struct RedirectSettings {
     pub dedup_secs: i64,
     /// Location for links that credit nobody: `landing.default` as is.
     pub default_location: String,
+    /// `report.max_terms_per_day`.
+    pub max_terms_per_day: usize,
 }
 
 pub struct Redirector {
@@ -138,6 +141,7 @@ pub struct Redirector {
     cookie_attributes: Box<str>,
     dedup_secs: i64,
     default_location: &'static str,
+    terms: TermCap,
 }
 
 /// The utm_* values a visitor's URL may bring.
@@ -241,6 +245,7 @@ impl Redirector {
             // Lives as long as the process; leaked once so every uncounted
             // answer borrows it instead of copying.
             default_location: Box::leak(settings.default_location.into_boxed_str()),
+            terms: TermCap::new(settings.max_terms_per_day),
         }
     }
 
@@ -262,7 +267,12 @@ impl Redirector {
         }
         let campaign = partner.campaign(slug);
         let utm = UtmParams::parse(req.query);
-        let term = utm.term.as_deref().or(campaign.term.as_deref());
+        // A campaign's own term is the partner's, bounded by its campaigns;
+        // a term from the URL is anyone's, and counted within the day's cap.
+        let term = match utm.term.as_deref() {
+            Some(visitors) => Some(self.terms.admit(&partner.id, visitors, req.now)),
+            None => campaign.term.as_deref(),
+        };
         if req.head || self.is_bot(req.user_agent) {
             let outcome = if req.head {
                 RedirectOutcome::Head
