@@ -201,6 +201,10 @@ pub struct Report {
     /// Distinct `utm_term`s a partner's clicks count under per UTC day;
     /// past it a click counts under `(other)`. Default 1000.
     pub max_terms_per_day: usize,
+    /// Rows of a report page. Default 1000.
+    pub max_rows: usize,
+    /// Reports built at once by one instance. Default 2.
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +346,12 @@ impl Config {
         }
         if self.report.max_terms_per_day == 0 {
             return Err(invalid("report.max_terms_per_day", "must be positive"));
+        }
+        if self.report.max_rows == 0 || self.report.max_concurrent == 0 {
+            return Err(invalid(
+                "report.max_rows",
+                "max_rows and max_concurrent must be positive",
+            ));
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be positive"));

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use chrono::{Days, NaiveDate};
 use serde_json::{json, Map, Value};
 
+use crate::conversions::book::ConversionCell;
 use crate::conversions::customer::ConversionCounts;
 use crate::conversions::money::Currency;
 use crate::csv::CsvWriter;
 use crate::ids::PartnerId;
 use crate::store::prelude::*;
-use crate::store::{CounterCell, StoreError};
+use crate::store::{ClickCount, CounterCell, StoreError};
 
 /// Days covered when the query gives no range.
 const DEFAULT_DAYS: u64 = 30;
@@ -44,19 +45,25 @@ pub struct ReportQuery {
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub group_by: Vec<Dimension>,
+    /// Which page of rows, from 1 (`report.max_rows` rows a page).
+    pub page: usize,
 }
 
+/// Highest page number a query may ask for.
+const MAX_PAGE: usize = 1_000_000;
+
 impl ReportQuery {
-    /// Parses `from`, `to` (UTC days, inclusive) and `group_by`; other
-    /// parameters are left to the caller. The range defaults to the 30 days
-    /// ending `today`.
+    /// Parses `from`, `to` (UTC days, inclusive), `group_by` and `page`;
+    /// other parameters are left to the caller. The range defaults to the
+    /// 30 days ending `today`.
     pub fn parse(query: Option<&str>, today: NaiveDate, max_days: u32) -> Result<Self, QueryError> {
-        let (mut from, mut to, mut group_by) = (None, None, None);
+        let (mut from, mut to, mut group_by, mut page) = (None, None, None, 1);
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match key.as_ref() {
                 "from" => from = Some(parse_day("from", &value)?),
                 "to" => to = Some(parse_day("to", &value)?),
                 "group_by" => group_by = Some(parse_group_by(&value)?),
+                "page" => page = parse_page(&value)?,
                 _ => {}
             }
         }
@@ -72,7 +79,12 @@ impl ReportQuery {
             ));
         }
         let group_by = group_by.unwrap_or_else(|| vec![Dimension::Campaign, Dimension::Term]);
-        Ok(ReportQuery { from, to, group_by })
+        Ok(ReportQuery {
+            from,
+            to,
+            group_by,
+            page,
+        })
     }
 
     fn groups(&self, dimension: Dimension) -> bool {
@@ -83,6 +95,14 @@ impl ReportQuery {
 fn parse_day(param: &'static str, value: &str) -> Result<NaiveDate, QueryError> {
     NaiveDate::parse_from_str(value, "%Y-%m-%d")
         .map_err(|_| query_error(param, format!("`{param}` must be a date like 2026-11-23")))
+}
+
+fn parse_page(value: &str) -> Result<usize, QueryError> {
+    value
+        .parse()
+        .ok()
+        .filter(|page| (1..=MAX_PAGE).contains(page))
+        .ok_or_else(|| query_error("page", format!("`page` is a number from 1 to {MAX_PAGE}")))
 }
 
 fn parse_group_by(value: &str) -> Result<Vec<Dimension>, QueryError> {
@@ -137,47 +157,39 @@ struct Group {
 pub struct Report {
     pub partner: PartnerId,
     pub query: ReportQuery,
+    /// The rows of the page asked for.
     pub rows: Vec<Row>,
+    /// Rows of every page.
+    pub rows_total: usize,
+    /// The next page, when there are more rows.
+    pub next_page: Option<usize>,
+    /// Totals over every row, not only the page's.
     pub totals: Row,
 }
 
-/// Builds one partner's report from the store's click counters.
+/// Builds one partner's report from the store's click counters: the rows
+/// of page `query.page`, `max_rows` rows a page, and the totals of all.
 pub async fn build(
     store: &dyn Store,
     partner: &PartnerId,
     query: &ReportQuery,
+    max_rows: usize,
 ) -> Result<Report, StoreError> {
     let counts = store.click_counts(partner, query.from, query.to).await?;
     let conversions = store
         .conversion_counts(partner, query.from, query.to)
         .await?;
-    let row_key = |day: NaiveDate, campaign: &str, term: &str| RowKey {
-        campaign: query
-            .groups(Dimension::Campaign)
-            .then(|| campaign.to_owned()),
-        term: query.groups(Dimension::Term).then(|| term.to_owned()),
-        day: query.groups(Dimension::Day).then_some(day),
-    };
-    let mut groups: BTreeMap<RowKey, Group> = BTreeMap::new();
-    for count in &counts {
-        let cell = &count.cell;
-        let group = groups
-            .entry(row_key(cell.day, &cell.campaign, &cell.term))
-            .or_default();
-        group.clicks += count.clicks;
-        group.cells.push(cell.clone());
-    }
-    let mut total_conversions = ConversionCounts::default();
-    for (cell, counts) in &conversions {
-        groups
-            .entry(row_key(cell.day, &cell.campaign, &cell.term))
-            .or_default()
-            .conversions
-            .add(counts);
-        total_conversions.add(counts);
-    }
-    let mut rows = Vec::with_capacity(groups.len());
-    for (key, group) in groups {
+    // Grouping is CPU work proportional to the cells (thousands, for a
+    // long range): off the runtime's threads, which answer redirects.
+    let grouping = query.clone();
+    let (groups, counts, total_conversions) =
+        tokio::task::spawn_blocking(move || group(&grouping, counts, &conversions))
+            .await
+            .expect("report grouping does not panic");
+    let rows_total = groups.len();
+    let skip = (query.page - 1).saturating_mul(max_rows);
+    let mut rows = Vec::with_capacity(rows_total.saturating_sub(skip).min(max_rows));
+    for (key, group) in groups.into_iter().skip(skip).take(max_rows) {
         rows.push(Row {
             campaign: key.campaign,
             term: key.term,
@@ -200,8 +212,45 @@ pub async fn build(
         partner: partner.clone(),
         query: query.clone(),
         rows,
+        rows_total,
+        next_page: (skip.saturating_add(max_rows) < rows_total).then_some(query.page + 1),
         totals,
     })
+}
+
+/// The report's rows by key (every page's), with the click counts they
+/// came from and the conversions of all.
+fn group(
+    query: &ReportQuery,
+    counts: Vec<ClickCount>,
+    conversions: &[(ConversionCell, ConversionCounts)],
+) -> (BTreeMap<RowKey, Group>, Vec<ClickCount>, ConversionCounts) {
+    let row_key = |day: NaiveDate, campaign: &str, term: &str| RowKey {
+        campaign: query
+            .groups(Dimension::Campaign)
+            .then(|| campaign.to_owned()),
+        term: query.groups(Dimension::Term).then(|| term.to_owned()),
+        day: query.groups(Dimension::Day).then_some(day),
+    };
+    let mut groups: BTreeMap<RowKey, Group> = BTreeMap::new();
+    for count in &counts {
+        let cell = &count.cell;
+        let group = groups
+            .entry(row_key(cell.day, &cell.campaign, &cell.term))
+            .or_default();
+        group.clicks += count.clicks;
+        group.cells.push(cell.clone());
+    }
+    let mut total_conversions = ConversionCounts::default();
+    for (cell, counts) in conversions {
+        groups
+            .entry(row_key(cell.day, &cell.campaign, &cell.term))
+            .or_default()
+            .conversions
+            .add(counts);
+        total_conversions.add(counts);
+    }
+    (groups, counts, total_conversions)
 }
 
 impl Row {
@@ -254,6 +303,9 @@ impl Report {
             "from": self.query.from,
             "to": self.query.to,
             "group_by": group_by,
+            "page": self.query.page,
+            "next_page": self.next_page,
+            "rows_total": self.rows_total,
             "rows": self.rows.iter().map(|r| r.to_json(&self.query)).collect::<Vec<_>>(),
             "totals": totals,
         })

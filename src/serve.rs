@@ -181,6 +181,7 @@ fn public_service(
         roles: RoleTokens::new(&config.auth.admin_token, &config.auth.merchant_token),
         config: Arc::clone(config),
         metrics: Arc::clone(metrics),
+        report_slots: Arc::new(tokio::sync::Semaphore::new(config.report.max_concurrent)),
     });
     PublicService(Arc::new(PublicInner {
         redirector,

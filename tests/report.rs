@@ -289,3 +289,75 @@ async fn past_the_days_term_cap_clicks_count_under_other() {
     assert_eq!(row(&report, "default_link", Some("(other)"))["clicks"], 8);
     assert_eq!(report["totals"]["clicks"], 12);
 }
+
+/// A report is built a page of `report.max_rows` rows at a time: the
+/// totals cover every row, `next_page` (and `X-Next-Page`) says what is
+/// left, and a page past the end is empty.
+#[tokio::test]
+async fn a_report_comes_a_page_of_rows_at_a_time() {
+    let app = TestApp::spawn_with(&[("LASTCLICK_REPORT__MAX_ROWS", "2")]).await;
+    app.create_partner("acme").await;
+    for i in 0..5 {
+        click(&app, &format!("/r/acme?utm_term=t{i}")).await;
+    }
+    let first = app.report_when("acme", "", 5).await;
+    assert_eq!(
+        (&first["page"], &first["next_page"], &first["rows_total"]),
+        (&json!(1), &json!(2), &json!(5)),
+        "{first}"
+    );
+    assert_eq!(first["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(first["totals"]["clicks"], 5, "totals of every row");
+    let mut seen: Vec<Value> = first["rows"].as_array().unwrap().clone();
+    for page in [2, 3] {
+        let (status, body) = app
+            .get(
+                &format!("/v1/partners/acme/report?page={page}"),
+                Some(ADMIN),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["totals"]["clicks"], 5);
+        seen.extend(body["rows"].as_array().unwrap().iter().cloned());
+    }
+    let terms: Vec<&str> = seen
+        .iter()
+        .map(|r| r["utm_term"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        terms,
+        ["t0", "t1", "t2", "t3", "t4"],
+        "each row once, in order"
+    );
+    let (_, last) = app
+        .get("/v1/partners/acme/report?page=3", Some(ADMIN))
+        .await;
+    assert_eq!(last["next_page"], Value::Null);
+    let (_, past) = app
+        .get("/v1/partners/acme/report?page=9", Some(ADMIN))
+        .await;
+    assert!(past["rows"].as_array().unwrap().is_empty(), "{past}");
+    let csv = app
+        .client
+        .get(app.url("/v1/partners/acme/report?format=csv"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["x-next-page"], "2");
+    assert_eq!(
+        csv.text().await.unwrap().lines().count(),
+        4,
+        "header, 2 rows, total"
+    );
+    for bad in ["0", "x", "1000001"] {
+        let (status, body) = app
+            .get(&format!("/v1/partners/acme/report?page={bad}"), Some(ADMIN))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_page")),
+            "{bad}"
+        );
+    }
+}

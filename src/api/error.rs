@@ -42,6 +42,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the store is unavailable; try again")]
     Unavailable,
+    /// Every report slot (`report.max_concurrent`) stayed taken.
+    #[error("reports are being built for others; try again")]
+    ReportsBusy,
     /// Others kept changing what the request read; it may be sent again.
     #[error("{0}; try again")]
     Contended(String),
@@ -70,7 +73,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::ReportsBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Contended(_) => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::BodyTimeout => "body_timeout",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "store_unavailable",
+            ApiError::ReportsBusy => "reports_busy",
             ApiError::Contended(_) => "contended",
             ApiError::Internal => "internal_error",
         }
@@ -137,7 +141,10 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("close"),
             );
         }
-        if matches!(self, ApiError::Unavailable | ApiError::Contended(_)) {
+        if matches!(
+            self,
+            ApiError::Unavailable | ApiError::Contended(_) | ApiError::ReportsBusy
+        ) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub roles: RoleTokens,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// `report.max_concurrent` permits: one per report being built.
+    pub report_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {

@@ -2,12 +2,16 @@
 //! JSON by default, CSV with `format=csv` or `Accept: text/csv`.
 
 use axum::extract::{RawQuery, State};
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ApiError, ApiState, PartnerScope};
 use crate::api::auth::Caller;
@@ -55,6 +59,29 @@ fn csv(body: String) -> Response {
     ([(CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }
 
+/// How long a report waits for a slot before it is answered 503.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// One of the `report.max_concurrent` slots, held while a report is built.
+async fn report_slot(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError> {
+    let slots = Arc::clone(&state.report_slots);
+    match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::ReportsBusy),
+    }
+}
+
+/// `X-Next-Page` when there are more rows, in both forms.
+fn with_next_page(mut response: Response, next_page: Option<usize>) -> Response {
+    if let Some(next) = next_page {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-next-page"),
+            HeaderValue::from(next),
+        );
+    }
+    response
+}
+
 pub async fn partner_report(
     scope: PartnerScope,
     State(state): State<ApiState>,
@@ -64,11 +91,14 @@ pub async fn partner_report(
     let format = format(query.as_deref(), &headers)?;
     let query = parse_query(query.as_deref(), &state)?;
     state.existing_partner(&scope.id).await?;
-    let report = report::build(state.store.as_ref(), &scope.id, &query).await?;
-    Ok(match format {
+    let _slot = report_slot(&state).await?;
+    let max_rows = state.config.report.max_rows;
+    let report = report::build(state.store.as_ref(), &scope.id, &query, max_rows).await?;
+    let response = match format {
         Format::Json => Json(report.to_json()).into_response(),
         Format::Csv => csv(report.to_csv()),
-    })
+    };
+    Ok(with_next_page(response, report.next_page))
 }
 
 /// Every partner's report, one after the other (admin only). Totals add the
@@ -86,30 +116,37 @@ pub async fn all_partners(
     let format = format(query.as_deref(), &headers)?;
     let query = parse_query(query.as_deref(), &state)?;
     let catalog = state.store.load_catalog().await?;
+    let _slot = report_slot(&state).await?;
+    let max_rows = state.config.report.max_rows;
     let mut reports: Vec<Report> = Vec::with_capacity(catalog.partners.len());
     for partner in &catalog.partners {
-        reports.push(report::build(state.store.as_ref(), &partner.id, &query).await?);
+        reports.push(report::build(state.store.as_ref(), &partner.id, &query, max_rows).await?);
     }
+    // A page of each partner's rows: the next page while any has more.
+    let next_page = reports.iter().filter_map(|r| r.next_page).max();
     reports.sort_by(|a, b| a.partner.cmp(&b.partner));
     let totals = report::sum_totals(&reports);
-    Ok(match format {
+    let response = match format {
         Format::Json => {
             let partners: Vec<Value> = reports.iter().map(Report::to_json).collect();
             Json(json!({
                 "from": query.from,
                 "to": query.to,
                 "partners": partners,
+                "next_page": next_page,
                 "totals": totals.totals_json(),
             }))
             .into_response()
         }
         Format::Csv => csv(report::all_to_csv(&reports, &totals)),
-    })
+    };
+    Ok(with_next_page(response, next_page))
 }
 
 fn invalid_code(param: &str) -> &'static str {
     match param {
         "from" => "invalid_from",
+        "page" => "invalid_page",
         "to" => "invalid_to",
         _ => "invalid_group_by",
     }
