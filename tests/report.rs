@@ -361,3 +361,60 @@ async fn a_report_comes_a_page_of_rows_at_a_time() {
         );
     }
 }
+
+/// 300,000 clicks with made-up terms once made a partner's report 48.7 MB
+/// and seconds to build, and six such reports at once held redirects for
+/// seconds. Here 100,000 clicks with distinct terms: the day's term cap
+/// keeps the report at 1,001 rows, pages keep each answer small, and while
+/// six reports are asked for at once redirects keep answering (their
+/// latency is the load test's to measure, not this test's).
+#[tokio::test]
+async fn a_flood_of_distinct_terms_keeps_the_report_bounded_and_redirects_answering() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    app.create_partner("acme").await;
+    let senders: Vec<_> = (0..16)
+        .map(|sender| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                for i in 0..6_250 {
+                    let path = format!("/r/acme?utm_term=flood-{sender}-{i}");
+                    let response = app.client.get(app.url(&path)).send().await.unwrap();
+                    assert_eq!(response.status(), 302);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let first = app.report_when("acme", "", 100_000).await;
+    assert_eq!(first["rows_total"], 1_001, "1,000 terms and (other)");
+    assert_eq!(first["rows"].as_array().unwrap().len(), 1_000);
+    assert_eq!(first["next_page"], 2);
+    let reports: Vec<_> = (0..6)
+        .map(|_| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                let csv = app
+                    .client
+                    .get(app.url("/v1/partners/acme/report?format=csv"))
+                    .bearer_auth(ADMIN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(csv.status(), 200);
+                csv.text().await.unwrap().len()
+            })
+        })
+        .collect();
+    let mut redirects = 0;
+    while reports.iter().any(|r| !r.is_finished()) || redirects < 100 {
+        let redirect = app.click("/r/acme?utm_term=flood-0-0", None, None).await;
+        assert_eq!(redirect.status, 302, "a redirect while reports are built");
+        redirects += 1;
+    }
+    for report in reports {
+        let bytes = report.await.unwrap();
+        assert!(bytes < 200_000, "a page of the CSV is {bytes} bytes");
+    }
+}
