@@ -64,6 +64,10 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// Largest request head in bytes, at least 8192. Default 16384.
     pub max_header_bytes: usize,
+    /// Open connections of the public listener past which it answers only
+    /// redirects (other requests get 503); past one and a half times it,
+    /// new connections are closed at once. Default 10000.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +306,9 @@ impl Config {
 
     /// Checks every rule a key must follow; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.max_connections == 0 {
+            return Err(invalid("listen.max_connections", "must be positive"));
+        }
         if self.listen.max_header_bytes < 8192 {
             return Err(invalid("listen.max_header_bytes", "must be at least 8192"));
         }

@@ -121,17 +121,20 @@ pub async fn run(
 
     let max_head = config.listen.max_header_bytes;
     let public_stop = accepting.clone();
+    let open = OpenConnections::new(config.listen.max_connections);
     let public_loop = tokio::spawn(accept_loop(
         public,
         accepting.clone(),
         move |stream, watcher| {
-            edge::serve_connection(
-                stream,
-                public_service.clone(),
-                watcher,
-                public_stop.clone(),
-                max_head,
-            )
+            let service = public_service.clone();
+            let stop = public_stop.clone();
+            let open = open.clone();
+            async move {
+                let Some((load, _held)) = open.admit() else {
+                    return; // dropped: closed at once
+                };
+                edge::serve_connection(stream, service, watcher, stop, max_head, load).await;
+            }
         },
     ));
     let admin_loop = tokio::spawn(admin_loop(admin, admin_service, max_head, accepting));
@@ -379,4 +382,45 @@ where
         tokio::spawn(serve(stream, connections.watcher()));
     }
     connections
+}
+
+/// The public listener's open connections, against `listen.max_connections`.
+#[derive(Clone)]
+struct OpenConnections {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One open connection, counted until dropped.
+struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl OpenConnections {
+    fn new(max: usize) -> Self {
+        OpenConnections {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// Counts a new connection: served normally under the cap, redirects
+    /// only past it, and not at all (`None`) past one and a half times it.
+    fn admit(&self) -> Option<(edge::Load, Held)> {
+        let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let held = Held(Arc::clone(&self.open));
+        if before >= self.max.saturating_add(self.max / 2) {
+            return None;
+        }
+        let load = if before >= self.max {
+            edge::Load::Over
+        } else {
+            edge::Load::Normal
+        };
+        Some((load, held))
+    }
 }

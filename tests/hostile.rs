@@ -363,3 +363,70 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     .unwrap();
     assert!(lost.is_empty(), "{} answers lost: {lost:?}", lost.len());
 }
+
+/// Past `listen.max_connections` open connections the public listener
+/// serves redirects only: an API request gets 503 `overloaded`, a visitor
+/// still lands. Past one and a half times it, new connections are closed
+/// at once. When connections close, the API answers again.
+#[tokio::test]
+async fn past_max_connections_redirects_are_served_first_and_the_api_is_shed() {
+    let app = TestApp::spawn_with(&[("LASTCLICK_LISTEN__MAX_CONNECTIONS", "20")]).await;
+    app.create_partner("acme").await;
+    let address = app.public.trim_start_matches("http://").to_owned();
+    let exchange = |request: &'static str| {
+        let address = address.clone();
+        move || {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            // A connection closed at once may refuse the write: no answer.
+            let _ = stream.write_all(request.as_bytes());
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let api = exchange(
+        "GET /v1/partners/acme HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-admin-token\r\nConnection: close\r\n\r\n",
+    );
+    let redirect = exchange("GET /r/acme HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let status = |answer: &str| answer.get(9..12).unwrap_or("").to_owned();
+    let idle: Vec<std::net::TcpStream> = (0..25)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut shed = String::new();
+    for _ in 0..200 {
+        shed = tokio::task::spawn_blocking(api.clone()).await.unwrap();
+        if status(&shed) == "503" {
+            break;
+        }
+    }
+    assert_eq!(status(&shed), "503", "{shed}");
+    assert!(shed.contains("overloaded"), "{shed}");
+    let landed = tokio::task::spawn_blocking(redirect.clone()).await.unwrap();
+    assert_eq!(status(&landed), "302", "{landed}");
+    // Past 30, a new connection is closed without an answer.
+    let more: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut refused = String::from("not tried");
+    for _ in 0..200 {
+        refused = tokio::task::spawn_blocking(redirect.clone()).await.unwrap();
+        if refused.is_empty() {
+            break;
+        }
+    }
+    assert!(refused.is_empty(), "{refused}");
+    drop(idle);
+    drop(more);
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = tokio::task::spawn_blocking(api.clone()).await.unwrap();
+        if status(&served) == "200" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(&served), "200", "{served}");
+}

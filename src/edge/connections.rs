@@ -204,6 +204,7 @@ pub async fn serve_connection(
     watcher: Watcher,
     stop: watch::Receiver<bool>,
     max_head_bytes: usize,
+    load: Load,
 ) {
     let mut connection = Redirects {
         stream,
@@ -211,6 +212,12 @@ pub async fn serve_connection(
         write: Vec::with_capacity(1024),
     };
     if connection.run(&service.0, stop, max_head_bytes).await == Next::Close {
+        return;
+    }
+    if load == Load::Over {
+        // Redirects only: anything else is shed before hyper parses it.
+        let _ = connection.stream.write_all(OVERLOADED).await;
+        let _ = connection.stream.shutdown().await;
         return;
     }
     let io = Replay {
@@ -222,6 +229,21 @@ pub async fn serve_connection(
         http1_builder(max_head_bytes).serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(hyper_connection).await;
 }
+
+/// How loaded the listener was when the connection came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Normal,
+    /// Past `listen.max_connections`: plain redirects only.
+    Over,
+}
+
+/// The answer to a request other than a redirect past
+/// `listen.max_connections`.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n\
+content-length: 80\r\n\r\n\
+{\"error\":{\"code\":\"overloaded\",\"message\":\"too many open connections; try again\"}}";
 
 #[derive(PartialEq, Eq)]
 enum Next {
@@ -554,6 +576,18 @@ impl AsyncWrite for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_overloaded_answer_is_well_formed() {
+        let text = std::str::from_utf8(OVERLOADED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "overloaded");
+    }
 
     #[test]
     fn plain_targets_are_url_characters_only() {

@@ -19,4 +19,4 @@ pub mod link;
 pub mod redirect;
 pub mod terms;
 
-pub use connections::{http1_builder, serve_connection, PublicInner, PublicService};
+pub use connections::{http1_builder, serve_connection, Load, PublicInner, PublicService};
