@@ -216,6 +216,11 @@ pub struct Report {
 pub struct Api {
     /// Largest /v1 body in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Requests a second each token may make after its burst (fractions
+    /// allowed). Default 100.
+    pub rate_limit: f64,
+    /// Requests a token may make at once. Default 200.
+    pub rate_burst: u32,
     /// Longest a /v1 request body may take to arrive, whole. Default 30s.
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
@@ -349,6 +354,14 @@ impl Config {
             return Err(invalid(
                 "api.body_timeout",
                 "body_timeout and body_idle_timeout must be longer than zero",
+            ));
+        }
+        if !(self.api.rate_limit > 0.0 && self.api.rate_limit.is_finite())
+            || self.api.rate_burst == 0
+        {
+            return Err(invalid(
+                "api.rate_limit",
+                "rate_limit and rate_burst must be positive",
             ));
         }
         if self.report.max_terms_per_day == 0 {

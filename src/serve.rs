@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::api::auth::{random_secret, RoleTokens};
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, RateLimits};
 use crate::config::Config;
 use crate::conversions::worker::{LoopSettings, Worker};
 use crate::edge::cache::{run_refresher, RouteCache};
@@ -126,11 +126,13 @@ pub async fn run(
         public,
         accepting.clone(),
         move |stream, watcher| {
+            // Counted here, in the accept loop, in the order connections
+            // come: a flood is counted before any of it is served.
+            let admitted = open.admit();
             let service = public_service.clone();
             let stop = public_stop.clone();
-            let open = open.clone();
             async move {
-                let Some((load, _held)) = open.admit() else {
+                let Some((load, _held)) = admitted else {
                     return; // dropped: closed at once
                 };
                 edge::serve_connection(stream, service, watcher, stop, max_head, load).await;
@@ -185,6 +187,10 @@ fn public_service(
         config: Arc::clone(config),
         metrics: Arc::clone(metrics),
         report_slots: Arc::new(tokio::sync::Semaphore::new(config.report.max_concurrent)),
+        rate_limits: Arc::new(RateLimits::new(
+            config.api.rate_limit,
+            config.api.rate_burst,
+        )),
     });
     PublicService(Arc::new(PublicInner {
         redirector,

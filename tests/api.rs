@@ -513,3 +513,38 @@ async fn the_report_counts_clicks_by_campaign_term_and_day_with_bad_queries_name
         assert_eq!((status, code(&body)), (400, expected), "{query}");
     }
 }
+
+/// Each token has its own bucket: `api.rate_burst` requests at once, then
+/// `api.rate_limit` a second; past it, 429 with `Retry-After`. Another
+/// token is not slowed by it.
+#[tokio::test]
+async fn each_token_is_rate_limited_apart_with_retry_after() {
+    let app = TestApp::spawn_with(&[
+        ("LASTCLICK_API__RATE_LIMIT", "0.001"),
+        ("LASTCLICK_API__RATE_BURST", "3"),
+    ])
+    .await;
+    let acme = app.create_partner("acme").await;
+    for _ in 0..3 {
+        let (status, body) = app.get("/v1/partners/acme", Some(&acme)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let response = app
+        .client
+        .get(app.url("/v1/partners/acme"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(code(&body), "rate_limited");
+    let (status, _) = app.get("/v1/partners/acme", Some(ADMIN)).await;
+    assert_eq!(status, 200, "the admin's token has its own bucket");
+}

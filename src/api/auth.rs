@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use crate::ids::PartnerId;
 
 /// Who is calling, as proven by the bearer token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
     Admin,
     Merchant,

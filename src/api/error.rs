@@ -42,6 +42,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the store is unavailable; try again")]
     Unavailable,
+    /// The caller's token is over `api.rate_limit`.
+    #[error("too many requests for this token; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// Every report slot (`report.max_concurrent`) stayed taken.
     #[error("reports are being built for others; try again")]
     ReportsBusy,
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::ReportsBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Contended(_) => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "store_unavailable",
             ApiError::ReportsBusy => "reports_busy",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Contended(_) => "contended",
             ApiError::Internal => "internal_error",
         }
@@ -148,6 +153,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
             );
         }
         response

@@ -21,6 +21,7 @@ mod error;
 mod events;
 mod money;
 mod partners;
+mod rate;
 mod report;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use rate::RateLimits;
 
 use crate::api::auth::{bearer, token_hash, Caller, RoleTokens};
 use crate::config::Config;
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// `report.max_concurrent` permits: one per report being built.
     pub report_slots: Arc<tokio::sync::Semaphore>,
+    /// `api.rate_limit` and `api.rate_burst`, per caller.
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl ApiState {
@@ -114,6 +118,20 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Self::of_token(parts, state).await?;
+        state
+            .rate_limits
+            .take(&caller, std::time::Instant::now())
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            })?;
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    /// The caller the request's bearer token proves.
+    async fn of_token(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
         let token = parts
             .headers
             .get(AUTHORIZATION)
