@@ -68,6 +68,10 @@ pub struct Listen {
     /// redirects (other requests get 503); past one and a half times it,
     /// new connections are closed at once. Default 10000.
     pub max_connections: usize,
+    /// Longest an answer on the public listener may wait for the client to
+    /// read it; then the connection is closed. Default 30s.
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +315,9 @@ impl Config {
 
     /// Checks every rule a key must follow; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.write_timeout.is_zero() {
+            return Err(invalid("listen.write_timeout", "must be longer than zero"));
+        }
         if self.listen.max_connections == 0 {
             return Err(invalid("listen.max_connections", "must be positive"));
         }

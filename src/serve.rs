@@ -196,6 +196,7 @@ fn public_service(
         redirector,
         metrics: Arc::clone(metrics),
         api,
+        write_timeout: config.listen.write_timeout,
     }))
 }
 

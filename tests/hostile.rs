@@ -430,3 +430,55 @@ async fn past_max_connections_redirects_are_served_first_and_the_api_is_shed() {
     }
     assert_eq!(status(&served), "200", "{served}");
 }
+
+/// A client that sends request after request and never reads its answers
+/// held its connection, and the answers, for good: the server's write
+/// waited forever. Past `listen.write_timeout` without progress the
+/// connection is closed, on both connection paths (redirects answered off
+/// the socket, the dashboard through hyper).
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let app = TestApp::spawn_with(&[("LASTCLICK_LISTEN__WRITE_TIMEOUT", "1s")]).await;
+    app.create_partner("acme").await;
+    let address = app.public.trim_start_matches("http://").to_owned();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        [
+            "GET /r/acme HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        .map(|request| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream
+                .set_write_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            let batch = request.repeat(100);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                match stream.write_all(batch.as_bytes()) {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => break Ok(e.kind()),
+                }
+                if std::time::Instant::now() > deadline {
+                    break Err(format!("{request:?}: still open after a minute unread"));
+                }
+            }
+        })
+    })
+    .await
+    .unwrap();
+    for outcome in outcomes {
+        let kind = outcome.unwrap();
+        assert!(
+            matches!(
+                kind,
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{kind:?}"
+        );
+    }
+}

@@ -62,6 +62,9 @@ pub struct PublicInner {
     pub redirector: Redirector,
     pub metrics: Arc<Metrics>,
     pub api: Router,
+    /// `listen.write_timeout`: longest an answer may wait for the client
+    /// to read it.
+    pub write_timeout: Duration,
 }
 
 type ServiceFuture = Either<
@@ -224,6 +227,8 @@ pub async fn serve_connection(
         head: connection.read,
         pos: 0,
         stream: connection.stream,
+        write_timeout: service.0.write_timeout,
+        write_stalled: None,
     };
     let hyper_connection =
         http1_builder(max_head_bytes).serve_connection(TokioIo::new(io), service);
@@ -287,7 +292,12 @@ impl Redirects {
             let (count, next) = self.answer_buffered(service, max_head_bytes);
             answered += count;
             if !self.write.is_empty() {
-                if self.stream.write_all(&self.write).await.is_err() {
+                // A client that sends and never reads would hold the
+                // connection (and its answers) for good.
+                let written =
+                    tokio::time::timeout(service.write_timeout, self.stream.write_all(&self.write))
+                        .await;
+                if !matches!(written, Ok(Ok(()))) {
                     return Next::Close;
                 }
                 self.write.clear();
@@ -520,6 +530,33 @@ struct Replay {
     head: Vec<u8>,
     pos: usize,
     stream: TcpStream,
+    write_timeout: Duration,
+    /// Since the client stopped taking the answer: past `write_timeout`
+    /// the write fails and hyper closes the connection.
+    write_stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Replay {
+    /// `written` as is, unless the write has been stalled past
+    /// `write_timeout`.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.write_stalled = None;
+            return written;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match std::future::Future::poll(stalled.as_mut(), cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Replay {
@@ -549,7 +586,9 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -557,7 +596,9 @@ impl AsyncWrite for Replay {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
