@@ -292,12 +292,7 @@ impl Redirects {
             let (count, next) = self.answer_buffered(service, max_head_bytes);
             answered += count;
             if !self.write.is_empty() {
-                // A client that sends and never reads would hold the
-                // connection (and its answers) for good.
-                let written =
-                    tokio::time::timeout(service.write_timeout, self.stream.write_all(&self.write))
-                        .await;
-                if !matches!(written, Ok(Ok(()))) {
+                if self.write_answers(service.write_timeout).await.is_err() {
                     return Next::Close;
                 }
                 self.write.clear();
@@ -336,6 +331,25 @@ impl Redirects {
                 _ = &mut stopped, if !stopping => stopping = true,
             }
         }
+    }
+
+    /// Writes the buffered answers: at once when the socket takes them
+    /// (nearly always; no timer then), else within `write_timeout`, since
+    /// a client that sends and never reads would hold the connection, and
+    /// its answers, for good.
+    async fn write_answers(&mut self, write_timeout: Duration) -> io::Result<()> {
+        let sent = match self.stream.try_write(&self.write) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if sent == self.write.len() {
+            return Ok(());
+        }
+        let rest = &self.write[sent..];
+        tokio::time::timeout(write_timeout, self.stream.write_all(rest))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
     }
 
     /// Answers every complete head already read, in order, into the write
