@@ -15,6 +15,17 @@ fn at(offset: i64) -> String {
         .to_rfc3339()
 }
 
+/// An admin's GET of `path`.
+async fn admin_get(app: &TestApp, path: &str) -> reqwest::Response {
+    let request = app.client.get(app.url(path)).bearer_auth(ADMIN);
+    request.send().await.unwrap()
+}
+
+/// The body of an admin's GET of `path` (a CSV report).
+async fn admin_csv(app: &TestApp, path: &str) -> String {
+    admin_get(app, path).await.text().await.unwrap()
+}
+
 /// Clicks `path` as a new visitor; answers the click id.
 async fn click(app: &TestApp, path: &str) -> String {
     let redirect = app.click(path, None, None).await;
@@ -175,15 +186,7 @@ async fn the_report_joins_clicks_and_conversions(setup: Stack) {
     assert_eq!(all["totals"]["clicks"], 8);
     let (status, _) = app.get("/v1/report", Some(&partner_token)).await;
     assert_eq!(status, 403);
-    let all_csv = reqwest::Client::new()
-        .get(app.url("/v1/report?format=csv"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let all_csv = admin_csv(app, "/v1/report?format=csv").await;
     let lines: Vec<&str> = all_csv.split("\r\n").collect();
     assert!(
         lines[0].starts_with("partner,utm_campaign,utm_term,clicks,"),
@@ -236,15 +239,7 @@ async fn a_formula_in_a_link_reaches_the_csv_as_text() {
         click(&app, &format!("/r/acme?{query}")).await;
     }
     app.report_when("acme", "", formulas.len() as u64).await;
-    let text = reqwest::Client::new()
-        .get(app.url("/v1/partners/acme/report?format=csv"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = admin_csv(&app, "/v1/partners/acme/report?format=csv").await;
     for term in formulas {
         let safe = format!("\"'{}\"", term.replace('"', "\"\""));
         assert!(
@@ -337,13 +332,7 @@ async fn a_report_comes_a_page_of_rows_at_a_time() {
         .get("/v1/partners/acme/report?page=9", Some(ADMIN))
         .await;
     assert!(past["rows"].as_array().unwrap().is_empty(), "{past}");
-    let csv = app
-        .client
-        .get(app.url("/v1/partners/acme/report?format=csv"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let csv = admin_get(&app, "/v1/partners/acme/report?format=csv").await;
     assert_eq!(csv.headers()["x-next-page"], "2");
     assert_eq!(
         csv.text().await.unwrap().lines().count(),
@@ -395,13 +384,7 @@ async fn a_flood_of_distinct_terms_keeps_the_report_bounded_and_redirects_answer
         .map(|_| {
             let app = std::sync::Arc::clone(&app);
             tokio::spawn(async move {
-                let csv = app
-                    .client
-                    .get(app.url("/v1/partners/acme/report?format=csv"))
-                    .bearer_auth(ADMIN)
-                    .send()
-                    .await
-                    .unwrap();
+                let csv = admin_get(&app, "/v1/partners/acme/report?format=csv").await;
                 assert_eq!(csv.status(), 200);
                 csv.text().await.unwrap().len()
             })
