@@ -39,14 +39,14 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     }
     match tokio::time::timeout(STATS_TIMEOUT, state.store.event_queue_stats()).await {
         Ok(Ok(stats)) => {
-            state.metrics.events_waiting.set(stats.waiting as i64);
-            state.metrics.events_pending.set(stats.pending as i64);
-            state.metrics.events_routed.set(stats.routed as i64);
+            state.metrics.queue.waiting.set(stats.waiting as i64);
+            state.metrics.queue.pending.set(stats.pending as i64);
+            state.metrics.queue.routed.set(stats.routed as i64);
         }
         _ => state.metrics.count_store_error("event_queue_stats"),
     }
     match tokio::time::timeout(STATS_TIMEOUT, state.store.parked_count()).await {
-        Ok(Ok(parked)) => state.metrics.events_parked.set(parked as i64),
+        Ok(Ok(parked)) => state.metrics.queue.parked.set(parked as i64),
         _ => state.metrics.count_store_error("parked_count"),
     }
     (

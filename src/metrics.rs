@@ -59,17 +59,51 @@ pub struct Metrics {
     pub click_queue_depth: IntGauge,
     pub clicks_dropped: IntCounter,
     pub clicks_written: IntCounter,
-    pub events_waiting: IntGauge,
-    pub events_pending: IntGauge,
-    pub events_parked: IntGauge,
+    /// The event queue, read from the store at scrape time.
+    pub queue: QueueGauges,
     pub events_dead_lettered: IntCounter,
     pub late_batches: IntCounter,
     pub book_steps: IntCounter,
-    pub events_routed: IntGauge,
     store_errors: IntCounterVec,
+    refused: IntCounterVec,
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
     commissions: CounterVec,
+}
+
+/// The event queue's gauges.
+pub struct QueueGauges {
+    /// Queued, not yet taken by any worker.
+    pub waiting: IntGauge,
+    /// Taken by a worker, not yet acknowledged.
+    pub pending: IntGauge,
+    /// Routed to a partner, waiting in its inbox for the book step.
+    pub routed: IntGauge,
+    /// Parked until their customer's signup arrives.
+    pub parked: IntGauge,
+}
+
+impl QueueGauges {
+    fn new(r: &Register) -> Self {
+        QueueGauges {
+            waiting: r.add(IntGauge::new(
+                "worker_lag_events",
+                "Conversion events queued and not yet taken by any worker.",
+            )),
+            pending: r.add(IntGauge::new(
+                "worker_pending_events",
+                "Conversion events taken by a worker and not yet acknowledged.",
+            )),
+            routed: r.add(IntGauge::new(
+                "worker_routed_events",
+                "Conversion events routed to their partner, waiting in its inbox for the book step (read at scrape time).",
+            )),
+            parked: r.add(IntGauge::new(
+                "events_parked",
+                "Conversion events parked until their customer's signup arrives (read at scrape time).",
+            )),
+        }
+    }
 }
 
 /// Makes each metric and registers it in one step.
@@ -173,22 +207,12 @@ impl Metrics {
                 "worker_late_batches_total",
                 "Book steps that applied an event earlier than one already applied, and so read the partner's history to recompute later rates.",
             )),
-            events_waiting: r.add(IntGauge::new(
-                "worker_lag_events",
-                "Conversion events queued and not yet taken by any worker.",
-            )),
-            events_pending: r.add(IntGauge::new(
-                "worker_pending_events",
-                "Conversion events taken by a worker and not yet acknowledged.",
-            )),
-            events_routed: r.add(IntGauge::new(
-                "worker_routed_events",
-                "Conversion events routed to their partner, waiting in its inbox for the book step (read at scrape time).",
-            )),
-            events_parked: r.add(IntGauge::new(
-                "events_parked",
-                "Conversion events parked until their customer's signup arrives (read at scrape time).",
-            )),
+            queue: QueueGauges::new(&r),
+            refused: r.labelled(
+                "requests_refused_total",
+                "Requests and connections refused by a limit, by reason (overloaded, connection_closed, rate_limited, reports_busy, body_timeout).",
+                &["reason"],
+            ),
             events_dead_lettered: r.add(IntCounter::new(
                 "events_dead_lettered_total",
                 "Queue entries moved to the dead letter (GET /v1/events/unreadable): not events, or events whose routing met a corrupt record three times.",
@@ -203,6 +227,12 @@ impl Metrics {
 
     pub fn count_store_error(&self, operation: &'static str) {
         self.store_errors.with_label_values(&[operation]).inc();
+    }
+
+    /// A request or connection refused by a limit (`reason` is one of a
+    /// fixed few).
+    pub fn count_refused(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

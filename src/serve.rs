@@ -113,6 +113,7 @@ pub async fn run(
     });
 
     let public_service = public_service(&config, &store, routes, &click_queue, &metrics);
+    let open = OpenConnections::new(config.listen.max_connections, Arc::clone(&metrics));
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics,
         store,
@@ -121,7 +122,6 @@ pub async fn run(
 
     let max_head = config.listen.max_header_bytes;
     let public_stop = accepting.clone();
-    let open = OpenConnections::new(config.listen.max_connections);
     let public_loop = tokio::spawn(accept_loop(
         public,
         accepting.clone(),
@@ -396,6 +396,7 @@ where
 struct OpenConnections {
     open: Arc<std::sync::atomic::AtomicUsize>,
     max: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// One open connection, counted until dropped.
@@ -408,10 +409,11 @@ impl Drop for Held {
 }
 
 impl OpenConnections {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, metrics: Arc<Metrics>) -> Self {
         OpenConnections {
             open: Arc::default(),
             max,
+            metrics,
         }
     }
 
@@ -421,6 +423,7 @@ impl OpenConnections {
         let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let held = Held(Arc::clone(&self.open));
         if before >= self.max.saturating_add(self.max / 2) {
+            self.metrics.count_refused("connection_closed");
             return None;
         }
         let load = if before >= self.max {

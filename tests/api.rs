@@ -547,4 +547,6 @@ async fn each_token_is_rate_limited_apart_with_retry_after() {
     assert_eq!(code(&body), "rate_limited");
     let (status, _) = app.get("/v1/partners/acme", Some(ADMIN)).await;
     assert_eq!(status, 200, "the admin's token has its own bucket");
+    let refused = r#"lastclick_requests_refused_total{reason="rate_limited"}"#;
+    assert_eq!(app.metric(refused).await, 1.0);
 }

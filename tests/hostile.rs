@@ -298,6 +298,8 @@ async fn slow_request_bodies_are_cut_off_and_redirects_keep_answering() {
     }
     let redirect = app.click("/r/acme", None, None).await;
     assert_eq!(redirect.status, 302);
+    let cut = r#"lastclick_requests_refused_total{reason="body_timeout"}"#;
+    assert_eq!(app.metric(cut).await, 150.0);
 }
 
 /// A client may shut its write side once its request is sent: it still
@@ -429,6 +431,9 @@ async fn past_max_connections_redirects_are_served_first_and_the_api_is_shed() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(status(&served), "200", "{served}");
+    let refused = |reason: &str| format!("lastclick_requests_refused_total{{reason=\"{reason}\"}}");
+    assert!(app.metric(&refused("overloaded")).await >= 1.0);
+    assert!(app.metric(&refused("connection_closed")).await >= 1.0);
 }
 
 /// A client that sends request after request and never reads its answers

@@ -122,8 +122,11 @@ impl FromRequestParts<ApiState> for Caller {
         state
             .rate_limits
             .take(&caller, std::time::Instant::now())
-            .map_err(|wait| ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            .map_err(|wait| {
+                state.metrics.count_refused("rate_limited");
+                ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }
             })?;
         Ok(caller)
     }
@@ -186,7 +189,13 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
-        let bytes = body::read(req.into_body(), &state.config.api).await?;
+        let bytes = body::read(req.into_body(), &state.config.api)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ApiError::BodyTimeout) {
+                    state.metrics.count_refused("body_timeout");
+                }
+            })?;
         crate::json::refuse_repeated_keys(&bytes)
             .map_err(|e| ApiError::bad_request("duplicate_key", e.to_string()))?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {

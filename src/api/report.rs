@@ -67,7 +67,10 @@ async fn report_slot(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError>
     let slots = Arc::clone(&state.report_slots);
     match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
-        _ => Err(ApiError::ReportsBusy),
+        _ => {
+            state.metrics.count_refused("reports_busy");
+            Err(ApiError::ReportsBusy)
+        }
     }
 }
 

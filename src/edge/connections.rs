@@ -219,6 +219,7 @@ pub async fn serve_connection(
     }
     if load == Load::Over {
         // Redirects only: anything else is shed before hyper parses it.
+        service.0.metrics.count_refused("overloaded");
         let _ = connection.stream.write_all(OVERLOADED).await;
         let _ = connection.stream.shutdown().await;
         return;
