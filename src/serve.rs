@@ -121,23 +121,12 @@ pub async fn run(
     }));
 
     let max_head = config.listen.max_header_bytes;
-    let public_stop = accepting.clone();
-    let public_loop = tokio::spawn(accept_loop(
+    let public_loop = tokio::spawn(public_loop(
         public,
+        public_service,
+        open,
+        max_head,
         accepting.clone(),
-        move |stream, watcher| {
-            // Counted here, in the accept loop, in the order connections
-            // come: a flood is counted before any of it is served.
-            let admitted = open.admit();
-            let service = public_service.clone();
-            let stop = public_stop.clone();
-            async move {
-                let Some((load, _held)) = admitted else {
-                    return; // dropped: closed at once
-                };
-                edge::serve_connection(stream, service, watcher, stop, max_head, load).await;
-            }
-        },
     ));
     let admin_loop = tokio::spawn(admin_loop(admin, admin_service, max_head, accepting));
 
@@ -154,6 +143,31 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepts the public listener's connections: counted against
+/// `listen.max_connections` in the accept loop, in the order they come (a
+/// flood is counted before any of it is served), then served.
+async fn public_loop(
+    listener: TcpListener,
+    service: PublicService,
+    open: OpenConnections,
+    max_head: usize,
+    accepting: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let stop = accepting.clone();
+    accept_loop(listener, accepting, move |stream, watcher| {
+        let admitted = open.admit();
+        let service = service.clone();
+        let stop = stop.clone();
+        async move {
+            let Some((load, _held)) = admitted else {
+                return; // dropped: closed at once
+            };
+            edge::serve_connection(stream, service, watcher, stop, max_head, load).await;
+        }
+    })
+    .await
 }
 
 /// Waits for the accept loops to stop, then up to `DRAIN_TIMEOUT` for
