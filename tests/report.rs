@@ -266,6 +266,12 @@ async fn a_formula_in_a_link_reaches_the_csv_as_text() {
 async fn past_the_days_term_cap_clicks_count_under_other() {
     let app = TestApp::spawn_with(&[("LASTCLICK_REPORT__MAX_TERMS_PER_DAY", "3")]).await;
     app.create_partner("acme").await;
+    // Bots are redirected but never counted: they take no room in the cap.
+    for i in 0..5 {
+        let path = format!("/r/acme?utm_term=bot{i}");
+        let bot = app.click(&path, None, Some("Googlebot/2.1")).await;
+        assert!(bot.location.contains(&format!("utm_term=bot{i}")));
+    }
     for i in 0..10 {
         click(&app, &format!("/r/acme?utm_term=t{i}")).await;
     }

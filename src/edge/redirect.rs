@@ -267,12 +267,7 @@ impl Redirector {
         }
         let campaign = partner.campaign(slug);
         let utm = UtmParams::parse(req.query);
-        // A campaign's own term is the partner's, bounded by its campaigns;
-        // a term from the URL is anyone's, and counted within the day's cap.
-        let term = match utm.term.as_deref() {
-            Some(visitors) => Some(self.terms.admit(&partner.id, visitors, req.now)),
-            None => campaign.term.as_deref(),
-        };
+        let term = utm.term.as_deref().or(campaign.term.as_deref());
         if req.head || self.is_bot(req.user_agent) {
             let outcome = if req.head {
                 RedirectOutcome::Head
@@ -286,6 +281,13 @@ impl Redirector {
                 outcome,
             };
         }
+        // A campaign's own term is the partner's, bounded by its campaigns;
+        // a term from the URL is anyone's, and counts within the day's cap
+        // (bots and HEAD requests, never counted, take no room in it).
+        let term = match utm.term.as_deref() {
+            Some(visitors) => Some(self.terms.admit(&partner.id, visitors, req.now)),
+            None => campaign.term.as_deref(),
+        };
         let earlier = self.earlier_cookie(req.cookies);
         let earlier = earlier.as_ref().and_then(VerifiedCookie::attribution);
         if let Some(repeat) =
