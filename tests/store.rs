@@ -153,6 +153,49 @@ async fn campaigns_are_unique_per_partner_and_in_the_catalog(store: Arc<dyn Stor
     assert_eq!(catalog.version, store.catalog_version().await.unwrap());
 }
 
+/// `catalog_changes(v)` lists exactly what changed after `v`, each record
+/// as it is now, and the version it brings a reader to.
+async fn catalog_changes_list_only_what_changed_since(store: Arc<dyn Store>) {
+    store.insert_partner(&partner("acme")).await.unwrap();
+    store.insert_partner(&partner("rival")).await.unwrap();
+    store
+        .insert_campaign(&campaign("acme", "spring"))
+        .await
+        .unwrap();
+    let start = store.catalog_version().await.unwrap();
+    let unchanged = store.catalog_changes(start).await.unwrap();
+    assert_eq!(unchanged.version, start);
+    assert!(unchanged.partners.is_empty() && unchanged.campaigns.is_empty());
+
+    let mut disabled = partner("rival");
+    disabled.disabled = true;
+    store.update_partner(&disabled).await.unwrap();
+    store
+        .insert_campaign(&campaign("acme", "autumn"))
+        .await
+        .unwrap();
+    assert!(store
+        .insert_campaign(&campaign("acme", "autumn"))
+        .await
+        .is_err());
+    let changes = store.catalog_changes(start).await.unwrap();
+    assert_eq!(changes.version, store.catalog_version().await.unwrap());
+    assert_eq!(changes.partners, vec![disabled.clone()]);
+    assert_eq!(changes.campaigns, vec![campaign("acme", "autumn")]);
+
+    // Changed twice: listed once, as it is now.
+    disabled.name = "Renamed".into();
+    store.update_partner(&disabled).await.unwrap();
+    let again = store.catalog_changes(start).await.unwrap();
+    assert_eq!(again.partners, vec![disabled]);
+    let latest = store.catalog_changes(changes.version).await.unwrap();
+    assert_eq!(latest.partners.len(), 1);
+    assert!(latest.campaigns.is_empty());
+    let everything = store.catalog_changes(0).await.unwrap();
+    assert_eq!(everything.partners.len(), 2);
+    assert_eq!(everything.campaigns.len(), 2);
+}
+
 async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
     let first = click("acme", "spring", Some("a"), 1, t0());
     let later = click("rival", "default_link", None, 1, t0() + 60);
@@ -697,6 +740,12 @@ macro_rules! store_suite {
             async fn ledger_pages_count_down_and_conversion_cells_filter_by_day() {
                 let (store, _server) = $make.await;
                 super::ledger_pages_count_down_and_conversion_cells_filter_by_day(store).await;
+            }
+
+            #[tokio::test]
+            async fn catalog_changes_list_only_what_changed_since() {
+                let (store, _server) = $make.await;
+                super::catalog_changes_list_only_what_changed_since(store).await;
             }
 
             #[tokio::test]

@@ -1,7 +1,8 @@
 //! The in-process route cache: partners and campaigns as the redirect needs
-//! them, pre-rendered, refreshed from the store whenever its version moves.
+//! them, pre-rendered, brought up to date with what changed in the store
+//! whenever its catalog version moves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use foldhash::fast::RandomState;
 use crate::edge::landing::{LandingPolicy, LandingUrl};
 use crate::ids::DEFAULT_LINK;
 use crate::store::prelude::*;
-use crate::store::{Campaign, CatalogSnapshot, StoreError};
+use crate::store::{Campaign, CatalogSnapshot, Partner, StoreError};
 
 /// Never a real store version, so the first refresh always loads.
 const NEVER_LOADED: u64 = u64::MAX;
@@ -39,8 +40,11 @@ pub struct PartnerRoute {
     pub id: Arc<str>,
     pub enabled: bool,
     pub default_link: Arc<CampaignRoute>,
-    campaigns: HashMap<Box<str>, Arc<CampaignRoute>, RandomState>,
+    campaigns: CampaignRoutes,
 }
+
+/// A partner's campaigns by slug.
+type CampaignRoutes = HashMap<Box<str>, Arc<CampaignRoute>, RandomState>;
 
 impl PartnerRoute {
     /// The campaign with `slug`; an unknown slug is the default link.
@@ -77,47 +81,97 @@ impl RouteCache {
         self.partners.get(partner).map(|entry| Arc::clone(&entry))
     }
 
-    /// Reloads from the store when its catalog version has changed.
+    /// Brings the cache to the store's catalog version: nothing when it has
+    /// not moved, what changed since when it rose (O(the change), whatever
+    /// the catalog's size), everything on the first call or when it fell
+    /// (a store restored from an older backup, a wiped Redis).
     pub async fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
         let version = store.catalog_version().await?;
-        if version == self.version.load(Ordering::Acquire) {
+        let cached = self.version.load(Ordering::Acquire);
+        if version == cached {
             return Ok(());
         }
-        let snapshot = store.load_catalog().await?;
-        self.apply(snapshot);
+        if cached == NEVER_LOADED || version < cached {
+            self.apply(store.load_catalog().await?);
+        } else {
+            self.apply_changes(store.catalog_changes(cached).await?);
+        }
         Ok(())
     }
 
-    /// Replaces the cache's contents with `snapshot`.
+    /// The cache's catalog version (`u64::MAX` before the first load).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Replaces the cache's contents with `snapshot`, the whole catalog.
     pub fn apply(&self, snapshot: CatalogSnapshot) {
-        let mut campaigns: HashMap<&str, Vec<&Campaign>> = HashMap::new();
-        for campaign in &snapshot.campaigns {
-            campaigns
-                .entry(campaign.partner.as_str())
-                .or_default()
-                .push(campaign);
-        }
+        let mut campaigns = by_partner(&snapshot.campaigns);
         for partner in &snapshot.partners {
-            let routes = campaigns
+            let list = campaigns.remove(partner.id.as_str()).unwrap_or_default();
+            let routes = list.into_iter().map(|c| self.campaign_entry(c)).collect();
+            self.put(partner, routes);
+        }
+        let listed: HashSet<&str> = snapshot.partners.iter().map(|p| p.id.as_str()).collect();
+        self.partners.retain(|id, _| listed.contains(&**id));
+        self.version.store(snapshot.version, Ordering::Release);
+    }
+
+    /// Applies `changes`, the partners and campaigns changed since the
+    /// cache's version: only their entries are rebuilt, every other
+    /// partner's entry stays as it is.
+    pub fn apply_changes(&self, changes: CatalogSnapshot) {
+        for partner in &changes.partners {
+            let routes = self
                 .get(partner.id.as_str())
-                .map(|list| {
-                    list.iter()
-                        .map(|c| (c.slug.as_str().into(), Arc::new(self.campaign_route(c))))
-                        .collect()
-                })
+                .map(|kept| kept.campaigns.clone())
                 .unwrap_or_default();
+            self.put(partner, routes);
+        }
+        let mut complete = true;
+        for (partner, list) in by_partner(&changes.campaigns) {
+            let Some(kept) = self.get(partner) else {
+                // Cannot happen with a store that keeps its own rules (a
+                // campaign's partner exists first); if it does, load all.
+                tracing::warn!(partner, "catalog change for an unknown partner; reloading");
+                complete = false;
+                continue;
+            };
+            let mut routes = kept.campaigns.clone();
+            routes.extend(list.into_iter().map(|c| self.campaign_entry(c)));
             let route = PartnerRoute {
-                id: partner.id.as_str().into(),
-                enabled: !partner.disabled,
-                default_link: Arc::new(self.default_route()),
+                id: Arc::clone(&kept.id),
+                enabled: kept.enabled,
+                default_link: Arc::clone(&kept.default_link),
                 campaigns: routes,
             };
-            self.partners
-                .insert(partner.id.as_str().into(), Arc::new(route));
+            self.partners.insert(partner.into(), Arc::new(route));
         }
+        let version = if complete {
+            changes.version
+        } else {
+            NEVER_LOADED
+        };
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// Sets `partner`'s entry, with `campaigns` as its routes.
+    fn put(&self, partner: &Partner, campaigns: CampaignRoutes) {
+        let route = PartnerRoute {
+            id: partner.id.as_str().into(),
+            enabled: !partner.disabled,
+            default_link: Arc::new(self.default_route()),
+            campaigns,
+        };
         self.partners
-            .retain(|id, _| snapshot.partners.iter().any(|p| p.id.as_str() == &**id));
-        self.version.store(snapshot.version, Ordering::Release);
+            .insert(partner.id.as_str().into(), Arc::new(route));
+    }
+
+    fn campaign_entry(&self, campaign: &Campaign) -> (Box<str>, Arc<CampaignRoute>) {
+        (
+            campaign.slug.as_str().into(),
+            Arc::new(self.campaign_route(campaign)),
+        )
     }
 
     fn default_route(&self) -> CampaignRoute {
@@ -159,6 +213,18 @@ impl RouteCache {
             discount,
         }
     }
+}
+
+/// `campaigns` grouped by their partner's id.
+fn by_partner(campaigns: &[Campaign]) -> HashMap<&str, Vec<&Campaign>> {
+    let mut grouped: HashMap<&str, Vec<&Campaign>> = HashMap::new();
+    for campaign in campaigns {
+        grouped
+            .entry(campaign.partner.as_str())
+            .or_default()
+            .push(campaign);
+    }
+    grouped
 }
 
 /// Refreshes `cache` every `period` until `shutdown` fires; store errors are

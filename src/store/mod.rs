@@ -77,7 +77,8 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
 }
 
-/// Everything the redirect cache is built from.
+/// What the redirect cache is built from: the whole catalog, or the part
+/// of it that changed since a version (`CatalogStore::catalog_changes`).
 #[derive(Debug, Clone, Default)]
 pub struct CatalogSnapshot {
     pub version: u64,
@@ -304,6 +305,11 @@ pub trait CatalogStore: Send + Sync {
     /// Rises on every partner or campaign change, so caches reload only then.
     async fn catalog_version(&self) -> Result<u64, StoreError>;
     async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError>;
+    /// The partners and campaigns changed after catalog version `since`
+    /// (each as it is now), and the version they bring a reader to: what a
+    /// route cache at `since` applies instead of reloading everything.
+    /// Partners and campaigns are never deleted, so changes are upserts.
+    async fn catalog_changes(&self, since: u64) -> Result<CatalogSnapshot, StoreError>;
 
     /// Fails with `Conflict` when the id is taken.
     async fn insert_partner(&self, partner: &Partner) -> Result<(), StoreError>;

@@ -75,6 +75,7 @@ const MIGRATIONS: &[Migration] = &[
         then: Some(click_log::migrate_rows),
     },
     Migration::sql(include_str!("sqlite/schema_5.sql")),
+    Migration::sql(include_str!("sqlite/schema_6.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

@@ -1,5 +1,6 @@
-//! Partners and campaigns in Redis: JSON records in hashes, and the
-//! catalog version that rises with every change.
+//! Partners and campaigns in Redis: JSON records in hashes, the catalog
+//! version that rises with every change, and a sorted set of what changed
+//! at which version, for `catalog_changes`.
 
 use super::*;
 
@@ -51,11 +52,30 @@ impl CatalogStore for RedisStore {
         })
     }
 
+    async fn catalog_changes(&self, since: u64) -> Result<CatalogSnapshot, StoreError> {
+        // The version and the list of changes agree (one transaction); a
+        // record read after them may be newer still, which the next call
+        // reads again: applying a record twice changes nothing.
+        let (version, changed): (Option<u64>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(keys::VERSION)
+            .zrangebyscore(keys::CHANGES, format!("({since}"), "+inf")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let (partners, campaigns) = self.changed_records(&changed).await?;
+        Ok(CatalogSnapshot {
+            version: version.unwrap_or_default(),
+            partners,
+            campaigns,
+        })
+    }
+
     async fn insert_partner(&self, partner: &Partner) -> Result<(), StoreError> {
         let inserted = self
             .script_flag(
                 &self.insert_partner,
-                &[keys::PARTNERS, keys::TOKENS, keys::VERSION],
+                &[keys::PARTNERS, keys::TOKENS, keys::VERSION, keys::CHANGES],
                 &[partner.id.as_str(), &encode(partner), &partner.token_hash],
             )
             .await?;
@@ -66,7 +86,7 @@ impl CatalogStore for RedisStore {
         let updated = self
             .script_flag(
                 &self.update_partner,
-                &[keys::PARTNERS, keys::VERSION],
+                &[keys::PARTNERS, keys::VERSION, keys::CHANGES],
                 &[partner.id.as_str(), &encode(partner)],
             )
             .await?;
@@ -100,8 +120,13 @@ impl CatalogStore for RedisStore {
                 &[
                     &keys::owned(|k| keys::campaigns(k, campaign.partner.as_str())),
                     keys::VERSION,
+                    keys::CHANGES,
                 ],
-                &[campaign.slug.as_str(), &encode(campaign)],
+                &[
+                    campaign.slug.as_str(),
+                    &encode(campaign),
+                    campaign.partner.as_str(),
+                ],
             )
             .await?;
         inserted.then_some(()).ok_or(StoreError::Conflict)
@@ -119,5 +144,50 @@ impl CatalogStore for RedisStore {
             .collect::<Result<_, _>>()?;
         campaigns.sort_by(|a, b| a.slug.cmp(&b.slug));
         Ok(campaigns)
+    }
+}
+
+impl RedisStore {
+    /// The records of `changed` (members of `keys::CHANGES`), in one pipeline.
+    async fn changed_records(
+        &self,
+        changed: &[String],
+    ) -> Result<(Vec<Partner>, Vec<Campaign>), StoreError> {
+        if changed.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        let mut is_partner = Vec::with_capacity(changed.len());
+        for member in changed {
+            match member.split('\t').collect::<Vec<_>>()[..] {
+                ["p", id] => pipe.hget(keys::PARTNERS, id),
+                ["c", partner, slug] => {
+                    pipe.hget(keys::owned(|k| keys::campaigns(k, partner)), slug)
+                }
+                _ => {
+                    return Err(StoreError::corrupt(
+                        keys::CHANGES,
+                        format!("member {member:?}"),
+                    ))
+                }
+            };
+            is_partner.push(member.starts_with('p'));
+        }
+        let raws: Vec<Option<String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let (mut partners, mut campaigns) = (Vec::new(), Vec::new());
+        for ((raw, partner), member) in raws.into_iter().zip(is_partner).zip(changed) {
+            let raw = raw.ok_or_else(|| {
+                StoreError::corrupt(keys::CHANGES, format!("{member:?} has no record"))
+            })?;
+            if partner {
+                partners.push(decode(&raw)?);
+            } else {
+                campaigns.push(decode(&raw)?);
+            }
+        }
+        Ok((partners, campaigns))
     }
 }

@@ -6,6 +6,9 @@ use crate::ids::{ClickId, VisitorId};
 pub const VERSION: &str = "lc:{catalog}:version";
 pub const PARTNERS: &str = "lc:{catalog}:partners";
 pub const TOKENS: &str = "lc:{catalog}:tokens";
+/// Each partner (`p\t<id>`) and campaign (`c\t<partner>\t<slug>`) scored by
+/// the catalog version it last changed at.
+pub const CHANGES: &str = "lc:{catalog}:changes";
 
 /// A key as a new string, for the reads that need one key once.
 pub fn owned(set: impl FnOnce(&mut String)) -> String {

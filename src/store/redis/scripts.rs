@@ -57,11 +57,12 @@ pub(super) const EXPIRE_PARKED: &str = include_str!("scripts/expire_parked.lua")
 /// ARGV: the holder.
 pub(super) const UNLOCK_BOOK: &str = include_str!("scripts/unlock_book.lua");
 
-/// KEYS: partners, tokens, version. ARGV: id, record, token hash.
+/// KEYS: partners, tokens, version, changes. ARGV: id, record, token hash.
 pub(super) const INSERT_PARTNER: &str = include_str!("scripts/insert_partner.lua");
 
-/// KEYS: partners, version. ARGV: id, record.
+/// KEYS: partners, version, changes. ARGV: id, record.
 pub(super) const UPDATE_PARTNER: &str = include_str!("scripts/update_partner.lua");
 
-/// KEYS: the partner's campaigns, version. ARGV: slug, record.
+/// KEYS: the partner's campaigns, version, changes. ARGV: slug, record,
+/// partner id.
 pub(super) const INSERT_CAMPAIGN: &str = include_str!("scripts/insert_campaign.lua");
