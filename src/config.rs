@@ -259,10 +259,7 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = Self::defaults();
         if let Some(path) = path {
             if !path.exists() {
                 return Err(ConfigError(format!(
@@ -285,10 +282,27 @@ impl Config {
         for key in LIST_KEYS {
             environment = environment.with_list_parse_key(key);
         }
-        let merged = builder
-            .add_source(environment)
-            .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        Self::finish(builder.add_source(environment))
+    }
+
+    /// The defaults with `text`, a configuration file's content, over them,
+    /// validated: what `serve --config` reads, without the environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file = config::File::from_str(text, config::FileFormat::Toml);
+        Self::finish(Self::defaults().add_source(file))
+    }
+
+    fn defaults() -> config::ConfigBuilder<config::builder::DefaultState> {
+        config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+    }
+
+    fn finish(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Config, ConfigError> {
+        let merged = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         let config: Config = merged
             .try_deserialize()
             .map_err(|e| ConfigError(e.to_string()))?;

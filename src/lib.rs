@@ -19,6 +19,7 @@
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
 //!   event and customer ids
 //! - [`json`]: strict JSON input (no key twice in one object)
+//! - [`fuzz`]: the fuzz targets' entry points, also replayed by the tests
 //! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
 //!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod conversions;
 pub mod csv;
 pub mod edge;
+pub mod fuzz;
 pub mod ids;
 pub mod json;
 pub mod metrics;

@@ -267,7 +267,7 @@ struct Redirects {
     write: Vec<u8>,
 }
 
-enum Step {
+pub(crate) enum Step {
     /// A redirect answered; this many bytes of the buffer were its head.
     Answered(usize),
     /// The same, for a request that asked to close the connection after.
@@ -392,7 +392,12 @@ enum Buffered {
 
 /// Answers the request at the start of `buf` into `out` if it is a plain
 /// redirect whose head fits `max_head_bytes`.
-fn answer_one(service: &PublicInner, buf: &[u8], max_head_bytes: usize, out: &mut Vec<u8>) -> Step {
+pub(crate) fn answer_one(
+    service: &PublicInner,
+    buf: &[u8],
+    max_head_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Step {
     if buf.is_empty() {
         return Step::Partial;
     }

@@ -216,7 +216,10 @@ fn decode_payload(payload: &[u8]) -> Option<Attribution<'_>> {
     let campaign = r.text(campaign_len as usize)?;
     let term_len = u16::from_be_bytes(r.array()?);
     let term = r.text(term_len as usize)?;
-    if !r.buf.is_empty() || partner.is_empty() || campaign.is_empty() {
+    // Only what `encode_payload` writes: a field over its cut is no
+    // cookie of ours, signed or not.
+    let within_cuts = partner.len() <= 64 && campaign.len() <= 64 && term.len() <= MAX_TERM_BYTES;
+    if !r.buf.is_empty() || partner.is_empty() || campaign.is_empty() || !within_cuts {
         return None;
     }
     Some(Attribution {
@@ -254,6 +257,33 @@ mod tests {
         let value = signer.sign(&sample());
         let verified = signer.verify(value.as_bytes()).expect("verifies");
         assert_eq!(verified.attribution(), Some(sample()));
+    }
+
+    /// A payload signed with the right key but with a field longer than
+    /// the encoder writes is not a cookie of ours: it would sign back to a
+    /// different cookie (the `cookie` fuzz target checks the round trip).
+    #[test]
+    fn a_signed_payload_over_the_encoders_cuts_is_refused() {
+        let signer = CookieSigner::new(&["0123456789abcdef"]);
+        let long = "p".repeat(65);
+        let mut payload = vec![VERSION];
+        payload.extend_from_slice(&[0; 16 + 16 + 8 + 2 + 1]);
+        payload.push(65);
+        payload.extend_from_slice(long.as_bytes());
+        payload.extend_from_slice(&[1, b'c', 0, 0]);
+        let mut mac = signer.keys[0].clone();
+        mac.update(&payload);
+        let mut value = String::new();
+        push_base64(&payload, &mut value);
+        value.push('.');
+        push_base64(&mac.finalize().into_bytes(), &mut value);
+        assert!(signer.verify(value.as_bytes()).is_none());
+        payload[44] = 64;
+        payload.remove(45);
+        assert!(
+            decode_payload(&payload).is_some(),
+            "64 bytes is within the cut"
+        );
     }
 
     #[test]
