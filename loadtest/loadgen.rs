@@ -193,11 +193,13 @@ fn report(settings: &Settings, mut tally: Tally) {
         tally.latencies_us[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
     };
     println!(
-        "requests={n} rps={:.0} p50_us={} p99_us={} errors={} late={}",
+        "requests={n} rps={:.0} p50_us={} p99_us={} errors={} late={} p999_us={} max_us={}",
         n as f64 / settings.duration.as_secs_f64(),
         percentile(0.50),
         percentile(0.99),
         tally.errors,
-        tally.late
+        tally.late,
+        percentile(0.999),
+        tally.latencies_us.last().copied().unwrap_or(0)
     );
 }

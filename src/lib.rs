@@ -19,6 +19,8 @@
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
 //!   event and customer ids
 //! - [`json`]: strict JSON input (no key twice in one object)
+//! - [`low_priority`]: the threads that build reports at the lowest CPU
+//!   priority
 //! - [`fuzz`]: the fuzz targets' entry points, also replayed by the tests
 //! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
 //!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
@@ -32,6 +34,7 @@ pub mod edge;
 pub mod fuzz;
 pub mod ids;
 pub mod json;
+pub mod low_priority;
 pub mod metrics;
 pub mod report;
 pub mod serve;

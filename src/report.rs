@@ -180,12 +180,11 @@ pub async fn build(
         .conversion_counts(partner, query.from, query.to)
         .await?;
     // Grouping is CPU work proportional to the cells (thousands, for a
-    // long range): off the runtime's threads, which answer redirects.
+    // long range): off the runtime's threads, which answer redirects, and
+    // at the lowest priority.
     let grouping = query.clone();
     let (groups, counts, total_conversions) =
-        tokio::task::spawn_blocking(move || group(&grouping, counts, &conversions))
-            .await
-            .expect("report grouping does not panic");
+        crate::low_priority::run(move || group(&grouping, counts, &conversions)).await;
     let rows_total = groups.len();
     let skip = (query.page - 1).saturating_mul(max_rows);
     let mut rows = Vec::with_capacity(rows_total.saturating_sub(skip).min(max_rows));

@@ -396,12 +396,25 @@ async fn a_flood_of_distinct_terms_keeps_the_report_bounded_and_redirects_answer
             })
         })
         .collect();
-    let mut redirects = 0;
-    while reports.iter().any(|r| !r.is_finished()) || redirects < 100 {
+    let mut latencies = Vec::new();
+    while reports.iter().any(|r| !r.is_finished()) || latencies.len() < 100 {
+        let sent = std::time::Instant::now();
         let redirect = app.click("/r/acme?utm_term=flood-0-0", None, None).await;
+        latencies.push(sent.elapsed());
         assert_eq!(redirect.status, 302, "a redirect while reports are built");
-        redirects += 1;
     }
+    // Measured by this client, printed, not asserted (a shared machine is
+    // noisy; `loadtest/reports` measures it): the rule here is only that
+    // redirects keep answering.
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{} redirects while six reports were built: p50 {:?}, p99 {:?}, slowest {:?}",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        latencies.last().unwrap()
+    );
     for report in reports {
         let bytes = report.await.unwrap();
         assert!(bytes < 200_000, "a page of the CSV is {bytes} bytes");

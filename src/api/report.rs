@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -55,6 +54,11 @@ fn parse_query(query: Option<&str>, state: &ApiState) -> Result<ReportQuery, Api
         .map_err(|e| ApiError::bad_request(invalid_code(e.param), e.message))
 }
 
+/// A JSON body serialized already (off the runtime's threads).
+fn json_text(body: String) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 fn csv(body: String) -> Response {
     ([(CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }
@@ -72,6 +76,12 @@ async fn report_slot(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError>
             Err(ApiError::ReportsBusy)
         }
     }
+}
+
+/// Renders a report (JSON or CSV, up to `report.max_rows` rows a partner)
+/// on a low-priority thread, off the runtime's threads.
+async fn render<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    crate::low_priority::run(work).await
 }
 
 /// `X-Next-Page` when there are more rows, in both forms.
@@ -97,11 +107,12 @@ pub async fn partner_report(
     let _slot = report_slot(&state).await?;
     let max_rows = state.config.report.max_rows;
     let report = report::build(state.store.as_ref(), &scope.id, &query, max_rows).await?;
+    let next_page = report.next_page;
     let response = match format {
-        Format::Json => Json(report.to_json()).into_response(),
-        Format::Csv => csv(report.to_csv()),
+        Format::Json => json_text(render(move || report.to_json().to_string()).await),
+        Format::Csv => csv(render(move || report.to_csv()).await),
     };
-    Ok(with_next_page(response, report.next_page))
+    Ok(with_next_page(response, next_page))
 }
 
 /// Every partner's report, one after the other (admin only). Totals add the
@@ -128,20 +139,25 @@ pub async fn all_partners(
     // A page of each partner's rows: the next page while any has more.
     let next_page = reports.iter().filter_map(|r| r.next_page).max();
     reports.sort_by(|a, b| a.partner.cmp(&b.partner));
-    let totals = report::sum_totals(&reports);
     let response = match format {
         Format::Json => {
-            let partners: Vec<Value> = reports.iter().map(Report::to_json).collect();
-            Json(json!({
-                "from": query.from,
-                "to": query.to,
-                "partners": partners,
-                "next_page": next_page,
-                "totals": totals.totals_json(),
-            }))
-            .into_response()
+            let body = render(move || {
+                let totals = report::sum_totals(&reports);
+                let partners: Vec<Value> = reports.iter().map(Report::to_json).collect();
+                json!({
+                    "from": query.from,
+                    "to": query.to,
+                    "partners": partners,
+                    "next_page": next_page,
+                    "totals": totals.totals_json(),
+                })
+                .to_string()
+            });
+            json_text(body.await)
         }
-        Format::Csv => csv(report::all_to_csv(&reports, &totals)),
+        Format::Csv => {
+            csv(render(move || report::all_to_csv(&reports, &report::sum_totals(&reports))).await)
+        }
     };
     Ok(with_next_page(response, next_page))
 }

@@ -3,9 +3,10 @@
 //!
 //! One writer connection and one reader connection, each behind a mutex and
 //! used only from the blocking pool, never from the runtime's threads. WAL
-//! lets the reader (catalog, reports, ledger pages, the worker's taking of
-//! events) run while the writer commits; the worker's other reads use the
-//! writer's connection (`read_for_worker`). Records the service already
+//! lets the reader (catalog, ledger pages, the worker's taking of events)
+//! run while the writer commits; the worker's other reads use the writer's
+//! connection (`read_for_worker`), reports a third one from low-priority
+//! threads (`read_for_report`). Records the service already
 //! speaks in JSON (partners, campaigns, events, ledger entries) are stored
 //! as JSON text; the records every book step rewrites (books, customers,
 //! conversion cells) in a binary form (`record.rs`); what is queried by
@@ -110,6 +111,9 @@ pub enum OpenError {
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
+    /// Reports' reads, on a connection of their own at the lowest CPU
+    /// priority (`read_for_report`).
+    report_reader: Arc<Mutex<Connection>>,
     window: Duration,
     /// Wakes a worker waiting for events (they are queued in-process).
     events_queued: Arc<Notify>,
@@ -168,9 +172,12 @@ impl SqliteStore {
         migrate(&mut writer, found).map_err(|e| unusable(format!("migrating: {e}")))?;
         let reader = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
         configure(&reader, true).map_err(|e| unusable(e.to_string()))?;
+        let report_reader = Connection::open(path).map_err(|e| unusable(e.to_string()))?;
+        configure(&report_reader, true).map_err(|e| unusable(e.to_string()))?;
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            report_reader: Arc::new(Mutex::new(report_reader)),
             window,
             events_queued: Arc::new(Notify::new()),
             expiry_cursors: Default::default(),
@@ -290,6 +297,18 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         on_blocking_pool(Arc::clone(&self.reader), f).await
+    }
+
+    /// A report's read: on the report connection, on a low-priority
+    /// thread, so that a report of any size takes no core from redirects
+    /// and holds up no other read.
+    async fn read_for_report<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.report_reader);
+        crate::low_priority::run(move || f(&mut relock(&conn))).await
     }
 
     /// The oldest click time still kept.

@@ -167,7 +167,7 @@ impl BookStore for SqliteStore {
         to: NaiveDate,
     ) -> Result<Vec<(ConversionCell, ConversionCounts)>, StoreError> {
         let partner = partner.as_str().to_owned();
-        self.read(move |conn| {
+        self.read_for_report(move |conn| {
             let mut query = conn.prepare_cached(
                 "SELECT cell, counts FROM conversions WHERE partner = ?1 ORDER BY cell",
             )?;

@@ -345,7 +345,7 @@ impl ClickStore for SqliteStore {
         let pending = relock(&self.counts).of_partner(partner.as_str());
         let partner = partner.as_str().to_owned();
         let (merged_upto, stored) = self
-            .read(move |conn| {
+            .read_for_report(move |conn| {
                 let tx = conn.transaction()?;
                 let merged_upto = counts::merged_upto(&tx)?;
                 let mut query = tx.prepare_cached(
@@ -403,7 +403,7 @@ impl ClickStore for SqliteStore {
         let wanted = cells.to_vec();
         let owner = partner.as_str().to_owned();
         let mut union = self
-            .read(move |conn| {
+            .read_for_report(move |conn| {
                 let mut query = conn.prepare_cached(
                     "SELECT visitors FROM cell_visitors \
                      WHERE partner = ?1 AND day = ?2 AND campaign = ?3 AND term = ?4",
