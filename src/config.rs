@@ -213,6 +213,9 @@ pub struct Report {
     pub max_rows: usize,
     /// Reports built at once by one instance. Default 2.
     pub max_concurrent: usize,
+    /// How long a report waits for one of those before 503. Default 10s.
+    #[serde(deserialize_with = "duration")]
+    pub slot_wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

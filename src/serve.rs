@@ -128,7 +128,8 @@ pub async fn run(
         max_head,
         accepting.clone(),
     ));
-    let admin_loop = tokio::spawn(admin_loop(admin, admin_service, max_head, accepting));
+    let admin_limits = (max_head, config.listen.write_timeout);
+    let admin_loop = tokio::spawn(admin_loop(admin, admin_service, admin_limits, accepting));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
@@ -288,7 +289,7 @@ pub async fn run_worker(
     let admin_loop = tokio::spawn(admin_loop(
         admin,
         admin_service,
-        config.listen.max_header_bytes,
+        (config.listen.max_header_bytes, config.listen.write_timeout),
         stopped.clone(),
     ));
     let worker = Worker::new(store, &config, metrics);
@@ -357,16 +358,18 @@ pub async fn open_store(
     Ok(Arc::new(store))
 }
 
-/// The admin listener: every connection served by hyper.
+/// The admin listener: every connection served by hyper, its writes
+/// bounded by `listen.write_timeout` as on the public listener.
 fn admin_loop(
     listener: TcpListener,
     service: TowerToHyperService<axum::Router>,
-    max_head: usize,
+    limits: (usize, Duration),
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = GracefulShutdown> {
+    let (max_head, write_timeout) = limits;
     accept_loop(listener, stop, move |stream, watcher| {
-        let connection =
-            edge::http1_builder(max_head).serve_connection(TokioIo::new(stream), service.clone());
+        let io = TokioIo::new(edge::connections::Replay::watching(stream, write_timeout));
+        let connection = edge::http1_builder(max_head).serve_connection(io, service.clone());
         async move {
             let _ = watcher.watch(connection).await;
         }

@@ -440,19 +440,21 @@ async fn past_max_connections_redirects_are_served_first_and_the_api_is_shed() {
 /// held its connection, and the answers, for good: the server's write
 /// waited forever. Past `listen.write_timeout` without progress the
 /// connection is closed, on both connection paths (redirects answered off
-/// the socket, the dashboard through hyper).
+/// the socket, the dashboard through hyper) and on the admin listener.
 #[tokio::test]
 async fn a_client_that_never_reads_its_answers_is_cut_off() {
     let app = TestApp::spawn_with(&[("LASTCLICK_LISTEN__WRITE_TIMEOUT", "1s")]).await;
     app.create_partner("acme").await;
-    let address = app.public.trim_start_matches("http://").to_owned();
+    let public = app.public.trim_start_matches("http://").to_owned();
+    let admin = app.admin.trim_start_matches("http://").to_owned();
     let outcomes = tokio::task::spawn_blocking(move || {
         [
-            "GET /r/acme HTTP/1.1\r\nHost: x\r\n\r\n",
-            "GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n",
+            (&public, "GET /r/acme HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (&public, "GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (&admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
         ]
-        .map(|request| {
-            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        .map(|(address, request)| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
             stream
                 .set_write_timeout(Some(std::time::Duration::from_millis(200)))
                 .unwrap();

@@ -420,3 +420,54 @@ async fn a_flood_of_distinct_terms_keeps_the_report_bounded_and_redirects_answer
         assert!(bytes < 200_000, "a page of the CSV is {bytes} bytes");
     }
 }
+
+/// Past `report.max_concurrent` reports at once, a report waits up to
+/// `report.slot_wait`, then is answered 503 `reports_busy` with
+/// `Retry-After`: here one slot and no wait, and eight large reports asked
+/// for at once.
+#[tokio::test]
+async fn reports_past_the_concurrent_limit_are_answered_503_reports_busy() {
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(&[
+            ("LASTCLICK_REPORT__MAX_CONCURRENT", "1"),
+            ("LASTCLICK_REPORT__SLOT_WAIT", "0s"),
+        ])
+        .await,
+    );
+    app.create_partner("acme").await;
+    for i in 0..1_100 {
+        let path = format!("/r/acme?utm_term=t{i}");
+        assert_eq!(app.click(&path, None, None).await.status, 302);
+    }
+    app.report_when("acme", "", 1_100).await;
+    let reports: Vec<_> = (0..8)
+        .map(|_| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                let answer = admin_get(&app, "/v1/partners/acme/report?format=csv").await;
+                let retry = answer.headers().get("retry-after").cloned();
+                (
+                    answer.status().as_u16(),
+                    retry,
+                    answer.text().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for report in reports {
+        answered.push(report.await.unwrap());
+    }
+    assert!(answered.iter().any(|(status, ..)| *status == 200));
+    let busy: Vec<_> = answered.iter().filter(|(s, ..)| *s == 503).collect();
+    assert!(
+        !busy.is_empty(),
+        "eight reports at once, one slot: {answered:?}"
+    );
+    for (_, retry, body) in busy {
+        assert!(body.contains("reports_busy"), "{body}");
+        assert!(retry.is_some());
+    }
+    let refused = "lastclick_requests_refused_total{reason=\"reports_busy\"}";
+    assert!(app.metric(refused).await >= 1.0);
+}

@@ -3,7 +3,6 @@
 
 use axum::extract::{RawQuery, State};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -63,13 +62,11 @@ fn csv(body: String) -> Response {
     ([(CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }
 
-/// How long a report waits for a slot before it is answered 503.
-const SLOT_WAIT: Duration = Duration::from_secs(10);
-
 /// One of the `report.max_concurrent` slots, held while a report is built.
 async fn report_slot(state: &ApiState) -> Result<OwnedSemaphorePermit, ApiError> {
     let slots = Arc::clone(&state.report_slots);
-    match tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await {
+    let wait = state.config.report.slot_wait;
+    match tokio::time::timeout(wait, slots.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => {
             state.metrics.count_refused("reports_busy");

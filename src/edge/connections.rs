@@ -545,8 +545,9 @@ pub fn unix_now() -> i64 {
 }
 
 /// A stream that first gives back the bytes already read from it: how a
-/// connection passes to hyper in the middle of a request.
-struct Replay {
+/// connection passes to hyper in the middle of a request. Its writes fail
+/// once stalled past `write_timeout`, so hyper closes the connection.
+pub struct Replay {
     head: Vec<u8>,
     pos: usize,
     stream: TcpStream,
@@ -557,6 +558,18 @@ struct Replay {
 }
 
 impl Replay {
+    /// A fresh connection for hyper, with nothing read yet (the admin
+    /// listener's).
+    pub fn watching(stream: TcpStream, write_timeout: Duration) -> Self {
+        Replay {
+            head: Vec::new(),
+            pos: 0,
+            stream,
+            write_timeout,
+            write_stalled: None,
+        }
+    }
+
     /// `written` as is, unless the write has been stalled past
     /// `write_timeout`.
     fn watch_write<T>(
