@@ -420,15 +420,20 @@ impl ClickStore for SqliteStore {
                 Ok(union)
             })
             .await?;
-        // What recent batches saw and is not merged yet.
-        let asked: HashSet<(NaiveDate, &str, &str)> = cells
-            .iter()
-            .map(|c| (c.day, c.campaign.as_str(), c.term.as_str()))
-            .collect();
+        // What recent batches saw and is not merged yet: looked up by cell,
+        // not found by walking every pending cell (thousands, for each of
+        // a report's rows, on the runtime's thread: that held redirects).
         let pending = relock(&self.visitors);
-        for ((of, day, campaign, term), sketch) in &pending.cells {
-            let term = term.as_deref().unwrap_or("");
-            if **of == *partner.as_str() && asked.contains(&(*day, &**campaign, term)) {
+        let of: Arc<str> = partner.as_str().into();
+        for cell in cells {
+            let term = (!cell.term.is_empty()).then(|| Arc::from(cell.term.as_str()));
+            let key = (
+                Arc::clone(&of),
+                cell.day,
+                cell.campaign.as_str().into(),
+                term,
+            );
+            if let Some(sketch) = pending.cells.get(&key) {
                 union.merge(sketch);
             }
         }
