@@ -68,6 +68,9 @@ pub struct Listen {
     /// redirects (other requests get 503); past one and a half times it,
     /// new connections are closed at once. Default 10000.
     pub max_connections: usize,
+    /// Open connections of an admin listener (`serve`'s and `worker`'s);
+    /// past it new ones are closed at once. Default 256.
+    pub max_admin_connections: usize,
     /// Longest an answer on the public listener may wait for the client to
     /// read it; then the connection is closed. Default 30s.
     #[serde(deserialize_with = "duration")]
@@ -337,6 +340,9 @@ impl Config {
         }
         if self.listen.max_connections == 0 {
             return Err(invalid("listen.max_connections", "must be positive"));
+        }
+        if self.listen.max_admin_connections == 0 {
+            return Err(invalid("listen.max_admin_connections", "must be positive"));
         }
         if self.listen.max_header_bytes < 8192 {
             return Err(invalid("listen.max_header_bytes", "must be at least 8192"));

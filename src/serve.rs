@@ -114,6 +114,7 @@ pub async fn run(
 
     let public_service = public_service(&config, &store, routes, &click_queue, &metrics);
     let open = OpenConnections::new(config.listen.max_connections, Arc::clone(&metrics));
+    let admin_limits = AdminLimits::new(&config, &metrics);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
         metrics,
         store,
@@ -128,7 +129,6 @@ pub async fn run(
         max_head,
         accepting.clone(),
     ));
-    let admin_limits = (max_head, config.listen.write_timeout);
     let admin_loop = tokio::spawn(admin_loop(admin, admin_service, admin_limits, accepting));
 
     shutdown.await;
@@ -289,7 +289,7 @@ pub async fn run_worker(
     let admin_loop = tokio::spawn(admin_loop(
         admin,
         admin_service,
-        (config.listen.max_header_bytes, config.listen.write_timeout),
+        AdminLimits::new(&config, &metrics),
         stopped.clone(),
     ));
     let worker = Worker::new(store, &config, metrics);
@@ -359,21 +359,47 @@ pub async fn open_store(
 }
 
 /// The admin listener: every connection served by hyper, its writes
-/// bounded by `listen.write_timeout` as on the public listener.
+/// bounded by `listen.write_timeout` as on the public listener, at most
+/// `listen.max_admin_connections` of them open.
 fn admin_loop(
     listener: TcpListener,
     service: TowerToHyperService<axum::Router>,
-    limits: (usize, Duration),
+    limits: AdminLimits,
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = GracefulShutdown> {
-    let (max_head, write_timeout) = limits;
+    let AdminLimits {
+        max_head,
+        write_timeout,
+        open,
+    } = limits;
     accept_loop(listener, stop, move |stream, watcher| {
+        let admitted = open.admit_below_cap();
         let io = TokioIo::new(edge::connections::Replay::watching(stream, write_timeout));
         let connection = edge::http1_builder(max_head).serve_connection(io, service.clone());
         async move {
+            let Some(_held) = admitted else {
+                return; // dropped: closed at once
+            };
             let _ = watcher.watch(connection).await;
         }
     })
+}
+
+/// What bounds an admin listener's connections.
+struct AdminLimits {
+    max_head: usize,
+    write_timeout: Duration,
+    open: OpenConnections,
+}
+
+impl AdminLimits {
+    fn new(config: &Config, metrics: &Arc<Metrics>) -> Self {
+        AdminLimits {
+            max_head: config.listen.max_header_bytes,
+            write_timeout: config.listen.write_timeout,
+            open: OpenConnections::new(config.listen.max_admin_connections, Arc::clone(metrics)),
+        }
+    }
 }
 
 /// Accepts connections until told to stop, serving each with `serve`
@@ -408,7 +434,7 @@ where
     connections
 }
 
-/// The public listener's open connections, against `listen.max_connections`.
+/// A listener's open connections, against its cap.
 #[derive(Clone)]
 struct OpenConnections {
     open: Arc<std::sync::atomic::AtomicUsize>,
@@ -432,6 +458,18 @@ impl OpenConnections {
             max,
             metrics,
         }
+    }
+
+    /// Counts a new connection under a hard cap: `None` (closed at once)
+    /// past it. The admin listeners'.
+    fn admit_below_cap(&self) -> Option<Held> {
+        let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let held = Held(Arc::clone(&self.open));
+        if before >= self.max {
+            self.metrics.count_refused("connection_closed");
+            return None;
+        }
+        Some(held)
     }
 
     /// Counts a new connection: served normally under the cap, redirects

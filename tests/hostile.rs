@@ -489,3 +489,52 @@ async fn a_client_that_never_reads_its_answers_is_cut_off() {
         );
     }
 }
+
+/// An admin listener keeps at most `listen.max_admin_connections` open:
+/// past it a new connection is closed at once, and once the others go,
+/// scrapes are served again.
+#[tokio::test]
+async fn the_admin_listener_closes_connections_past_its_cap() {
+    let app = TestApp::spawn_with(&[("LASTCLICK_LISTEN__MAX_ADMIN_CONNECTIONS", "4")]).await;
+    let admin = app.admin.trim_start_matches("http://").to_owned();
+    let closed = tokio::task::spawn_blocking(move || {
+        let held: Vec<std::net::TcpStream> = (0..8)
+            .map(|_| std::net::TcpStream::connect(&admin).unwrap())
+            .collect();
+        // Closed: the read ends (0 bytes or a reset); open and idle: the
+        // read times out.
+        let closed_at_once = |stream: &std::net::TcpStream| {
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            match (&*stream).read(&mut byte) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        };
+        held.iter().filter(|s| closed_at_once(s)).count()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 4, "eight connections, a cap of four");
+    let metrics = format!("{}/metrics", app.admin);
+    let mut scraped = None;
+    for _ in 0..50 {
+        match reqwest::get(&metrics).await {
+            Ok(answer) => {
+                scraped = Some(answer.text().await.unwrap());
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let scraped = scraped.expect("scrapes are served once the connections are gone");
+    assert!(
+        scraped.contains("lastclick_requests_refused_total{reason=\"connection_closed\"} 4"),
+        "{scraped}"
+    );
+}
