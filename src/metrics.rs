@@ -210,7 +210,7 @@ impl Metrics {
             queue: QueueGauges::new(&r),
             refused: r.labelled(
                 "requests_refused_total",
-                "Requests and connections refused by a limit, by reason (overloaded, connection_closed, rate_limited, reports_busy, body_timeout).",
+                "Requests and connections refused by a limit, by reason (overloaded, connection_closed, admin_connection_closed, rate_limited, reports_busy, body_timeout).",
                 &["reason"],
             ),
             events_dead_lettered: r.add(IntCounter::new(

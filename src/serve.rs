@@ -373,13 +373,14 @@ fn admin_loop(
         open,
     } = limits;
     accept_loop(listener, stop, move |stream, watcher| {
-        let admitted = open.admit_below_cap();
-        let io = TokioIo::new(edge::connections::Replay::watching(stream, write_timeout));
-        let connection = edge::http1_builder(max_head).serve_connection(io, service.clone());
+        let admitted = open.admit_below_cap("admin_connection_closed");
+        let service = service.clone();
         async move {
             let Some(_held) = admitted else {
                 return; // dropped: closed at once
             };
+            let io = TokioIo::new(edge::connections::Replay::watching(stream, write_timeout));
+            let connection = edge::http1_builder(max_head).serve_connection(io, service);
             let _ = watcher.watch(connection).await;
         }
     })
@@ -460,13 +461,12 @@ impl OpenConnections {
         }
     }
 
-    /// Counts a new connection under a hard cap: `None` (closed at once)
-    /// past it. The admin listeners'.
-    fn admit_below_cap(&self) -> Option<Held> {
-        let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let held = Held(Arc::clone(&self.open));
+    /// Counts a new connection under a hard cap: `None` (closed at once,
+    /// counted as `refused`) past it. The admin listeners'.
+    fn admit_below_cap(&self, refused: &'static str) -> Option<Held> {
+        let (before, held) = self.count();
         if before >= self.max {
-            self.metrics.count_refused("connection_closed");
+            self.metrics.count_refused(refused);
             return None;
         }
         Some(held)
@@ -475,8 +475,7 @@ impl OpenConnections {
     /// Counts a new connection: served normally under the cap, redirects
     /// only past it, and not at all (`None`) past one and a half times it.
     fn admit(&self) -> Option<(edge::Load, Held)> {
-        let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let held = Held(Arc::clone(&self.open));
+        let (before, held) = self.count();
         if before >= self.max.saturating_add(self.max / 2) {
             self.metrics.count_refused("connection_closed");
             return None;
@@ -487,5 +486,12 @@ impl OpenConnections {
             edge::Load::Normal
         };
         Some((load, held))
+    }
+
+    /// One more open connection (until `Held` drops), and how many were
+    /// open before it.
+    fn count(&self) -> (usize, Held) {
+        let before = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (before, Held(Arc::clone(&self.open)))
     }
 }

@@ -534,7 +534,7 @@ async fn the_admin_listener_closes_connections_past_its_cap() {
     }
     let scraped = scraped.expect("scrapes are served once the connections are gone");
     assert!(
-        scraped.contains("lastclick_requests_refused_total{reason=\"connection_closed\"} 4"),
+        scraped.contains("lastclick_requests_refused_total{reason=\"admin_connection_closed\"} 4"),
         "{scraped}"
     );
 }
