@@ -49,6 +49,10 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         Ok(Ok(parked)) => state.metrics.queue.parked.set(parked as i64),
         _ => state.metrics.count_store_error("parked_count"),
     }
+    match tokio::time::timeout(STATS_TIMEOUT, payout_queue(&state)).await {
+        Ok(Ok(())) => {}
+        _ => state.metrics.count_store_error("payout_queue"),
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -56,6 +60,33 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// Requested payouts read at most, per scrape, for the queue's gauges.
+const PAYOUTS_READ: usize = 5_000;
+
+/// Sets the payout queue's gauges from the requested payouts.
+async fn payout_queue(state: &AdminState) -> Result<(), crate::store::StoreError> {
+    use crate::conversions::book::PayoutStatus;
+    let waiting = state
+        .store
+        .payouts(Some(PayoutStatus::Requested), None, PAYOUTS_READ)
+        .await?;
+    let gauges = &state.metrics.payouts_waiting;
+    // Currencies that no longer wait read 0, not their last figure.
+    gauges.count.reset();
+    gauges.amount.reset();
+    for payout in &waiting {
+        let currency = [payout.currency.code()];
+        gauges.count.with_label_values(&currency).inc();
+        let amount = f64::try_from(payout.amount).unwrap_or(0.0);
+        gauges.amount.with_label_values(&currency).add(amount);
+    }
+    let oldest = waiting
+        .first()
+        .map_or(0, |p| (chrono::Utc::now() - p.requested_at).num_seconds());
+    gauges.oldest_seconds.set(oldest.max(0));
+    Ok(())
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {

@@ -117,9 +117,50 @@ checked_string!(
     "a campaign name ([A-Za-z0-9_.-], 1 to 64 characters, not default_link)"
 );
 
+/// `po_`, 12 hex digits of the request's unix milliseconds, 14 random hex
+/// digits: 29 characters, within the 30 PayPal allows a payout's unique
+/// id, and ordered by time as text, so that listings page by id.
+pub fn is_payout_id(text: &str) -> bool {
+    text.len() == 29
+        && text.starts_with("po_")
+        && text[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+checked_string!(
+    /// A payout's id, also its unique reference in PayPal's bulk file.
+    PayoutId,
+    is_payout_id,
+    "a payout id"
+);
+
+impl PayoutId {
+    /// A new id for a payout requested at `unix_ms`.
+    pub fn new(unix_ms: i64) -> PayoutId {
+        let random: [u8; 7] = rand::random();
+        let mut text = format!("po_{:012x}", unix_ms.clamp(0, 0xffff_ffff_ffff));
+        for byte in random {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        PayoutId(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payout_ids_fit_paypal_and_sort_by_time() {
+        let early = PayoutId::new(1_700_000_000_000);
+        let late = PayoutId::new(1_700_000_000_001);
+        assert_eq!(early.as_str().len(), 29);
+        assert!(early < late);
+        assert_eq!(PayoutId::parse(early.as_str()), Ok(early));
+        assert!(PayoutId::parse("po_123").is_err());
+        assert!(PayoutId::parse(&"po_".repeat(10)[..29]).is_err());
+    }
 
     #[test]
     fn path_ids_follow_the_spec_charset() {

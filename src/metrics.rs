@@ -69,6 +69,43 @@ pub struct Metrics {
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
     commissions: CounterVec,
+    payouts: IntCounterVec,
+    payout_amounts: CounterVec,
+    /// Requested payouts nobody has paid or failed yet, read from the
+    /// store at scrape time.
+    pub payouts_waiting: PayoutGauges,
+}
+
+/// The payout queue's gauges, by currency.
+pub struct PayoutGauges {
+    pub count: IntGaugeVec,
+    pub amount: prometheus::GaugeVec,
+    pub oldest_seconds: IntGauge,
+}
+
+impl PayoutGauges {
+    fn new(r: &Register) -> Self {
+        PayoutGauges {
+            count: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "payouts_waiting",
+                    "Requested payouts not yet marked paid or failed, by currency (read at scrape time).",
+                ),
+                &["currency"],
+            )),
+            amount: r.add(prometheus::GaugeVec::new(
+                Opts::new(
+                    "payouts_waiting_amount",
+                    "Amount of the requested payouts not yet marked paid or failed, by currency (read at scrape time).",
+                ),
+                &["currency"],
+            )),
+            oldest_seconds: r.add(IntGauge::new(
+                "payouts_oldest_waiting_seconds",
+                "Age of the oldest requested payout not yet marked paid or failed; 0 when none waits.",
+            )),
+        }
+    }
 }
 
 /// The event queue's gauges.
@@ -199,6 +236,19 @@ impl Metrics {
                 ),
                 &["currency"],
             )),
+            payouts: r.labelled(
+                "payouts_total",
+                "Payouts that reached a status (requested, paid, failed) through this process, by currency.",
+                &["status", "currency"],
+            ),
+            payout_amounts: r.add(CounterVec::new(
+                Opts::new(
+                    "payout_amount_total",
+                    "Amount of the payouts that reached a status through this process, by status and currency. For monitoring only: the ledger is the record.",
+                ),
+                &["status", "currency"],
+            )),
+            payouts_waiting: PayoutGauges::new(&r),
             book_steps: r.add(IntCounter::new(
                 "worker_book_steps_total",
                 "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",
@@ -252,6 +302,16 @@ impl Metrics {
         self.commissions
             .with_label_values(&[currency.code()])
             .inc_by(amount.max(0.0));
+    }
+
+    /// A payout that just reached its status.
+    pub fn count_payout(&self, payout: &crate::conversions::book::Payout) {
+        let labels = [payout.status.as_str(), payout.currency.code()];
+        self.payouts.with_label_values(&labels).inc();
+        let amount = f64::try_from(payout.amount).unwrap_or(0.0);
+        self.payout_amounts
+            .with_label_values(&labels)
+            .inc_by(amount);
     }
 
     pub fn render(&self) -> String {

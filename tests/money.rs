@@ -152,9 +152,13 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
         .map(|(_, body)| body)
         .collect();
     assert_eq!(paid.len(), 1, "{asked:?}");
-    assert_eq!(paid[0]["amount"], "-2400.00");
-    let usd = usd_when(app, "acme", "paid", "2400.00").await;
-    assert_eq!(usd["available"], "0.00");
+    assert_eq!(paid[0]["amount"], "2400.00");
+    assert_eq!(paid[0]["status"], "requested");
+    let usd = usd_when(app, "acme", "in_payout", "2400.00").await;
+    assert_eq!(
+        (&usd["available"], &usd["paid"]),
+        (&json!("0.00"), &json!("0.00"))
+    );
 
     // A refund after the payout claws its commission back.
     let refund = json!({"id": "r1", "type": "refund", "customer": "cus_1",

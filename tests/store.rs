@@ -8,13 +8,13 @@ use std::sync::Arc;
 use chrono::{NaiveDate, TimeZone, Utc};
 use common::redis_server::{RedisCluster, RedisServer};
 use lastclick::conversions::book::{
-    Book, BookRequest, Changes, ConversionCell, HistoryChange, LedgerEntry,
+    Book, BookRequest, Changes, ConversionCell, HistoryChange, LedgerEntry, Payout, PayoutStatus,
 };
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::money::Currency;
 use lastclick::conversions::money::Period;
-use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId};
+use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId, PayoutId};
 use lastclick::ids::{ClickId, VisitorId};
 use lastclick::store::prelude::*;
 use lastclick::store::redis::RedisStore;
@@ -315,6 +315,9 @@ fn commission_entry(seq: u64) -> LedgerEntry {
         currency: Currency::USD,
         at: Utc.timestamp_opt(t0(), 0).unwrap(),
         available_at: Utc.timestamp_opt(t0(), 0).unwrap(),
+        posted_at: None,
+        payout_amount: None,
+        note: None,
     }
 }
 
@@ -439,6 +442,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
             ..commission_entry(1)
         }],
         inbox_taken: 2,
+        payouts: Vec::new(),
     };
     assert_eq!(
         store
@@ -463,6 +467,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         customers: ["cus_1".to_owned(), "nobody".to_owned()].into(),
         cells: [conversion_cell("spring")].into(),
         history_from: Some(600),
+        payouts: Default::default(),
     };
     let view = store.load_book(&pid("acme"), &request).await.unwrap();
     assert_eq!(view.book.entries, 1);
@@ -662,6 +667,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         history,
         entries,
         inbox_taken: 0,
+        payouts: Vec::new(),
     };
     assert_eq!(
         store.commit_book(&pid("acme"), 0, &changes).await.unwrap(),
@@ -671,6 +677,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         customers: customers.iter().map(|c| c.id.clone()).collect(),
         cells: cells.iter().map(|(cell, _)| cell.clone()).collect(),
         history_from: Some(0),
+        payouts: Default::default(),
     };
     let view = store.load_book(&pid("acme"), &request).await.unwrap();
     assert_eq!((view.version, view.book.entries), (1, 2_100));
@@ -695,6 +702,112 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
 
 /// Each test gets a fresh store; `$make` returns it with whatever must live
 /// as long as it (a Redis server).
+fn payout(partner: &str, requested_ms: i64) -> Payout {
+    Payout {
+        id: PayoutId::new(requested_ms),
+        partner: pid(partner),
+        status: PayoutStatus::Requested,
+        amount: "60.00".parse().unwrap(),
+        currency: Currency::USD,
+        paypal_email: format!("{partner}@pay.example"),
+        requested_at: Utc.timestamp_millis_opt(requested_ms).unwrap(),
+        paid_at: None,
+        reference: None,
+        failed_at: None,
+        reason: None,
+    }
+}
+
+/// Writes `payout` as a book step does: indexed first, then committed
+/// with the partner's book.
+async fn commit_payout(store: &Arc<dyn Store>, payout: &Payout) {
+    store.index_payout(payout).await.unwrap();
+    let view = store
+        .load_book(&payout.partner, &BookRequest::default())
+        .await
+        .unwrap();
+    let changes = Changes {
+        book: view.book,
+        payouts: vec![payout.clone()],
+        ..Changes::default()
+    };
+    let commit = store.commit_book(&payout.partner, view.version, &changes);
+    assert_eq!(commit.await.unwrap(), Commit::Applied);
+}
+
+async fn payouts_are_listed_by_status_and_by_partner(store: Arc<dyn Store>) {
+    let base = t0() * 1000;
+    let first = payout("acme", base);
+    let second = payout("beta", base + 1);
+    let third = payout("acme", base + 2);
+    for p in [&first, &second, &third] {
+        commit_payout(&store, p).await;
+    }
+    // Indexed, never committed (a request refused at its commit): skipped.
+    store.index_payout(&payout("acme", base + 3)).await.unwrap();
+    let ids = |payouts: Vec<Payout>| payouts.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    let requested = Some(PayoutStatus::Requested);
+    assert_eq!(
+        ids(store.payouts(requested, None, 10).await.unwrap()),
+        vec![first.id.clone(), second.id.clone(), third.id.clone()],
+        "oldest first, across partners"
+    );
+    assert_eq!(
+        ids(store.payouts(requested, Some(&first.id), 1).await.unwrap()),
+        vec![second.id.clone()],
+        "paged after a cursor"
+    );
+    assert_eq!(
+        ids(store.partner_payouts(&pid("acme"), None, 10).await.unwrap()),
+        vec![third.id.clone(), first.id.clone()],
+        "a partner's, newest first"
+    );
+    assert_eq!(
+        ids(store
+            .partner_payouts(&pid("acme"), Some(&third.id), 10)
+            .await
+            .unwrap()),
+        vec![first.id.clone()]
+    );
+    assert_eq!(
+        store.payout_partner(&second.id).await.unwrap(),
+        Some(pid("beta"))
+    );
+    assert_eq!(
+        store.payout_partner(&PayoutId::new(base)).await.unwrap(),
+        None
+    );
+
+    // Paid: indexed under its new status, committed, then dropped from the
+    // old. A step that stopped before the drop leaves an entry that
+    // listings skip.
+    let mut paid = first.clone();
+    paid.status = PayoutStatus::Paid;
+    paid.reference = Some("7XK".into());
+    commit_payout(&store, &paid).await;
+    assert_eq!(
+        ids(store.payouts(requested, None, 10).await.unwrap()),
+        vec![second.id.clone(), third.id.clone()],
+        "the stale entry is skipped"
+    );
+    store
+        .unindex_payout(&first.id, PayoutStatus::Requested)
+        .await
+        .unwrap();
+    let listed = store
+        .payouts(Some(PayoutStatus::Paid), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![paid.clone()]);
+    assert_eq!(ids(store.payouts(None, None, 10).await.unwrap()).len(), 3);
+    let request = BookRequest {
+        payouts: [first.id.clone(), PayoutId::new(base)].into(),
+        ..BookRequest::default()
+    };
+    let view = store.load_book(&pid("acme"), &request).await.unwrap();
+    assert_eq!(view.payouts.into_values().collect::<Vec<_>>(), vec![paid]);
+}
+
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -740,6 +853,12 @@ macro_rules! store_suite {
             async fn ledger_pages_count_down_and_conversion_cells_filter_by_day() {
                 let (store, _server) = $make.await;
                 super::ledger_pages_count_down_and_conversion_cells_filter_by_day(store).await;
+            }
+
+            #[tokio::test]
+            async fn payouts_are_listed_by_status_and_by_partner() {
+                let (store, _server) = $make.await;
+                super::payouts_are_listed_by_status_and_by_partner(store).await;
             }
 
             #[tokio::test]

@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A change the resource's state does not allow (a payout paid twice).
+    #[error("{message}")]
+    StateConflict { code: &'static str, message: String },
     /// Bad input; `code` names what is wrong (`invalid_trial_days`, …).
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
@@ -70,7 +73,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::PartnerDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::StateConflict { .. } => StatusCode::CONFLICT,
             ApiError::BadRequest { .. } | ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,7 +93,9 @@ impl ApiError {
             ApiError::PartnerDisabled => "partner_disabled",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
-            ApiError::BadRequest { code, .. } | ApiError::Unprocessable { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Unprocessable { code, .. }
+            | ApiError::StateConflict { code, .. } => code,
             ApiError::InvalidEvents(_) => "invalid_events",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyTimeout => "body_timeout",

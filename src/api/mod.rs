@@ -10,8 +10,11 @@
 //!   customer's signup, and those that waited past `worker.park_for`
 //! - `GET /v1/events/unreadable` (admin): queue entries that were not
 //!   events, in the dead letter
-//! - `GET /v1/partners/{id}/balance|ledger`, `POST …/payouts` (admin, that
+//! - `GET /v1/partners/{id}/balance|ledger|statement` (admin, that
 //!   partner): money
+//! - `POST|GET /v1/partners/{id}/payouts` (admin, that partner): request a
+//!   payout, list the partner's
+//! - `GET /v1/payouts`, `PATCH /v1/payouts/{id}` (admin): the payout queue
 
 pub mod auth;
 mod body;
@@ -21,6 +24,7 @@ mod error;
 mod events;
 mod money;
 mod partners;
+mod payouts;
 mod rate;
 mod report;
 
@@ -29,7 +33,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -101,7 +105,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/partners/{id}/report", get(report::partner_report))
         .route("/v1/partners/{id}/balance", get(money::balance))
         .route("/v1/partners/{id}/ledger", get(money::ledger))
-        .route("/v1/partners/{id}/payouts", post(money::payout))
+        .route("/v1/partners/{id}/statement", get(money::statement))
+        .route(
+            "/v1/partners/{id}/payouts",
+            post(payouts::request).get(payouts::partner_list),
+        )
+        .route("/v1/payouts", get(payouts::list))
+        .route("/v1/payouts/{id}", patch(payouts::settle))
         .route("/v1/events", post(events::create))
         .route("/v1/events/parked", get(events::parked))
         .route("/v1/events/dead", get(events::dead))

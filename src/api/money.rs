@@ -1,21 +1,21 @@
-//! A partner's money: `GET …/balance`, `GET …/ledger`, `POST …/payouts`.
+//! A partner's money: `GET …/balance`, `GET …/ledger`, `GET …/statement`.
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, JsonBody, PartnerScope};
-use crate::conversions::book::{self, Balance, BookRequest, LedgerEntry};
-use crate::conversions::money::Currency;
-use crate::conversions::step::{self, Computed, StepError};
+use super::{report, ApiError, ApiState, PartnerScope};
+use crate::conversions::book::{Balance, BookRequest, LedgerEntry};
+use crate::conversions::statement::{Month, Statement, StatementBuilder};
+use crate::csv::CsvWriter;
 
 /// Ledger entries per page by default, and at most.
 const PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
-/// Payout commits against a book that the worker keeps moving.
-const MAX_ATTEMPTS: usize = 100;
 
 #[derive(Serialize)]
 pub struct Balances {
@@ -87,61 +87,126 @@ pub async fn ledger(
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PayoutRequest {
-    currency: String,
-}
+/// Ledger entries read per round while a statement adds them up.
+const STATEMENT_ROUND: usize = 500;
 
-/// Withdraws the whole available balance of one currency to PayPal.
-pub async fn payout(
+/// A month's statement, JSON or CSV (`format=csv`, `Accept: text/csv`).
+pub async fn statement(
     scope: PartnerScope,
     State(state): State<ApiState>,
-    JsonBody(body): JsonBody<PayoutRequest>,
-) -> Result<(StatusCode, Json<LedgerEntry>), ApiError> {
-    let currency = Currency::parse(&body.currency).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_currency",
-            format!(
-                "`currency` is `{}`, not an ISO 4217 code",
-                body.currency.escape_debug()
-            ),
-        )
-    })?;
-    let partner = state.acting_partner(&scope).await?;
-    let rules = state.config.rules();
-    let id = format!("po_{}", crate::ids::ClickId::random());
-    let step = step::commit_with_retry(
-        state.store.as_ref(),
-        &partner.id,
-        &BookRequest::default(),
-        MAX_ATTEMPTS,
-        |view, _| {
-            let changes = book::payout(
-                &view.book,
-                &rules,
-                partner.paypal_email.is_some(),
-                &id,
-                currency,
-                Utc::now(),
-            )?;
-            Ok::<_, book::PayoutRefusal>(Computed::Done(changes, ()))
-        },
-    )
-    .await;
-    match step {
-        Ok((changes, ())) => {
-            let entry = changes
-                .entries
-                .into_iter()
-                .next()
-                .expect("a payout writes one entry");
-            Ok((StatusCode::CREATED, Json(entry)))
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let format = report::format(raw.as_deref(), &headers)?;
+    let mut month = None;
+    for (key, value) in form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()) {
+        match &*key {
+            "month" => month = Some(value.into_owned()),
+            "format" => {}
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown parameter `{}`", other.escape_debug()),
+                ))
+            }
         }
-        Err(StepError::Store(e)) => Err(e.into()),
-        Err(StepError::Refused(refusal)) => Err(ApiError::Unprocessable {
-            code: refusal.code(),
-            message: refusal.to_string(),
-        }),
     }
+    let month = match month {
+        None => Month::of(Utc::now()),
+        Some(text) => Month::parse(&text).ok_or_else(|| {
+            ApiError::bad_request("invalid_month", "`month` is a UTC month, `YYYY-MM`")
+        })?,
+    };
+    let partner = state.existing_partner(&scope.id).await?;
+    let mut builder = StatementBuilder::new(month);
+    let mut before = None;
+    loop {
+        let entries = state
+            .store
+            .ledger(&partner.id, before, STATEMENT_ROUND)
+            .await?;
+        for entry in &entries {
+            builder.add(entry);
+        }
+        match entries.last() {
+            Some(last) if entries.len() == STATEMENT_ROUND && last.seq > 1 => {
+                before = Some(last.seq)
+            }
+            _ => break,
+        }
+    }
+    let statement = builder.finish();
+    Ok(match format {
+        report::Format::Json => Json(statement).into_response(),
+        report::Format::Csv => report::csv(statement_csv(&statement)),
+    })
+}
+
+/// The statement as CSV: one line per currency with its figures, an
+/// empty line, then the month's ledger lines.
+fn statement_csv(statement: &Statement) -> String {
+    let mut csv = CsvWriter::new();
+    csv.line([
+        "month",
+        "currency",
+        "opening_balance",
+        "commissions",
+        "clawbacks",
+        "adjustments",
+        "payouts_requested",
+        "payouts_failed",
+        "closing_balance",
+        "opening_in_payout",
+        "requested",
+        "paid",
+        "failed",
+        "closing_in_payout",
+    ]);
+    for c in &statement.currencies {
+        let code = c.currency.map(|c| c.code().to_owned()).unwrap_or_default();
+        let figures = [
+            c.opening_balance,
+            c.commissions,
+            c.clawbacks,
+            c.adjustments,
+            c.payouts_requested,
+            c.payouts_failed,
+            c.closing_balance,
+            c.opening_in_payout,
+            c.requested,
+            c.paid,
+            c.failed,
+            c.closing_in_payout,
+        ];
+        let mut line = vec![statement.month.clone(), code];
+        line.extend(figures.iter().map(Decimal::to_string));
+        csv.line(line);
+    }
+    csv.line([""]);
+    csv.line([
+        "seq",
+        "posted_at",
+        "kind",
+        "id",
+        "customer",
+        "amount",
+        "currency",
+        "payout_amount",
+        "note",
+    ]);
+    for e in &statement.lines {
+        let kind = serde_json::to_value(e.kind).unwrap_or_default();
+        csv.line([
+            e.seq.to_string(),
+            e.posted_at.unwrap_or(e.at).to_rfc3339(),
+            kind.as_str().unwrap_or_default().to_owned(),
+            e.id.clone(),
+            e.customer.clone().unwrap_or_default(),
+            e.amount.to_string(),
+            e.currency.code().to_owned(),
+            e.payout_amount.map(|a| a.to_string()).unwrap_or_default(),
+            e.note.clone().unwrap_or_default(),
+        ]);
+    }
+    csv.finish()
 }

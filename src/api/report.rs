@@ -16,13 +16,13 @@ use crate::api::auth::Caller;
 use crate::report::{self, Report, ReportQuery};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
     Json,
     Csv,
 }
 
 /// `format=csv|json` wins; else `Accept: text/csv` asks for CSV.
-fn format(query: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
+pub(super) fn format(query: Option<&str>, headers: &HeaderMap) -> Result<Format, ApiError> {
     let asked = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "format")
         .map(|(_, v)| v.into_owned());
@@ -58,7 +58,7 @@ fn json_text(body: String) -> Response {
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn csv(body: String) -> Response {
+pub(super) fn csv(body: String) -> Response {
     ([(CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
 }
 

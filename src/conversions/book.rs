@@ -22,10 +22,13 @@ use crate::conversions::customer::{
 use crate::conversions::events::{Event, EventKind};
 use crate::conversions::money::Tier;
 use crate::conversions::money::{self, Currency, Money};
+use crate::ids::PayoutId;
 
-/// One line of the ledger. Amounts are signed: commissions add, clawbacks
-/// and payouts take away; adjustments correct an earlier line of the same
-/// `id` either way.
+/// One line of the ledger. Amounts are signed changes of the partner's
+/// balance (pending and available): commissions add, clawbacks take away,
+/// adjustments correct an earlier line of the same `id` either way; a
+/// requested payout takes its amount away, a failed one gives it back, a
+/// paid one changes nothing (the money had already left the balance).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     /// Position in the partner's ledger, from 1; pages count down from it.
@@ -39,6 +42,19 @@ pub struct LedgerEntry {
     /// The event's time (a payout's: when it was made).
     pub at: DateTime<Utc>,
     pub available_at: DateTime<Utc>,
+    /// When the entry was written: statements go by it, so that a month's
+    /// statement never changes once the month is over. Absent on entries
+    /// written before it was kept (their `at` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_at: Option<DateTime<Utc>>,
+    /// On a payout's entries: the payout's amount, so that what is in
+    /// payout and what was paid add up from the ledger alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout_amount: Option<Decimal>,
+    /// On a payout's entries: the PayPal reference of a paid payout, the
+    /// reason of a failed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The running totals of one currency.
@@ -50,6 +66,9 @@ pub struct CurrencyTotals {
     pub paid: Decimal,
     /// Amounts that were not available when posted: (unix ms, amount).
     pub held: Vec<(i64, Decimal)>,
+    /// Requested payouts not yet paid or failed. Last: the stored form
+    /// before it had no such field (`stored.rs`).
+    pub in_payout: Decimal,
 }
 
 /// A partner's money summary: what every batch reads and writes.
@@ -146,6 +165,7 @@ pub struct Balance {
     pub currency: Currency,
     pub pending: Decimal,
     pub available: Decimal,
+    pub in_payout: Decimal,
     pub paid: Decimal,
 }
 
@@ -219,6 +239,7 @@ impl Book {
                     currency: *currency,
                     pending: shown(pending),
                     available: shown(totals.available + matured),
+                    in_payout: shown(totals.in_payout),
                     paid: shown(totals.paid),
                 }
             })
@@ -247,6 +268,9 @@ impl Book {
             currency: money.currency,
             at: DateTime::default(),
             available_at: DateTime::default(),
+            posted_at: None,
+            payout_amount: None,
+            note: None,
         }
     }
 }
@@ -303,6 +327,8 @@ pub struct BookRequest {
     pub cells: BTreeSet<ConversionCell>,
     /// The history from this time (ms) on, when a late event needs it.
     pub history_from: Option<i64>,
+    /// Payouts a payout step reads.
+    pub payouts: BTreeSet<PayoutId>,
 }
 
 /// A partner's book as loaded for a request, with the version to commit
@@ -317,6 +343,8 @@ pub struct BookView {
     pub cells: BTreeMap<ConversionCell, ConversionCounts>,
     /// Loaded from `history_from` on, when requested.
     pub history: Option<History>,
+    /// The requested payouts that exist.
+    pub payouts: BTreeMap<PayoutId, Payout>,
 }
 
 /// Everything a batch (or payout) changes, written all or nothing. An
@@ -331,6 +359,8 @@ pub struct Changes {
     pub entries: Vec<LedgerEntry>,
     /// Events taken off the head of the partner's inbox.
     pub inbox_taken: usize,
+    /// Payout records written (new, or in their new status).
+    pub payouts: Vec<Payout>,
 }
 
 /// What became of one event in the book.
@@ -433,9 +463,12 @@ impl Book {
 
 mod apply;
 mod payout;
+mod stored;
 
 pub use self::apply::apply;
-pub use self::payout::{payout, PayoutRefusal};
+pub use self::payout::{
+    request_payout, settle_payout, Payout, PayoutConflict, PayoutRefusal, PayoutStatus, Settlement,
+};
 
 #[cfg(test)]
 mod tests;

@@ -77,7 +77,17 @@ pub enum EntryKind {
     /// A correction to what an earlier commission or clawback posted, when
     /// a late event changed what it should have been.
     Adjustment,
+    /// A payout of an earlier version, requested and paid at once.
     Payout,
+    /// A payout requested: its amount leaves the balance.
+    #[serde(rename = "payout_requested")]
+    PayoutRequested,
+    /// A requested payout sent: the balance does not change.
+    #[serde(rename = "payout_paid")]
+    PayoutPaid,
+    /// A requested payout that did not go through: its amount returns.
+    #[serde(rename = "payout_failed")]
+    PayoutFailed,
 }
 
 /// What the ledger owes (or has posted) for one source event.

@@ -10,6 +10,7 @@
 //! - [`book`]: a partner's balances, ARR history and ledger, and how a
 //!   batch of events or a payout changes them, whatever the order
 //! - [`money`]: currencies, commission rounding, ARR and tiers
+//! - [`statement`]: a partner's monthly statement, from its ledger
 //! - [`step`]: one optimistic step on a book (load, compute, commit if
 //!   unchanged), for the worker and payouts alike
 
@@ -18,5 +19,6 @@ pub mod customer;
 pub mod events;
 pub mod ingest;
 pub mod money;
+pub mod statement;
 pub mod step;
 pub mod worker;

@@ -1,7 +1,7 @@
 //! The `Store` trait and the records it keeps; `sqlite` (the embedded
 //! store, on disk) and `redis` implement it.
 
-mod record;
+pub mod record;
 pub mod redis;
 pub mod sketch;
 pub mod sqlite;
@@ -12,10 +12,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::conversions::book::{BookRequest, BookView, Changes, ConversionCell, LedgerEntry};
+use crate::conversions::book::{
+    BookRequest, BookView, Changes, ConversionCell, LedgerEntry, Payout, PayoutStatus,
+};
 use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
-use crate::ids::{CampaignName, CampaignSlug, PartnerId};
+use crate::ids::{CampaignName, CampaignSlug, PartnerId, PayoutId};
 use crate::ids::{ClickId, CustomerId, VisitorId};
 
 /// Why a store call failed, by what the caller can do about it: the API
@@ -288,7 +290,15 @@ pub enum Commit {
 /// traits into scope with `use crate::store::prelude::*`.
 #[async_trait]
 pub trait Store:
-    CatalogStore + ClickStore + EventQueue + RoutingStore + BookStore + Send + Sync + 'static
+    CatalogStore
+    + ClickStore
+    + EventQueue
+    + RoutingStore
+    + BookStore
+    + PayoutStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Answers when the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -296,7 +306,9 @@ pub trait Store:
 
 /// The store traits, to call a `Store`'s methods.
 pub mod prelude {
-    pub use super::{BookStore, CatalogStore, ClickStore, EventQueue, RoutingStore, Store};
+    pub use super::{
+        BookStore, CatalogStore, ClickStore, EventQueue, PayoutStore, RoutingStore, Store,
+    };
 }
 
 /// Partners and campaigns: what the redirect's cache is loaded from.
@@ -475,4 +487,36 @@ pub trait BookStore: Send + Sync {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError>;
+}
+
+/// Payouts across partners. A payout's record lives with its partner's
+/// book and is written by the book step that changes it (`commit_book`);
+/// these find it by id and list it by status.
+#[async_trait]
+pub trait PayoutStore: Send + Sync {
+    /// Makes `payout` findable by id and listed under its status before
+    /// the commit that writes it, so that a committed payout is always
+    /// found. An index entry whose commit never happened is skipped.
+    async fn index_payout(&self, payout: &Payout) -> Result<(), StoreError>;
+    /// After the commit that moved a payout out of `old`: drops it from
+    /// that status's listing (an entry left behind is skipped).
+    async fn unindex_payout(&self, id: &PayoutId, old: PayoutStatus) -> Result<(), StoreError>;
+    /// The partner a payout belongs to.
+    async fn payout_partner(&self, id: &PayoutId) -> Result<Option<PartnerId>, StoreError>;
+    /// Every partner's payouts in `status` (all when `None`), oldest first,
+    /// those after `after` when given.
+    async fn payouts(
+        &self,
+        status: Option<PayoutStatus>,
+        after: Option<&PayoutId>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, StoreError>;
+    /// The partner's payouts, newest first, those before `before` when
+    /// given.
+    async fn partner_payouts(
+        &self,
+        partner: &PartnerId,
+        before: Option<&PayoutId>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, StoreError>;
 }

@@ -20,24 +20,43 @@ use serde::Serialize;
 
 use super::StoreError;
 
-/// The format byte of `postcard` records of the current types.
-const POSTCARD_V1: u8 = 1;
+/// The format byte of `postcard` records as first written.
+pub const POSTCARD_V1: u8 = 1;
+
+/// A type stored in the binary form: the format byte it is written under,
+/// and how a record of an earlier byte reads back as it.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The byte its current fields are written under.
+    const FORMAT: u8 = POSTCARD_V1;
+
+    /// A record written under `format`, an earlier byte than `FORMAT`, as
+    /// this type; `None` for a byte it never had.
+    fn decode_earlier(format: u8, body: &[u8]) -> Option<Result<Self, postcard::Error>> {
+        let _ = (format, body);
+        None
+    }
+}
 
 /// `value` in its stored form.
-pub fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode_record<T: Record>(value: &T) -> Vec<u8> {
     // Serializing to a growable buffer fails only for what postcard cannot
     // express (maps of unknown length, untagged or flattened fields): none
     // of the types stored this way.
-    postcard::to_extend(value, vec![POSTCARD_V1]).expect("stored records serialize to postcard")
+    postcard::to_extend(value, vec![T::FORMAT]).expect("stored records serialize to postcard")
 }
 
 /// A stored record, or an error naming what is wrong with its bytes.
-pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode_record<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::corrupt("binary record", e);
     match bytes.split_first() {
-        Some((&POSTCARD_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(&e)),
+        Some((&format, body)) if format == T::FORMAT => {
+            postcard::from_bytes(body).map_err(|e| corrupt(&e))
+        }
         Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(&e)),
-        Some((format, _)) => Err(corrupt(&format_args!("unknown format byte {format}"))),
+        Some((&format, body)) => match T::decode_earlier(format, body) {
+            Some(decoded) => decoded.map_err(|e| corrupt(&e)),
+            None => Err(corrupt(&format_args!("unknown format byte {format}"))),
+        },
         None => Err(corrupt(&"empty")),
     }
 }

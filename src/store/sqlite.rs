@@ -21,6 +21,7 @@
 //! - `queue`: the event queue and its dead letter
 //! - `routing`: customers' claims and parked events
 //! - `books`: partners' books, inboxes and ledgers
+//! - `payouts`: payouts by status and partner
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ mod click_log;
 mod clicks;
 mod counts;
 mod file;
+mod payouts;
 mod queue;
 mod routing;
 
@@ -58,6 +60,7 @@ use super::{
 };
 use crate::conversions::book::{
     Book, BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,
+    Payout,
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;
@@ -77,6 +80,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration::sql(include_str!("sqlite/schema_5.sql")),
     Migration::sql(include_str!("sqlite/schema_6.sql")),
+    Migration::sql(include_str!("sqlite/schema_7.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

@@ -363,6 +363,7 @@ impl<'r> BatchRun<'r> {
                         .entry(source, kind, Some(id), Money::new(change, owed.currency));
                 entry.at = time(owed.at);
                 entry.available_at = time(owed.available_at);
+                entry.posted_at = Some(time(now_ms));
                 self.book.totals.entry(owed.currency).or_default().credit(
                     change,
                     owed.available_at,
@@ -395,6 +396,7 @@ impl<'r> BatchRun<'r> {
             history: self.history_changes,
             entries,
             inbox_taken: 0,
+            payouts: Vec::new(),
         };
         (changes, parked)
     }

@@ -116,6 +116,7 @@ impl Kept {
                         .map(|(m, at)| (m.as_str(), *at)),
                 )
             }),
+            payouts: BTreeMap::new(),
         }
     }
 
@@ -328,7 +329,7 @@ fn a_future_payments_commission_is_pending_and_its_refund_cancels_it() {
     let balance = &kept.book.balances(at(2))[0];
     assert_eq!((balance.pending, balance.available), (d("0"), d("0")));
     assert_eq!(
-        payout(&kept.book, &rules, true, "po", Currency::USD, at(2)).unwrap_err(),
+        payout(&kept.book, &rules, true, Currency::USD, at(2)).unwrap_err(),
         PayoutRefusal::NothingAvailable(Currency::USD)
     );
     let balance = &kept.book.balances(at(31))[0];
@@ -350,7 +351,7 @@ fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
     let balance = &kept.book.balances(at(2))[0];
     assert_eq!((balance.pending, balance.available), (d("40"), d("0")));
     assert_eq!(
-        payout(&kept.book, &rules, true, "po", Currency::USD, at(31)).unwrap_err(),
+        payout(&kept.book, &rules, true, Currency::USD, at(31)).unwrap_err(),
         PayoutRefusal::BelowMinimum {
             currency: Currency::USD,
             available: d("40"),
@@ -359,31 +360,102 @@ fn commissions_wait_hold_days_and_payouts_need_the_minimum_and_an_email() {
     );
     kept.apply(&[payment("p2", "c1", "50", 2)], &rules, at(2));
     assert_eq!(
-        payout(&kept.book, &rules, false, "po", Currency::USD, at(40)).unwrap_err(),
+        payout(&kept.book, &rules, false, Currency::USD, at(40)).unwrap_err(),
         PayoutRefusal::NoPaypalEmail
     );
     assert!(matches!(
-        payout(
-            &kept.book,
-            &rules,
-            true,
-            "po",
-            "EUR".parse().unwrap(),
-            at(40)
-        ),
+        payout(&kept.book, &rules, true, "EUR".parse().unwrap(), at(40)),
         Err(PayoutRefusal::CurrencyNotPaid(_))
     ));
-    let paid = payout(&kept.book, &rules, true, "po", Currency::USD, at(40)).unwrap();
-    kept.commit(&paid);
-    assert_eq!(paid.entries[0].amount, d("-50"));
+    let requested = payout(&kept.book, &rules, true, Currency::USD, at(40)).unwrap();
+    kept.commit(&requested);
+    assert_eq!(requested.entries[0].amount, d("-50"));
+    assert_eq!(requested.entries[0].kind, EntryKind::PayoutRequested);
+    let payout = &requested.payouts[0];
+    assert_eq!(
+        (payout.amount, payout.status),
+        (d("50.00"), PayoutStatus::Requested)
+    );
     let balance = &kept.book.balances(at(40))[0];
     assert_eq!(
-        (balance.pending, balance.available, balance.paid),
-        (d("0"), d("0"), d("50"))
+        (balance.available, balance.in_payout, balance.paid),
+        (d("0"), d("50"), d("0"))
     );
+    let sent = Settlement::Paid {
+        reference: "7XK".into(),
+    };
+    let paid = settle_payout(&kept.book, payout, &sent, at(40)).unwrap();
+    kept.commit(&paid);
+    assert_eq!(paid.entries[0].kind, EntryKind::PayoutPaid);
+    assert_eq!(paid.entries[0].note.as_deref(), Some("7XK"));
+    assert_eq!(paid.payouts[0].status, PayoutStatus::Paid);
+    let balance = &kept.book.balances(at(40))[0];
+    assert_eq!(
+        (
+            balance.pending,
+            balance.available,
+            balance.in_payout,
+            balance.paid
+        ),
+        (d("0"), d("0"), d("0"), d("50"))
+    );
+    // Only a requested payout settles.
+    for again in [sent, Settlement::Failed { reason: "x".into() }] {
+        let conflict = settle_payout(&kept.book, &paid.payouts[0], &again, at(41)).unwrap_err();
+        assert_eq!(conflict.current, "paid");
+    }
     // A clawback after the payout takes the balance below zero.
     kept.apply(&[refund("r1", "c1", "p1", "200", 41)], &rules, at(41));
     assert_eq!(kept.book.balances(at(41))[0].available, d("-40"));
+}
+
+/// A request with or without a PayPal email, as the API makes it.
+fn payout(
+    book: &Book,
+    rules: &Rules,
+    has_email: bool,
+    currency: Currency,
+    now: DateTime<Utc>,
+) -> Result<Changes, PayoutRefusal> {
+    let partner = PartnerId::parse("acme").unwrap();
+    let id = PayoutId::new(now.timestamp_millis());
+    let email = has_email.then_some("pay@acme.example");
+    request_payout(book, rules, &partner, email, &id, currency, now)
+}
+
+#[test]
+fn a_failed_payout_returns_its_amount_to_available() {
+    let rules = rules(0);
+    let mut kept = Kept::default();
+    kept.apply(
+        &[
+            signup("s1", "c1", Billing::Referral, 0),
+            payment("p1", "c1", "300", 1),
+        ],
+        &rules,
+        at(2),
+    );
+    let requested = payout(&kept.book, &rules, true, Currency::USD, at(2)).unwrap();
+    kept.commit(&requested);
+    let bounced = Settlement::Failed {
+        reason: "the PayPal account is closed".into(),
+    };
+    let failed = settle_payout(&kept.book, &requested.payouts[0], &bounced, at(3)).unwrap();
+    kept.commit(&failed);
+    assert_eq!(failed.entries[0].amount, d("60.00"));
+    assert_eq!(failed.payouts[0].status, PayoutStatus::Failed);
+    let balance = &kept.book.balances(at(3))[0];
+    assert_eq!(
+        (balance.available, balance.in_payout, balance.paid),
+        (d("60.00"), d("0.00"), d("0.00"))
+    );
+    let paid = Settlement::Paid {
+        reference: "late".into(),
+    };
+    let conflict = settle_payout(&kept.book, &failed.payouts[0], &paid, at(4)).unwrap_err();
+    assert_eq!((conflict.current, conflict.wanted), ("failed", "paid"));
+    // The amount can be requested again.
+    assert!(payout(&kept.book, &rules, true, Currency::USD, at(4)).is_ok());
 }
 
 #[test]

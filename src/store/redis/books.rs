@@ -17,9 +17,10 @@ impl BookStore for RedisStore {
             Option<Vec<u8>>,
             Vec<Option<Vec<u8>>>,
             Vec<Option<Vec<u8>>>,
+            Vec<Option<String>>,
             Value,
         );
-        let (version, book, customer_rows, cell_rows, history): Loaded = pipe
+        let (version, book, customer_rows, cell_rows, payout_rows, history): Loaded = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -42,6 +43,10 @@ impl BookStore for RedisStore {
                 view.cells
                     .insert(cell.clone(), decode_record::<ConversionCounts>(&raw)?);
             }
+        }
+        for raw in payout_rows.into_iter().flatten() {
+            let payout: Payout = decode(&raw)?;
+            view.payouts.insert(payout.id.clone(), payout);
         }
         if let Some(from) = request.history_from {
             let members: Vec<(String, f64)> =
@@ -156,6 +161,8 @@ impl BookStore for RedisStore {
             "history",
             "ledger",
             "inbox",
+            "payouts",
+            "payout_ids",
         ] {
             invocation.key(keys::owned(|k| keys::book(k, partner, part)));
         }
@@ -177,6 +184,10 @@ impl BookStore for RedisStore {
                 HistoryChange::Add(member, at) => invocation.arg("+").arg(*at).arg(member),
                 HistoryChange::Remove(member, _) => invocation.arg("-").arg(member),
             };
+        }
+        invocation.arg(changes.payouts.len());
+        for payout in &changes.payouts {
+            invocation.arg(payout.id.as_str()).arg(encode(payout));
         }
         for entry in &changes.entries {
             invocation.arg(encode(entry));
@@ -266,6 +277,7 @@ fn load_book_pipeline(partner: &str, request: &BookRequest) -> Pipeline {
     };
     let customers = or_nothing(request.customers.iter().cloned().collect());
     let cells = or_nothing(request.cells.iter().map(ConversionCell::key).collect());
+    let payouts = or_nothing(request.payouts.iter().map(|id| id.to_string()).collect());
     let mut pipe = redis::pipe();
     pipe.atomic()
         .get(key("version"))
@@ -275,7 +287,10 @@ fn load_book_pipeline(partner: &str, request: &BookRequest) -> Pipeline {
         .arg(&customers)
         .cmd("HMGET")
         .arg(key("conversions"))
-        .arg(&cells);
+        .arg(&cells)
+        .cmd("HMGET")
+        .arg(key("payouts"))
+        .arg(&payouts);
     match request.history_from {
         Some(from) => {
             pipe.cmd("ZRANGE")

@@ -97,8 +97,19 @@ pub const DEAD: &str = "lc:{events}:dead";
 /// truth, and workers settle the set against it).
 pub const READY: &str = "lc:{events}:ready";
 
+/// Payout id → partner id: where a payout's record is.
+pub const PAYOUT_OWNERS: &str = "lc:{payouts}:owners";
+
+/// Payout ids in one status (`requested`, `paid`, `failed`) or `all`, a
+/// sorted set of score 0 read by id (ids sort by request time). Hints,
+/// written before the commit: the partner's record is the truth.
+pub fn payout_index(out: &mut String, status: &str) {
+    set(out, &["lc:{payouts}:", status]);
+}
+
 /// A key of a partner's book: `book`, `version`, `customers`,
-/// `conversions`, `history`, `ledger`, `inbox` or `lock`.
+/// `conversions`, `history`, `ledger`, `inbox`, `lock`, `payouts` (id →
+/// record) or `payout_ids` (a sorted set of score 0, read by id).
 pub fn book(out: &mut String, partner: &str, part: &str) {
     set(out, &["lc:{p:", partner, "}:", part]);
 }

@@ -10,12 +10,14 @@
 //! - `queue`: the event stream and its dead letter
 //! - `routing`: customers' claims and parked events
 //! - `books`: partners' books, inboxes and ledgers
+//! - `payouts`: payouts' owners and status indexes
 
 mod books;
 mod catalog;
 mod click_batch;
 mod clicks;
 mod keys;
+mod payouts;
 mod queue;
 mod routing;
 mod scripts;
@@ -39,7 +41,7 @@ use super::{
     UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
-    BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,
+    BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry, Payout,
 };
 use crate::conversions::customer::{ConversionCounts, Customer, Referral};
 use crate::conversions::events::Event;

@@ -25,11 +25,12 @@ pub(super) const ENQUEUE_EVENTS: &str = include_str!("scripts/enqueue_events.lua
 
 /// Applies a batch's (or payout's) changes to a partner's book, if the
 /// book is still at the version read.
-/// KEYS: version, book, customers, conversions, history, ledger, inbox.
+/// KEYS: version, book, customers, conversions, history, ledger, inbox,
+/// payouts, payout ids.
 /// ARGV: expected version, events taken off the inbox, book JSON, then
 /// counted groups: customers (id, JSON), cells (cell, JSON), history
-/// changes in order (`+` score member, or `-` member); then the ledger
-/// entries.
+/// changes in order (`+` score member, or `-` member), payouts (id, JSON);
+/// then the ledger entries.
 /// Answers 1 applied, -1 the book moved.
 ///
 /// Each group is written with as few commands as its size allows (an

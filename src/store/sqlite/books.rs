@@ -37,6 +37,10 @@ impl BookStore for SqliteStore {
                 decode_record::<ConversionCounts>(&counts.0)?,
             );
         }
+        for (_, record) in stored.payouts {
+            let payout: Payout = from_json(&record)?;
+            view.payouts.insert(payout.id.clone(), payout);
+        }
         if let Some(from) = history_from {
             view.history = Some(History::from_members(
                 from,
@@ -228,6 +232,8 @@ struct StoredBook {
     cells: Vec<(String, StoredRecord)>,
     /// Members and their times, when the request asks for the history.
     history: Vec<(String, i64)>,
+    /// The requested payouts' JSON records.
+    payouts: Vec<(String, String)>,
 }
 
 /// Reads what `request` asks of a partner's book, in one read transaction
@@ -257,7 +263,15 @@ fn read_book(
             request.cells.iter().map(ConversionCell::key),
         )?,
         history: Vec::new(),
+        payouts: Vec::new(),
     };
+    for id in &request.payouts {
+        let record: Option<String> = tx
+            .prepare_cached("SELECT record FROM payouts WHERE partner = ?1 AND id = ?2")?
+            .query_row(params![partner, id.as_str()], |row| row.get(0))
+            .optional()?;
+        stored.payouts.extend(record.map(|r| (id.to_string(), r)));
+    }
     if let Some(from) = request.history_from {
         let mut query =
             tx.prepare_cached("SELECT member, at FROM history WHERE partner = ?1 AND at >= ?2")?;
@@ -298,6 +312,8 @@ struct BookRows {
     history: Vec<HistoryChange>,
     entries: Vec<(u64, String)>,
     inbox_taken: usize,
+    /// Id, status and JSON record of each payout written.
+    payouts: Vec<(String, &'static str, String)>,
 }
 
 impl BookRows {
@@ -322,6 +338,11 @@ impl BookRows {
                 .map(|e| (e.seq, to_json(e)))
                 .collect(),
             inbox_taken: changes.inbox_taken,
+            payouts: changes
+                .payouts
+                .iter()
+                .map(|p| (p.id.to_string(), p.status.as_str(), to_json(p)))
+                .collect(),
         }
     }
 
@@ -362,6 +383,13 @@ impl BookRows {
             tx.prepare_cached("INSERT INTO ledger (partner, seq, entry) VALUES (?1, ?2, ?3)")?;
         for (seq, json) in &self.entries {
             entry.execute(params![partner, seq, json])?;
+        }
+        let mut payout = tx.prepare_cached(
+            "INSERT INTO payouts (id, partner, status, record) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, record = excluded.record",
+        )?;
+        for (id, status, record) in &self.payouts {
+            payout.execute(params![id, partner, status, record])?;
         }
         if self.inbox_taken > 0 {
             tx.prepare_cached(
