@@ -125,6 +125,28 @@ async fn partners_are_unique_and_found_by_token_hash(store: Arc<dyn Store>) {
         store.update_partner(&partner("ghost")).await,
         Err(StoreError::NotFound)
     ));
+    for id in ["zeta", "beta", "alpha"] {
+        store.insert_partner(&partner(id)).await.unwrap();
+    }
+    let ids = |page: Vec<lastclick::store::Partner>| {
+        page.into_iter()
+            .map(|p| p.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.partners(None, 3).await.unwrap()),
+        ["acme", "alpha", "beta"],
+        "listed by id"
+    );
+    assert_eq!(
+        ids(store.partners(Some(&pid("alpha")), 10).await.unwrap()),
+        ["beta", "zeta"]
+    );
+    assert!(store
+        .partners(Some(&pid("zeta")), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn campaigns_are_unique_per_partner_and_in_the_catalog(store: Arc<dyn Store>) {

@@ -2,6 +2,7 @@
 //!
 //! Routes:
 //! - `POST /v1/partners` (admin): create a partner; answers its token once
+//! - `GET /v1/partners` (admin): every partner with its status and balances
 //! - `GET|PATCH /v1/partners/{id}` (admin, that partner)
 //! - `POST|GET /v1/partners/{id}/campaigns` (admin, that partner): Campaign Builder
 //! - `GET /v1/partners/{id}/report` (admin, that partner): UTM report
@@ -93,7 +94,7 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     let body_limit = state.config.api.max_body_bytes;
     Router::new()
-        .route("/v1/partners", post(partners::create))
+        .route("/v1/partners", post(partners::create).get(partners::list))
         .route(
             "/v1/partners/{id}",
             get(partners::show).patch(partners::update),

@@ -1,6 +1,6 @@
 //! `/v1/partners`: create, read and update partners.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{clean_text, ApiError, ApiState, JsonBody, PartnerScope};
 use crate::api::auth::{new_partner_token, token_hash, Caller};
-use crate::conversions::book::ProgramStatus;
+use crate::conversions::book::{Balance, BookRequest, ProgramStatus};
 use crate::edge::link::affiliate_link;
 use crate::ids::PartnerId;
 use crate::store::{Partner, StoreError};
@@ -53,6 +53,9 @@ pub struct PartnerView {
     /// Tier, ARR and the rest of the program status, when reading a partner.
     #[serde(skip_serializing_if = "Option::is_none")]
     program: Option<ProgramStatus>,
+    /// Balances per currency, in the admin's list of partners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balances: Option<Vec<Balance>>,
 }
 
 impl PartnerView {
@@ -66,6 +69,7 @@ impl PartnerView {
             created_at: partner.created_at,
             token: None,
             program: None,
+            balances: None,
         }
     }
 }
@@ -128,15 +132,80 @@ pub async fn show(
     let partner = state.existing_partner(&scope.id).await?;
     let view = state
         .store
-        .load_book(
-            &partner.id,
-            &crate::conversions::book::BookRequest::default(),
-        )
+        .load_book(&partner.id, &BookRequest::default())
         .await?;
     let rules = state.config.rules();
     let mut shown = PartnerView::new(partner, &state);
     shown.program = Some(view.book.status(&rules, Utc::now()));
     Ok(Json(shown))
+}
+
+/// Partners per page of the admin's list by default, and at most: each
+/// reads its book.
+const PAGE: usize = 50;
+const MAX_PAGE: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PartnerPage {
+    partners: Vec<PartnerView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<PartnerId>,
+}
+
+/// Every partner by id, with its program status and balances (admin).
+pub async fn list(
+    caller: Caller,
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PartnerPage>, ApiError> {
+    if caller != Caller::Admin {
+        return Err(ApiError::Forbidden);
+    }
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(PartnerId::parse)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid_cursor", "`cursor` is a partner id"))?;
+    let limit = match query.limit.as_deref() {
+        None => PAGE,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let partners = state.store.partners(after.as_ref(), limit).await?;
+    let next_cursor = (partners.len() == limit)
+        .then(|| partners.last().map(|p| p.id.clone()))
+        .flatten();
+    let rules = state.config.rules();
+    let now = Utc::now();
+    let mut shown = Vec::with_capacity(partners.len());
+    for partner in partners {
+        let view = state
+            .store
+            .load_book(&partner.id, &BookRequest::default())
+            .await?;
+        let mut partner = PartnerView::new(partner, &state);
+        partner.program = Some(view.book.status(&rules, now));
+        partner.balances = Some(view.book.balances(now));
+        shown.push(partner);
+    }
+    Ok(Json(PartnerPage {
+        partners: shown,
+        next_cursor,
+    }))
 }
 
 pub async fn update(

@@ -328,6 +328,12 @@ pub trait CatalogStore: Send + Sync {
     /// Fails with `NotFound` when the partner does not exist.
     async fn update_partner(&self, partner: &Partner) -> Result<(), StoreError>;
     async fn partner(&self, id: &PartnerId) -> Result<Option<Partner>, StoreError>;
+    /// Partners by id, those after `after` when given.
+    async fn partners(
+        &self,
+        after: Option<&PartnerId>,
+        limit: usize,
+    ) -> Result<Vec<Partner>, StoreError>;
     async fn partner_by_token_hash(&self, hash: &str) -> Result<Option<PartnerId>, StoreError>;
 
     /// Fails with `Conflict` when the partner already has the slug.

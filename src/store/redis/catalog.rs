@@ -103,6 +103,33 @@ impl CatalogStore for RedisStore {
         raw.map(|r| decode(&r)).transpose()
     }
 
+    async fn partners(
+        &self,
+        after: Option<&PartnerId>,
+        limit: usize,
+    ) -> Result<Vec<Partner>, StoreError> {
+        // Ids are read whole and sorted: an admin's page, not a hot path,
+        // and one short string per partner.
+        let mut ids: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys::PARTNERS)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        ids.sort_unstable();
+        let from = after.map_or(0, |a| ids.partition_point(|id| id.as_str() <= a.as_str()));
+        let page: Vec<&String> = ids.iter().skip(from).take(limit).collect();
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys::PARTNERS)
+            .arg(&page)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().flatten().map(|r| decode(r)).collect()
+    }
+
     async fn partner_by_token_hash(&self, hash: &str) -> Result<Option<PartnerId>, StoreError> {
         let raw: Option<String> = redis::cmd("HGET")
             .arg(keys::TOKENS)

@@ -92,6 +92,22 @@ impl CatalogStore for SqliteStore {
         .await
     }
 
+    async fn partners(
+        &self,
+        after: Option<&PartnerId>,
+        limit: usize,
+    ) -> Result<Vec<Partner>, StoreError> {
+        let after = after.map_or(String::new(), |id| id.as_str().to_owned());
+        self.read(move |conn| {
+            json_rows(
+                conn,
+                "SELECT record FROM partners WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after, limit as i64],
+            )
+        })
+        .await
+    }
+
     async fn partner_by_token_hash(&self, hash: &str) -> Result<Option<PartnerId>, StoreError> {
         let hash = hash.to_owned();
         self.read(move |conn| {
