@@ -20,10 +20,10 @@
 pub mod auth;
 mod body;
 mod campaigns;
-pub mod dashboard;
 mod error;
 mod events;
 mod money;
+mod pages;
 mod partners;
 mod payouts;
 mod rate;
@@ -118,7 +118,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/dead", get(events::dead))
         .route("/v1/events/unreadable", get(events::unreadable))
         .route("/v1/report", get(report::all_partners))
-        .route("/dashboard", get(crate::api::dashboard::page))
+        .route("/dashboard", get(pages::dashboard))
+        .route("/admin", get(pages::console))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))

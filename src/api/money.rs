@@ -7,9 +7,11 @@ use axum::Json;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::{report, ApiError, ApiState, PartnerScope};
 use crate::conversions::book::{Balance, BookRequest, LedgerEntry};
+use crate::conversions::money::Currency;
 use crate::conversions::statement::{Month, Statement, StatementBuilder};
 use crate::csv::CsvWriter;
 
@@ -20,6 +22,9 @@ const MAX_PAGE: usize = 500;
 #[derive(Serialize)]
 pub struct Balances {
     balances: Vec<Balance>,
+    /// The smallest payout per currency (`payout.minimum`): a currency not
+    /// listed is never paid out.
+    payout_minimum: BTreeMap<Currency, Decimal>,
 }
 
 pub async fn balance(
@@ -31,8 +36,16 @@ pub async fn balance(
         .store
         .load_book(&partner.id, &BookRequest::default())
         .await?;
+    let payout_minimum = state
+        .config
+        .payout
+        .minimum
+        .iter()
+        .map(|(currency, minimum)| (*currency, currency.shown(*minimum)))
+        .collect();
     Ok(Json(Balances {
         balances: view.book.balances(Utc::now()),
+        payout_minimum,
     }))
 }
 
