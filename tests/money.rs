@@ -8,18 +8,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{Stack, TestApp, ADMIN, MERCHANT};
+use common::{rfc3339, Stack, TestApp, ADMIN, MERCHANT};
 use serde_json::{json, Value};
 
 async fn post_events(app: &TestApp, events: Value) -> (u16, Value) {
     app.send_json("POST", "/v1/events", Some(MERCHANT), events)
         .await
-}
-
-fn rfc3339(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .unwrap()
-        .to_rfc3339()
 }
 
 /// The click time inside a cookie value (see `src/edge/cookie.rs`).
@@ -38,30 +32,6 @@ fn signup(id: &str, customer: &str, at: i64, billing: &str, attribution: Value) 
 fn payment(id: &str, customer: &str, at: i64, amount: &str) -> Value {
     json!({"id": id, "type": "payment", "customer": customer, "at": rfc3339(at),
            "amount": amount, "currency": "USD", "period": "month"})
-}
-
-/// Waits until the partner's `field` of its USD balance is `expected`
-/// (the worker applies events in the background).
-async fn usd_when(app: &TestApp, partner: &str, field: &str, expected: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = app
-            .get(&format!("/v1/partners/{partner}/balance"), Some(ADMIN))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let usd = body["balances"]
-            .as_array()
-            .and_then(|b| b.iter().find(|b| b["currency"] == "USD").cloned())
-            .unwrap_or(Value::Null);
-        if usd[field] == expected {
-            return usd;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "USD {field} never became {expected}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn payout_usd(app: &TestApp) -> (u16, Value) {
@@ -102,7 +72,7 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
         (status, &body),
         (202, &json!({"accepted": 13, "duplicates": 0}))
     );
-    usd_when(app, "acme", "available", "2400.00").await;
+    app.usd_when("acme", "available", "2400.00").await;
 
     // Ids are idempotency keys: the same events again change nothing.
     let (status, body) = post_events(app, json!(events)).await;
@@ -154,7 +124,7 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
     assert_eq!(paid.len(), 1, "{asked:?}");
     assert_eq!(paid[0]["amount"], "2400.00");
     assert_eq!(paid[0]["status"], "requested");
-    let usd = usd_when(app, "acme", "in_payout", "2400.00").await;
+    let usd = app.usd_when("acme", "in_payout", "2400.00").await;
     assert_eq!(
         (&usd["available"], &usd["paid"]),
         (&json!("0.00"), &json!("0.00"))
@@ -164,7 +134,7 @@ async fn payments_earn_commission_once_and_pay_out(setup: Stack) {
     let refund = json!({"id": "r1", "type": "refund", "customer": "cus_1",
         "at": rfc3339(now), "payment": "p0", "amount": "1000.00", "currency": "USD"});
     assert_eq!(post_events(app, refund).await.0, 202);
-    usd_when(app, "acme", "available", "-200.00").await;
+    app.usd_when("acme", "available", "-200.00").await;
     let (status, refused) = payout_usd(app).await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["error"]["code"], "nothing_available");
@@ -257,7 +227,8 @@ async fn signups_count_only_inside_the_window(setup: Stack) {
     let (status, body) = post_events(app, json!(events)).await;
     assert_eq!(status, 202, "{body}");
     let counted = cases.iter().filter(|c| c.3).count();
-    usd_when(app, "acme", "available", &format!("{}.00", counted * 20)).await;
+    app.usd_when("acme", "available", &format!("{}.00", counted * 20))
+        .await;
     let (_, ledger) = app.get("/v1/partners/acme/ledger", Some(ADMIN)).await;
     let mut customers: Vec<&str> = ledger["entries"]
         .as_array()
@@ -290,7 +261,7 @@ async fn the_rate_is_locked_at_signup_and_tiers_follow_arr(setup: Stack) {
     ]);
     assert_eq!(post_events(app, events).await.0, 202);
     // The reseller earns nothing; the referral customer signed up at silver.
-    usd_when(app, "acme", "available", "22.00").await;
+    app.usd_when("acme", "available", "22.00").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, partner) = app.get("/v1/partners/acme", Some(ADMIN)).await;

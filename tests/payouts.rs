@@ -6,63 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{Stack, TestApp, ADMIN, MERCHANT};
 use serde_json::{json, Value};
 
-fn rfc3339(unix: i64) -> String {
-    chrono::DateTime::from_timestamp(unix, 0)
-        .unwrap()
-        .to_rfc3339()
-}
-
-/// A partner `id` with one referred customer whose payments (USD, in the
-/// past so that they are available) earn 20 % each.
-async fn partner_earning(app: &TestApp, id: &str, payments: &[&str]) -> String {
-    let token = app.create_partner(id).await;
-    let click = app.click(&format!("/r/{id}"), None, None).await;
-    let click_id = click.param("lc_click").unwrap();
-    app.report_when(id, "", 1).await;
-    let now = chrono::Utc::now().timestamp() - 60;
-    let customer = format!("cus_{id}");
-    let mut events = vec![json!({"id": format!("s_{id}"), "type": "signup",
-        "customer": customer, "at": rfc3339(now), "billing": "referral",
-        "attribution": {"click_id": click_id}})];
-    for (i, amount) in payments.iter().enumerate() {
-        events.push(json!({"id": format!("p_{id}_{i}"), "type": "payment",
-            "customer": customer, "at": rfc3339(now + 1 + i as i64),
-            "amount": amount, "currency": "USD", "period": "month"}));
-    }
-    let (status, body) = app
-        .send_json("POST", "/v1/events", Some(MERCHANT), json!(events))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    token
-}
-
-/// The partner's USD balance once `field` reads `expected`.
-async fn usd_when(app: &TestApp, partner: &str, field: &str, expected: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = app
-            .get(&format!("/v1/partners/{partner}/balance"), Some(ADMIN))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let usd = body["balances"]
-            .as_array()
-            .and_then(|b| b.iter().find(|b| b["currency"] == "USD").cloned())
-            .unwrap_or(Value::Null);
-        if usd[field] == expected {
-            return usd;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "USD {field} never became {expected}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::rfc3339;
 
 fn balance_of(usd: &Value) -> [&str; 4] {
     ["pending", "available", "in_payout", "paid"].map(|f| usd[f].as_str().unwrap_or("?"))
@@ -106,8 +53,8 @@ async fn text(app: &TestApp, path: &str, token: &str) -> (u16, String, String) {
 
 async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     let app = &setup.app;
-    let acme = partner_earning(app, "acme", &["300.00"]).await;
-    let usd = usd_when(app, "acme", "available", "60.00").await;
+    let acme = app.partner_earning("acme", &["300.00"]).await;
+    let usd = app.usd_when("acme", "available", "60.00").await;
     assert_eq!(balance_of(&usd), ["0.00", "60.00", "0.00", "0.00"]);
 
     // Requested by the partner itself: the whole available balance.
@@ -120,7 +67,7 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     assert_eq!(payout["paypal_email"], "acme@example.org");
     assert!(payout["requested_at"].is_string(), "{payout}");
     let id = payout["id"].clone();
-    let usd = usd_when(app, "acme", "in_payout", "60.00").await;
+    let usd = app.usd_when("acme", "in_payout", "60.00").await;
     assert_eq!(balance_of(&usd), ["0.00", "0.00", "60.00", "0.00"]);
     let (status, again) = request(app, "acme", &acme).await;
     assert_eq!(
@@ -146,7 +93,7 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     assert_eq!(status, 200, "{settled}");
     assert_eq!(settled["status"], "paid");
     assert_eq!(settled["reference"], "7XK21834LB");
-    let usd = usd_when(app, "acme", "paid", "60.00").await;
+    let usd = app.usd_when("acme", "paid", "60.00").await;
     assert_eq!(balance_of(&usd), ["0.00", "0.00", "0.00", "60.00"]);
     for (body, code) in [
         (paid("7XK21834LB"), "payout_not_requested"),
@@ -176,14 +123,14 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     assert_eq!(ledger["entries"][0]["note"], "7XK21834LB");
     assert_eq!(ledger["entries"][0]["id"], id);
 
-    let beta = partner_earning(app, "beta", &["500.00"]).await;
-    usd_when(app, "beta", "available", "100.00").await;
+    let beta = app.partner_earning("beta", &["500.00"]).await;
+    app.usd_when("beta", "available", "100.00").await;
     let (status, second) = request(app, "beta", &beta).await;
     assert_eq!(status, 201, "{second}");
     let (status, bounced) = settle(app, &second["id"], ADMIN, failed("account closed")).await;
     assert_eq!(status, 200, "{bounced}");
     assert_eq!(bounced["reason"], "account closed");
-    let usd = usd_when(app, "beta", "available", "100.00").await;
+    let usd = app.usd_when("beta", "available", "100.00").await;
     assert_eq!(balance_of(&usd), ["0.00", "100.00", "0.00", "0.00"]);
     let (status, refused) = settle(app, &second["id"], ADMIN, paid("late")).await;
     assert_eq!(
@@ -273,8 +220,8 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
 /// in the month it was posted and leaves a negative closing balance.
 async fn statements_add_up_and_show_a_late_clawback(setup: Stack) {
     let app = &setup.app;
-    let acme = partner_earning(app, "acme", &["300.00"]).await;
-    usd_when(app, "acme", "available", "60.00").await;
+    let acme = app.partner_earning("acme", &["300.00"]).await;
+    app.usd_when("acme", "available", "60.00").await;
     let (_, payout) = request(app, "acme", &acme).await;
     let (status, _) = settle(app, &payout["id"], ADMIN, paid("7XK")).await;
     assert_eq!(status, 200);
@@ -285,7 +232,7 @@ async fn statements_add_up_and_show_a_late_clawback(setup: Stack) {
         .send_json("POST", "/v1/events", Some(MERCHANT), refund)
         .await;
     assert_eq!(status, 202);
-    usd_when(app, "acme", "available", "-60.00").await;
+    app.usd_when("acme", "available", "-60.00").await;
 
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     let (status, statement) = app

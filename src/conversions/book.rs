@@ -430,7 +430,7 @@ impl Book {
         let tier = self.tier(rules, now);
         let currency = arr_currency(rules);
         // ARR is a measure shown in the currency's unit, not a paid sum.
-        let shown = |amount: Decimal| currency.round(amount);
+        let shown = |amount: Decimal| currency.shown(currency.round(amount));
         let new_3 = money::signups_within(&self.signups, now, 3);
         let new_12 = money::signups_within(&self.signups, now, 12);
         let next_tier = money::next_tier(&rules.tiers, tier).map(|next| {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod browser;
 pub mod redis_server;
 
 pub const ADMIN: &str = "test-admin-token";
@@ -203,6 +204,53 @@ impl TestApp {
         read(req.send().await.expect("request")).await
     }
 
+    /// A partner `id` with one referred customer whose payments (USD, in the
+    /// past so that they are available) earn 20 % each.
+    pub async fn partner_earning(&self, id: &str, payments: &[&str]) -> String {
+        let token = self.create_partner(id).await;
+        let click = self.click(&format!("/r/{id}"), None, None).await;
+        let click_id = click.param("lc_click").unwrap();
+        self.report_when(id, "", 1).await;
+        let now = chrono::Utc::now().timestamp() - 60;
+        let customer = format!("cus_{id}");
+        let mut events = vec![json!({"id": format!("s_{id}"), "type": "signup",
+            "customer": customer, "at": rfc3339(now), "billing": "referral",
+            "attribution": {"click_id": click_id}})];
+        for (i, amount) in payments.iter().enumerate() {
+            events.push(json!({"id": format!("p_{id}_{i}"), "type": "payment",
+                "customer": customer, "at": rfc3339(now + 1 + i as i64),
+                "amount": amount, "currency": "USD", "period": "month"}));
+        }
+        let (status, body) = self
+            .send_json("POST", "/v1/events", Some(MERCHANT), json!(events))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        token
+    }
+
+    /// The partner's USD balance once `field` reads `expected`.
+    pub async fn usd_when(&self, partner: &str, field: &str, expected: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self
+                .get(&format!("/v1/partners/{partner}/balance"), Some(ADMIN))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let usd = body["balances"]
+                .as_array()
+                .and_then(|b| b.iter().find(|b| b["currency"] == "USD").cloned())
+                .unwrap_or(Value::Null);
+            if usd[field] == expected {
+                return usd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "USD {field} never became {expected}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a partner as admin and returns its token.
     pub async fn create_partner(&self, id: &str) -> String {
         let (status, body) = self
@@ -387,6 +435,13 @@ async fn read(response: reqwest::Response) -> (u16, Value) {
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
+}
+
+/// A unix time as RFC 3339, the form events carry.
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap()
+        .to_rfc3339()
 }
 
 pub fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
