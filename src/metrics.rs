@@ -69,11 +69,35 @@ pub struct Metrics {
     events_received: IntCounterVec,
     events_processed: IntCounterVec,
     commissions: CounterVec,
-    payouts: IntCounterVec,
-    payout_amounts: CounterVec,
+    payouts: PayoutCounters,
     /// Requested payouts nobody has paid or failed yet, read from the
     /// store at scrape time.
     pub payouts_waiting: PayoutGauges,
+}
+
+/// Payouts that reached a status through this process.
+struct PayoutCounters {
+    count: IntCounterVec,
+    amount: CounterVec,
+}
+
+impl PayoutCounters {
+    fn new(r: &Register) -> Self {
+        PayoutCounters {
+            count: r.labelled(
+                "payouts_total",
+                "Payouts that reached a status (requested, paid, failed) through this process, by currency.",
+                &["status", "currency"],
+            ),
+            amount: r.add(CounterVec::new(
+                Opts::new(
+                    "payout_amount_total",
+                    "Amount of the payouts that reached a status through this process, by status and currency. For monitoring only: the ledger is the record.",
+                ),
+                &["status", "currency"],
+            )),
+        }
+    }
 }
 
 /// The payout queue's gauges, by currency.
@@ -236,18 +260,7 @@ impl Metrics {
                 ),
                 &["currency"],
             )),
-            payouts: r.labelled(
-                "payouts_total",
-                "Payouts that reached a status (requested, paid, failed) through this process, by currency.",
-                &["status", "currency"],
-            ),
-            payout_amounts: r.add(CounterVec::new(
-                Opts::new(
-                    "payout_amount_total",
-                    "Amount of the payouts that reached a status through this process, by status and currency. For monitoring only: the ledger is the record.",
-                ),
-                &["status", "currency"],
-            )),
+            payouts: PayoutCounters::new(&r),
             payouts_waiting: PayoutGauges::new(&r),
             book_steps: r.add(IntCounter::new(
                 "worker_book_steps_total",
@@ -307,9 +320,10 @@ impl Metrics {
     /// A payout that just reached its status.
     pub fn count_payout(&self, payout: &crate::conversions::book::Payout) {
         let labels = [payout.status.as_str(), payout.currency.code()];
-        self.payouts.with_label_values(&labels).inc();
+        self.payouts.count.with_label_values(&labels).inc();
         let amount = f64::try_from(payout.amount).unwrap_or(0.0);
-        self.payout_amounts
+        self.payouts
+            .amount
             .with_label_values(&labels)
             .inc_by(amount);
     }

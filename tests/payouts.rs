@@ -88,11 +88,32 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     assert_eq!(status, 200, "{queue}");
     assert_eq!(queue["payouts"], json!([payout]));
 
-    // Paid: in payout becomes paid; the record keeps the reference.
-    let (status, settled) = settle(app, &id, ADMIN, paid("7XK21834LB")).await;
-    assert_eq!(status, 200, "{settled}");
+    // Paid: in payout becomes paid; the record keeps the reference. Sent
+    // eight times at once (two admins, retries), it is applied once.
+    let tries = (0..8).map(|i| {
+        let reference = if i == 0 {
+            "7XK21834LB".to_owned()
+        } else {
+            format!("other{i}")
+        };
+        let id = id.clone();
+        async move { settle(app, &id, ADMIN, paid(&reference)).await }
+    });
+    let answers = futures_util::future::join_all(tries).await;
+    let done: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(done.len(), 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|(s, _)| [200, 409].contains(s)),
+        "{answers:?}"
+    );
+    let settled = done[0].clone();
+    // Whichever came first is the one recorded.
+    let reference = settled["reference"].as_str().unwrap().to_owned();
     assert_eq!(settled["status"], "paid");
-    assert_eq!(settled["reference"], "7XK21834LB");
     let usd = app.usd_when("acme", "paid", "60.00").await;
     assert_eq!(balance_of(&usd), ["0.00", "0.00", "0.00", "60.00"]);
     for (body, code) in [
@@ -120,7 +141,7 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["payout_paid", "payout_requested", "commission"]);
-    assert_eq!(ledger["entries"][0]["note"], "7XK21834LB");
+    assert_eq!(ledger["entries"][0]["note"], reference.as_str());
     assert_eq!(ledger["entries"][0]["id"], id);
 
     let beta = app.partner_earning("beta", &["500.00"]).await;
