@@ -202,7 +202,12 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
         );
     }
 
-    // The PayPal bulk file: one line per requested payout, amounts exact.
+    // The PayPal bulk file: one line per requested payout, oldest first,
+    // amounts exact.
+    let gamma = app.partner_earning("gamma", &["251.23"]).await;
+    app.usd_when("gamma", "available", "50.25").await;
+    let (status, fourth) = request(app, "gamma", &gamma).await;
+    assert_eq!(status, 201, "{fourth}");
     let (status, kind, file) = text(app, "/v1/payouts?status=requested&format=paypal", ADMIN).await;
     assert_eq!(status, 200, "{file}");
     assert!(kind.starts_with("text/csv"), "{kind}");
@@ -210,28 +215,38 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
         .lines()
         .map(|l| l.trim_end_matches('\r').split(',').collect())
         .collect();
-    assert_eq!(
-        lines,
-        vec![vec![
-            "beta@example.org",
-            "100.00",
+    let line = |email, amount, payout: &Value, partner| {
+        let note = format!("Partner program commission for {partner}");
+        [
+            email,
+            amount,
             "USD",
-            third["id"].as_str().unwrap(),
-            "Partner program commission for beta",
-            "PAYPAL"
-        ]]
-    );
+            payout["id"].as_str().unwrap(),
+            &note,
+            "PAYPAL",
+        ]
+        .map(str::to_owned)
+    };
+    let expected = vec![
+        line("beta@example.org", "100.00", &third, "beta"),
+        line("gamma@example.org", "50.25", &fourth, "gamma"),
+    ];
+    let lines: Vec<Vec<String>> = lines
+        .into_iter()
+        .map(|l| l.into_iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(lines, expected);
     let (status, _, _) = text(app, "/v1/payouts?status=paid&format=paypal", ADMIN).await;
     assert_eq!(status, 400);
 
     // Metrics: every step counted, the waiting queue read at scrape time.
     let metrics = app.metrics().await;
     for series in [
-        "lastclick_payouts_total{currency=\"USD\",status=\"requested\"} 3",
+        "lastclick_payouts_total{currency=\"USD\",status=\"requested\"} 4",
         "lastclick_payouts_total{currency=\"USD\",status=\"paid\"} 1",
         "lastclick_payouts_total{currency=\"USD\",status=\"failed\"} 1",
-        "lastclick_payouts_waiting{currency=\"USD\"} 1",
-        "lastclick_payouts_waiting_amount{currency=\"USD\"} 100",
+        "lastclick_payouts_waiting{currency=\"USD\"} 2",
+        "lastclick_payouts_waiting_amount{currency=\"USD\"} 150.25",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

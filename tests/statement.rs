@@ -146,6 +146,42 @@ fn usd(figures: &[CurrencyStatement]) -> CurrencyStatement {
         .unwrap_or_default()
 }
 
+/// The case: a payout paid in January, its commission clawed back
+/// in February. January closes at 0 with the payout paid; February shows
+/// the clawback and closes below zero.
+#[test]
+fn a_clawback_after_a_paid_payout_shows_in_the_next_month() {
+    let ledger = ledger_of(&[
+        Step::Earn(EntryKind::Commission, 6_000),
+        Step::RequestPayout,
+        Step::Settle(true),
+        Step::Wait(24 * 20),
+        Step::Earn(EntryKind::Clawback, -6_000),
+    ]);
+    let statement = |month: &str| {
+        let mut builder = StatementBuilder::new(Month::parse(month).unwrap());
+        for e in &ledger {
+            builder.add(e);
+        }
+        builder.finish()
+    };
+    let january = statement("2026-01");
+    let jan = usd(&january.currencies);
+    assert_eq!(jan.commissions, Decimal::new(6_000, 2));
+    assert_eq!(jan.payouts_requested, Decimal::new(-6_000, 2));
+    assert_eq!(jan.paid, Decimal::new(6_000, 2));
+    assert_eq!(jan.closing_balance, Decimal::new(0, 2));
+    assert_eq!(jan.closing_in_payout, Decimal::new(0, 2));
+    assert_eq!(january.lines.len(), 3);
+    let february = statement("2026-02");
+    let feb = usd(&february.currencies);
+    assert_eq!(feb.opening_balance, Decimal::new(0, 2));
+    assert_eq!(feb.clawbacks, Decimal::new(-6_000, 2));
+    assert_eq!(feb.closing_balance, Decimal::new(-6_000, 2));
+    assert_eq!(february.lines.len(), 1);
+    assert_eq!(february.lines[0].kind, EntryKind::Clawback);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -163,8 +199,10 @@ proptest! {
         let first = Month::parse("2026-01").unwrap();
         let mut previous: Option<CurrencyStatement> = None;
         let mut seen_lines = BTreeMap::new();
-        for month in 0..14u32 {
-            let month = Month::of(first.start() + chrono::Months::new(month));
+        // Every month from the first to the one of the last entry.
+        let last = ledger.iter().filter_map(|e| e.posted_at).max().unwrap_or(first.start());
+        let months = (0..).map(|n| Month::of(first.start() + chrono::Months::new(n)));
+        for month in months.take_while(|m| m.start() <= last) {
             let mut builder = StatementBuilder::new(month);
             for e in &fed {
                 builder.add(e);
