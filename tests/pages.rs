@@ -245,17 +245,23 @@ async fn the_dashboard_range_grouping_and_downloads_follow_the_picker() {
 }
 
 #[tokio::test]
-async fn the_console_is_one_self_contained_page() {
+async fn both_pages_are_self_contained() {
     let app = TestApp::spawn().await;
-    let response = reqwest::get(app.url("/admin")).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let policy = response.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
-    let page = response.text().await.unwrap();
-    for external in ["<script src", "<link", "http://", "https://", "@import"] {
-        assert!(!page.contains(external), "the console loads {external}");
+    for page in ["/dashboard", "/admin"] {
+        let response = reqwest::get(app.url(page)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let policy = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{page}: {policy}"
+        );
+        let html = response.text().await.unwrap();
+        for external in ["<script src", "<link", "http://", "https://", "@import"] {
+            assert!(!html.contains(external), "{page} loads {external}");
+        }
     }
 }

@@ -1,16 +1,27 @@
-//! The two web pages, each one self-contained file compiled in (no build
-//! step, no external assets): `GET /dashboard`, the partner dashboard
+//! The two web pages: `GET /dashboard`, the partner dashboard
 //! (`dashboard.html`), and `GET /admin`, the program team's console
-//! (`console.html`). Both hold their token in memory only and send it in
-//! the Authorization header of this service's API.
+//! (`console.html`). Each is served as one self-contained file (no build
+//! step, no external assets): the styles and helpers both use
+//! (`pages/shared.css`, `pages/shared.js`) are put in place of their
+//! markers once, when a page is first asked for. Both hold their token in
+//! memory only and send it in the Authorization header of this service's
+//! API.
+
+use std::sync::LazyLock;
 
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_FRAME_OPTIONS,
 };
 use axum::response::IntoResponse;
 
-const DASHBOARD: &str = include_str!("dashboard.html");
-const CONSOLE: &str = include_str!("console.html");
+static DASHBOARD: LazyLock<String> = LazyLock::new(|| assemble(include_str!("dashboard.html")));
+static CONSOLE: LazyLock<String> = LazyLock::new(|| assemble(include_str!("console.html")));
+
+/// `page` with the shared styles and script in place of their markers.
+fn assemble(page: &str) -> String {
+    page.replacen("/* shared.css */", include_str!("pages/shared.css"), 1)
+        .replacen("/* shared.js */", include_str!("pages/shared.js"), 1)
+}
 
 /// The pages may talk to this service's API only, and load nothing else.
 /// (A CSV download is a `blob:` link the page makes: a navigation, which
@@ -33,9 +44,23 @@ fn page(html: &'static str) -> impl IntoResponse {
 }
 
 pub async fn dashboard() -> impl IntoResponse {
-    page(DASHBOARD)
+    page(&DASHBOARD)
 }
 
 pub async fn console() -> impl IntoResponse {
-    page(CONSOLE)
+    page(&CONSOLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_page_gets_the_shared_parts_once() {
+        for page in [&*DASHBOARD, &*CONSOLE] {
+            assert!(!page.contains("/* shared.css */") && !page.contains("/* shared.js */"));
+            assert_eq!(page.matches("function esc(").count(), 1);
+            assert_eq!(page.matches("[hidden] {").count(), 1);
+        }
+    }
 }
