@@ -135,7 +135,7 @@ async fn a_new_partner_is_paid_through_the_dashboard_and_the_console() {
     let closing = browser
         .wait_for(
             "the statement",
-            "const c = document.querySelector('#statement [data-col=closing]'); return c && c.textContent",
+            "const c = document.querySelector('#statement [data-figure=closing]'); return c && c.textContent",
         )
         .await;
     assert_eq!(closing, "0.00");
