@@ -53,6 +53,7 @@ pub struct Config {
     pub api: Api,
     pub report: Report,
     pub worker: Worker,
+    pub log: crate::logs::Log,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +336,9 @@ impl Config {
 
     /// Checks every rule a key must follow; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(why) = self.log.filter() {
+            return Err(invalid("log.level", why));
+        }
         if self.listen.write_timeout.is_zero() {
             return Err(invalid("listen.write_timeout", "must be longer than zero"));
         }

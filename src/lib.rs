@@ -12,8 +12,8 @@
 //!   rules: from a merchant's event to a partner's ledger entry
 //! - [`report`]: the UTM performance report; [`csv`]: the one CSV writer,
 //!   safe for spreadsheets
-//! - [`api`]: the `/v1` JSON API, its tokens and roles, and the dashboard
-//!   page
+//! - [`api`]: the `/v1` JSON API, its tokens and roles, and the two pages
+//!   (the partner dashboard, the admin console)
 //! - [`store`]: the `Store` trait and its two stores, SQLite (embedded) and
 //!   Redis
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
@@ -23,7 +23,8 @@
 //!   priority
 //! - [`fuzz`]: the fuzz targets' entry points, also replayed by the tests
 //! - wiring: [`serve`] (listeners, tasks, graceful shutdown), [`admin`]
-//!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`]
+//!   (`/metrics`, `/healthz`, `/readyz`), [`metrics`], [`config`],
+//!   [`logs`]
 
 pub mod admin;
 pub mod api;
@@ -34,6 +35,7 @@ pub mod edge;
 pub mod fuzz;
 pub mod ids;
 pub mod json;
+pub mod logs;
 pub mod low_priority;
 pub mod metrics;
 pub mod report;

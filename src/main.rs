@@ -1,6 +1,5 @@
 //! The `lastclick` binary: parses the subcommand and calls the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,13 +78,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, check } => serve(config, check),
@@ -109,8 +101,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration, with logging started as its `[log]` says.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    lastclick::logs::init(&config.log);
+    Ok(config)
+}
+
 fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
-    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let config = load_config(path.as_deref())?;
     if check {
         println!("configuration ok");
         return Ok(());
@@ -133,7 +132,7 @@ fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
 }
 
 fn worker(path: Option<PathBuf>) -> Result<(), String> {
-    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let config = load_config(path.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,7 +148,7 @@ fn worker(path: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn backup(dest: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
-    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let config = load_config(path.as_deref())?;
     if !config.embedded() {
         return Err("`redis.url`: backup copies the embedded store; back Redis up with its own tools (an AOF or RDB copy)".into());
     }
@@ -174,7 +173,7 @@ fn backup(dest: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
 }
 
 fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
-    let mut config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let mut config = load_config(path.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,7 +227,7 @@ fn link(
     base_url: Option<String>,
     path: Option<PathBuf>,
 ) -> Result<(), String> {
-    let config = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+    let config = load_config(path.as_deref())?;
     let partner = PartnerId::parse(&partner).map_err(|e| format!("--partner: {e}"))?;
     let campaign = campaign
         .map(|c| CampaignSlug::parse(&c).map_err(|e| format!("--campaign: {e}")))

@@ -314,6 +314,7 @@ fn announce(public: &TcpListener, admin: &TcpListener) -> Result<(), ServeError>
     };
     let (public, admin) = (address(public)?, address(admin)?);
     println!("lastclick listening public=http://{public} admin=http://{admin}");
+    tracing::info!(%public, %admin, version = env!("CARGO_PKG_VERSION"), "listening");
     Ok(())
 }
 

@@ -438,3 +438,95 @@ async fn ingest_queues_events_into_a_running_embedded_service() {
     })
     .await;
 }
+
+/// Runs `serve` on `db` with JSON logs until it has answered a request
+/// and a SIGTERM; answers its log lines.
+fn json_log_lines(db: &std::path::Path) -> Vec<Value> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut env = bare_env(db);
+    // `log.level`, not the tests' RUST_LOG=warn, decides.
+    env.retain(|(k, _)| k != "RUST_LOG");
+    env.push(("LASTCLICK_LOG__FORMAT".into(), "json".into()));
+    env.push(("LASTCLICK_LOG__LEVEL".into(), "info".into()));
+    let mut child = std::process::Command::new(binary())
+        .arg("serve")
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut listening = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut listening)
+        .unwrap();
+    let public = listening
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("public="))
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    let answer = common::raw_exchange(
+        &public,
+        b"GET /v1/partners HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 401"));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// `log.format = "json"`: one object per line, with its time, level,
+/// target and message; a token the first start generates is logged by that
+/// start only, never again.
+#[test]
+fn json_logs_are_one_object_a_line_and_name_a_generated_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lastclick.db");
+    let first = json_log_lines(&db);
+    let admin = kept_setting(&db, "auth.admin_token");
+    let merchant = kept_setting(&db, "auth.merchant_token");
+    for line in &first {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line[field].is_string(), "no {field}: {line}");
+        }
+    }
+    let shown = |lines: &[Value], token: &str| {
+        lines
+            .iter()
+            .filter(|l| l.to_string().contains(token))
+            .count()
+    };
+    assert_eq!(shown(&first, &admin), 1, "{first:?}");
+    assert_eq!(shown(&first, &merchant), 1);
+    let generated = first
+        .iter()
+        .find(|l| l.to_string().contains(&admin))
+        .unwrap();
+    assert_eq!(generated["level"], "WARN");
+    assert_eq!(generated["token"], admin.as_str());
+    let again = json_log_lines(&db);
+    assert!(
+        again.iter().any(|l| l["message"] == "listening"),
+        "{again:?}"
+    );
+    assert_eq!(
+        shown(&again, &admin) + shown(&again, &merchant),
+        0,
+        "{again:?}"
+    );
+}
