@@ -40,6 +40,9 @@ enum Command {
         /// TOML configuration file; environment variables LASTCLICK_<SECTION>__<KEY> override it.
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Validate the configuration (which must name Redis) and exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Queue conversion events from a JSON Lines file (one event per line),
     /// validated as POST /v1/events validates them, into Redis or the
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, check } => serve(config, check),
-        Command::Worker { config } => worker(config),
+        Command::Worker { config, check } => worker(config, check),
         Command::Ingest { file, config } => ingest(file, config),
         Command::Backup { dest, config } => backup(dest, config),
         Command::Link {
@@ -131,8 +134,18 @@ fn serve(path: Option<PathBuf>, check: bool) -> Result<(), String> {
     })
 }
 
-fn worker(path: Option<PathBuf>) -> Result<(), String> {
+fn worker(path: Option<PathBuf>, check: bool) -> Result<(), String> {
     let config = load_config(path.as_deref())?;
+    if check {
+        if config.embedded() {
+            return Err(
+                "`redis.url`: the worker needs Redis; in embedded mode `serve` runs the worker itself"
+                    .into(),
+            );
+        }
+        println!("configuration ok");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -271,26 +271,3 @@ async fn a_full_click_buffer_drops_and_counts_instead_of_waiting() {
         10.0
     );
 }
-
-#[test]
-fn the_production_example_configuration_is_valid_and_uses_the_state_directory() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/lastclick.toml");
-    let out = Command::new(binary())
-        .args(["serve", "--check", "--config", example])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(example).unwrap();
-    assert!(text.contains("path = \"/var/lib/lastclick/lastclick.db\""));
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/lastclick.service"
-    ))
-    .unwrap();
-    assert!(unit.contains("StateDirectory=lastclick"), "{unit}");
-}
