@@ -49,6 +49,11 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         Ok(Ok(parked)) => state.metrics.queue.parked.set(parked as i64),
         _ => state.metrics.count_store_error("parked_count"),
     }
+    let answers = tokio::time::timeout(STATS_TIMEOUT, state.store.ping()).await;
+    state
+        .metrics
+        .ready
+        .set(i64::from(matches!(answers, Ok(Ok(())))));
     match tokio::time::timeout(STATS_TIMEOUT, payout_queue(&state)).await {
         Ok(Ok(())) => {}
         _ => state.metrics.count_store_error("payout_queue"),
@@ -73,14 +78,27 @@ async fn payout_queue(state: &AdminState) -> Result<(), crate::store::StoreError
         .payouts(Some(PayoutStatus::Requested), None, PAYOUTS_READ)
         .await?;
     let gauges = &state.metrics.payouts_waiting;
-    // Currencies that no longer wait read 0, not their last figure.
-    gauges.count.reset();
-    gauges.amount.reset();
+    // Each currency paid out reads its figures, 0 when none waits.
+    let mut by_currency: std::collections::BTreeMap<_, (i64, f64)> = state
+        .metrics
+        .currencies()
+        .iter()
+        .map(|c| (*c, (0, 0.0)))
+        .collect();
     for payout in &waiting {
-        let currency = [payout.currency.code()];
-        gauges.count.with_label_values(&currency).inc();
-        let amount = f64::try_from(payout.amount).unwrap_or(0.0);
-        gauges.amount.with_label_values(&currency).add(amount);
+        let figures = by_currency.entry(payout.currency).or_default();
+        figures.0 += 1;
+        figures.1 += f64::try_from(payout.amount).unwrap_or(0.0);
+    }
+    for (currency, (count, amount)) in by_currency {
+        gauges
+            .count
+            .with_label_values(&[currency.code()])
+            .set(count);
+        gauges
+            .amount
+            .with_label_values(&[currency.code()])
+            .set(amount);
     }
     let oldest = waiting
         .first()

@@ -57,6 +57,10 @@ pub struct Metrics {
     redirects: Vec<IntCounter>,
     pub redirect_seconds: Histogram,
     pub click_queue_depth: IntGauge,
+    /// `clicks.buffer_capacity`, so that alerts read the depth as a share.
+    pub click_queue_capacity: IntGauge,
+    /// 1 while the store answers, as `/readyz` sees it at scrape time.
+    pub ready: IntGauge,
     pub clicks_dropped: IntCounter,
     pub clicks_written: IntCounter,
     /// The event queue, read from the store at scrape time.
@@ -73,7 +77,24 @@ pub struct Metrics {
     /// Requested payouts nobody has paid or failed yet, read from the
     /// store at scrape time.
     pub payouts_waiting: PayoutGauges,
+    /// The currencies paid out (`payout.minimum`), set by `prime`.
+    currencies: std::sync::OnceLock<Vec<Currency>>,
 }
+
+/// The store operations every instance performs, whose error counters
+/// start at zero.
+const COMMON_STORE_OPERATIONS: [&str; 3] = ["record_clicks", "ping", "next_events"];
+/// Why a limit refused a request (`requests_refused_total{reason}`).
+const REFUSED_REASONS: [&str; 6] = [
+    "overloaded",
+    "connection_closed",
+    "admin_connection_closed",
+    "rate_limited",
+    "reports_busy",
+    "body_timeout",
+];
+/// What the worker makes of an event (`events_processed_total{outcome}`).
+const PROCESSED_OUTCOMES: [&str; 4] = ["applied", "duplicate", "no_effect", "parked"];
 
 /// Payouts that reached a status through this process.
 struct PayoutCounters {
@@ -230,6 +251,14 @@ impl Metrics {
                 "click_buffer_depth",
                 "Clicks waiting in memory to be written to the store.",
             )),
+            click_queue_capacity: r.add(IntGauge::new(
+                "click_buffer_capacity",
+                "Clicks the in-memory buffer holds at most (clicks.buffer_capacity).",
+            )),
+            ready: r.add(IntGauge::new(
+                "ready",
+                "1 while the store answers (as /readyz sees it, checked at scrape time), else 0.",
+            )),
             clicks_dropped: r.add(IntCounter::new(
                 "clicks_dropped_total",
                 "Counted clicks dropped because the click buffer was full.",
@@ -262,6 +291,7 @@ impl Metrics {
             )),
             payouts: PayoutCounters::new(&r),
             payouts_waiting: PayoutGauges::new(&r),
+            currencies: std::sync::OnceLock::new(),
             book_steps: r.add(IntCounter::new(
                 "worker_book_steps_total",
                 "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",
@@ -282,6 +312,43 @@ impl Metrics {
             )),
             registry: r.0,
         }
+    }
+
+    /// Starts the series a dashboard or an alert reads at zero, so that
+    /// they read 0, not nothing, before the first event: each event type's
+    /// intake and outcomes, the common store operations' errors, and the
+    /// commissions and payouts of each currency paid out.
+    pub fn prime(&self, currencies: &[Currency]) {
+        for kind in crate::conversions::events::EventType::ALL {
+            for outcome in ["queued", "duplicate"] {
+                self.events_received
+                    .with_label_values(&[kind.name(), outcome]);
+            }
+            for outcome in PROCESSED_OUTCOMES {
+                self.events_processed
+                    .with_label_values(&[kind.name(), outcome]);
+            }
+        }
+        for reason in REFUSED_REASONS {
+            self.refused.with_label_values(&[reason]);
+        }
+        for operation in COMMON_STORE_OPERATIONS {
+            self.store_errors.with_label_values(&[operation]);
+        }
+        for currency in currencies {
+            self.commissions.with_label_values(&[currency.code()]);
+            for status in crate::conversions::book::PayoutStatus::ALL {
+                let labels = [status.as_str(), currency.code()];
+                self.payouts.count.with_label_values(&labels);
+                self.payouts.amount.with_label_values(&labels);
+            }
+        }
+        let _ = self.currencies.set(currencies.to_vec());
+    }
+
+    /// The currencies paid out, as `prime` was given them.
+    pub fn currencies(&self) -> &[Currency] {
+        self.currencies.get().map_or(&[], Vec::as_slice)
     }
 
     pub fn count_redirect(&self, outcome: RedirectOutcome) {

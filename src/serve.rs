@@ -80,6 +80,8 @@ pub async fn run(
     let store = open_store(&mut config, true).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    let paid_out: Vec<_> = config.payout.minimum.keys().copied().collect();
+    metrics.prime(&paid_out);
     announce(&public, &admin)?;
 
     let routes = load_routes(&config, store.as_ref(), &metrics).await;
@@ -275,6 +277,8 @@ pub async fn run_worker(
     let store = open_store(&mut config, false).await?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
+    let paid_out: Vec<_> = config.payout.minimum.keys().copied().collect();
+    metrics.prime(&paid_out);
     // Once the store is open, as `serve` does.
     let admin_addr = admin
         .local_addr()

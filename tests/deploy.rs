@@ -112,3 +112,149 @@ fn the_units_checks_pass_with_the_example_configuration() {
     ));
     assert_ok("worker --check", &check("worker", &env));
 }
+
+/// Every `lastclick_…` metric name in `text` (a histogram's series by
+/// their family's name).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("lastclick_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = name
+            .strip_suffix("_bucket")
+            .filter(|base| base.ends_with("_seconds"))
+            .unwrap_or(&name);
+        names.insert(family.to_owned());
+    }
+    names
+}
+
+/// The dashboard's PromQL expressions.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy("grafana/lastclick.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dashboard["uid"], "lastclick");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut queries = Vec::new();
+    for panel in panels {
+        assert!(
+            panel["title"].is_string() && panel["gridPos"]["w"].is_u64(),
+            "{panel}"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{panel}");
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    queries
+}
+
+/// `promtool check rules` on each query as a recording rule: the
+/// dashboard's PromQL parses.
+fn check_promql(queries: &[String]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, query) in queries.iter().enumerate() {
+        let query = query.replace("$__rate_interval", "5m");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&query).unwrap()
+        ));
+    }
+    let path = dir.path().join("dashboard.yml");
+    std::fs::write(&path, rules).unwrap();
+    let out = run(
+        "promtool",
+        &["check", "rules", path.to_str().unwrap()],
+        "Debian's prometheus",
+    );
+    assert_ok("promtool check rules (the dashboard's queries)", &out);
+}
+
+/// The Grafana dashboard's and the alerts' queries parse, and every metric
+/// they read is one the real service exports (after a little traffic: a
+/// click, a signup and payment, a payout request).
+#[tokio::test]
+async fn the_dashboard_and_alerts_read_only_exported_metrics() {
+    let queries = dashboard_queries();
+    check_promql(&queries);
+    let alerts = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let mut wanted = metric_names(&queries.join("\n"));
+    wanted.extend(metric_names(&alerts));
+
+    let app = common::TestApp::spawn().await;
+    let acme = app.partner_earning("acme", &["300.00"]).await;
+    app.usd_when("acme", "available", "60.00").await;
+    let (status, _) = app
+        .send_json(
+            "POST",
+            "/v1/partners/acme/payouts",
+            Some(&acme),
+            serde_json::json!({"currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let exported: std::collections::BTreeSet<String> = app
+        .metrics()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = wanted.difference(&exported).collect();
+    assert!(missing.is_empty(), "queried, not exported: {missing:?}");
+    for panel in [
+        "lastclick_redirects_total",
+        "lastclick_redirect_duration_seconds",
+        "lastclick_click_buffer_depth",
+        "lastclick_clicks_dropped_total",
+        "lastclick_clicks_written_total",
+        "lastclick_store_errors_total",
+        "lastclick_worker_lag_events",
+        "lastclick_worker_pending_events",
+        "lastclick_events_processed_total",
+        "lastclick_commissions_total",
+        "lastclick_payouts_waiting",
+    ] {
+        assert!(wanted.contains(panel), "the dashboard shows no {panel}");
+    }
+}
+
+/// The alert rules load, and their unit tests (`alerts.test.yml`: each
+/// alert fires on trouble and stays quiet otherwise) pass.
+#[test]
+fn the_alert_rules_check_and_pass_their_unit_tests() {
+    let dir = deploy("prometheus");
+    let check = run(
+        "promtool",
+        &["check", "rules", dir.join("alerts.yml").to_str().unwrap()],
+        "Debian's prometheus",
+    );
+    assert_ok("promtool check rules alerts.yml", &check);
+    let test = Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_ok("promtool test rules alerts.test.yml", &test);
+    for alert in [
+        "LastclickClicksDropped",
+        "LastclickClickBufferFilling",
+        "LastclickStoreErrors",
+        "LastclickNotReady",
+        "LastclickWorkerLagGrowing",
+        "LastclickEventsDeadLettered",
+        "LastclickRedirectSlow",
+    ] {
+        let tests = std::fs::read_to_string(dir.join("alerts.test.yml")).unwrap();
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} untested"
+        );
+    }
+}
