@@ -258,3 +258,114 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
         );
     }
 }
+
+/// Copies `files` (paths under `deploy/`) into a fresh directory, keeping
+/// their layout.
+fn deploy_copy(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        let to = dir.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(deploy(file), &to).unwrap();
+    }
+    dir
+}
+
+/// `yaml` as JSON, through Python's YAML parser (which podman-compose
+/// brings).
+fn yaml_to_json(yaml: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    let mut python = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    python.stdin.take().unwrap().write_all(yaml).unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert_ok("reading YAML", &out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The compose file as `podman-compose config` resolves it: Redis with AOF
+/// and no eviction, two serves, two workers in Redis mode, a Prometheus
+/// whose configuration (with the alert rules) `promtool` accepts.
+#[test]
+fn the_compose_file_resolves_and_its_prometheus_config_checks() {
+    let dir = deploy_copy(&[
+        "compose.yaml",
+        "compose/prometheus.yml",
+        "compose/lastclick.env.example",
+        "prometheus/alerts.yml",
+    ]);
+    let root = dir.path();
+    std::fs::copy(
+        root.join("compose/lastclick.env.example"),
+        root.join("compose/lastclick.env"),
+    )
+    .unwrap();
+    let out = Command::new("podman-compose")
+        .args(["-f", "compose.yaml", "config"])
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("podman-compose cannot run ({e}): scripts/test installs it (pip install podman-compose, with Debian's podman)"));
+    assert_ok("podman-compose config", &out);
+    let compose = yaml_to_json(&out.stdout);
+    let services = compose["services"].as_object().expect("services");
+    let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "prometheus",
+            "redis",
+            "serve-1",
+            "serve-2",
+            "worker-1",
+            "worker-2"
+        ]
+    );
+    let redis = services["redis"]["command"].to_string();
+    for flag in [
+        "--appendonly",
+        "\"yes\"",
+        "--maxmemory-policy",
+        "noeviction",
+    ] {
+        assert!(redis.contains(flag), "redis lacks {flag}: {redis}");
+    }
+    for (service, command) in [
+        ("serve-1", "serve"),
+        ("serve-2", "serve"),
+        ("worker-1", "worker"),
+        ("worker-2", "worker"),
+    ] {
+        let s = &services[service];
+        assert_eq!(s["command"][0], command, "{service}");
+        let env = &s["environment"];
+        assert_eq!(
+            env["LASTCLICK_REDIS__URL"], "redis://redis:6379/",
+            "{service}"
+        );
+        assert!(s["depends_on"].to_string().contains("redis"), "{service}");
+    }
+
+    // Prometheus's own configuration, with the rule file where it is here.
+    let prometheus = root.join("compose/prometheus.yml");
+    let text = std::fs::read_to_string(&prometheus).unwrap();
+    assert!(text.contains("serve-1:9090") && text.contains("worker-2:9091"));
+    let local = text.replace(
+        "/etc/prometheus/alerts.yml",
+        root.join("prometheus/alerts.yml").to_str().unwrap(),
+    );
+    std::fs::write(&prometheus, local).unwrap();
+    let check = run(
+        "promtool",
+        &["check", "config", prometheus.to_str().unwrap()],
+        "Debian's prometheus",
+    );
+    assert_ok("promtool check config", &check);
+}
