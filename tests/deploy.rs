@@ -369,3 +369,67 @@ fn the_compose_file_resolves_and_its_prometheus_config_checks() {
     );
     assert_ok("promtool check config", &check);
 }
+
+/// Every manifest the kustomization lists validates against the
+/// Kubernetes schemas (strict: no unknown field), the serve Deployment
+/// probes the admin port, and the configuration the manifests mount
+/// passes both checks with the example secrets.
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let dir = deploy("kubernetes");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let listed = yaml_to_json(kustomization.as_bytes());
+    let resources: Vec<String> = listed["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| dir.join(r.as_str().unwrap()).to_string_lossy().into_owned())
+        .collect();
+    assert!(resources.len() >= 6, "{resources:?}");
+    let mut args = vec!["--strict", "-k", "1.30.0"];
+    args.extend(resources.iter().map(String::as_str));
+    let out = run(
+        "kubernetes-validate",
+        &args,
+        "pip install kubernetes-validate",
+    );
+    assert_ok("kubernetes-validate", &out);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        report.matches(" passed ").count(),
+        resources.len(),
+        "{report}"
+    );
+
+    let serve = yaml_to_json(&std::fs::read(dir.join("serve.yaml")).unwrap());
+    let container = &serve["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "admin");
+    assert!(container["resources"]["limits"]["cpu"].is_string());
+    for kind in ["PodDisruptionBudget", "HorizontalPodAutoscaler"] {
+        let found = resources.iter().any(|r| {
+            std::fs::read_to_string(r)
+                .unwrap()
+                .contains(&format!("kind: {kind}"))
+        });
+        assert!(found, "no {kind}");
+    }
+
+    let env: Vec<(String, String)> = std::fs::read_to_string(dir.join("secrets.env.example"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    for subcommand in ["serve", "worker"] {
+        let out = Command::new(binary())
+            .args([subcommand, "--check", "--config"])
+            .arg(dir.join("lastclick.toml"))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert_ok(&format!("{subcommand} --check"), &out);
+    }
+}
