@@ -433,3 +433,147 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         assert_ok(&format!("{subcommand} --check"), &out);
     }
 }
+
+/// A working container and image, removed when dropped.
+struct BuiltImage {
+    tag: String,
+    container: Option<String>,
+}
+
+impl Drop for BuiltImage {
+    fn drop(&mut self) {
+        if let Some(container) = &self.container {
+            let _ = Command::new("buildah").args(["umount", container]).output();
+            let _ = Command::new("buildah").args(["rm", container]).output();
+        }
+        let _ = Command::new("buildah")
+            .args(["rmi", "-f", &self.tag])
+            .output();
+    }
+}
+
+fn buildah(args: &[&str]) -> String {
+    let out = run("buildah", args, "Debian's buildah");
+    assert_ok(&format!("buildah {}", args.join(" ")), &out);
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The image, built as `deploy/container/build` builds it (from the binary
+/// under test), is checked without a container runtime, which these
+/// machines cannot run: its configuration (non-root user, `serve` by
+/// default, the state volume), then its filesystem, mounted, with the
+/// binary run from it under `chroot` as the image's user: `serve --check`
+/// and `worker --check`, then `serve` answering `/healthz`.
+#[test]
+fn the_container_image_runs_serve_from_its_own_filesystem() {
+    let uid = run("id", &["-u"], "coreutils");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the image test mounts the image (buildah mount) and runs chroot: it needs root"
+    );
+    let tag = format!("localhost/lastclick-test:{}", std::process::id());
+    let mut image = BuiltImage {
+        tag: tag.clone(),
+        container: None,
+    };
+    let build = Command::new(deploy("container/build"))
+        .args([binary(), &tag])
+        .env("BUILDER", "buildah")
+        .output()
+        .unwrap();
+    assert_ok("deploy/container/build", &build);
+
+    let config: serde_json::Value =
+        serde_json::from_str(&buildah(&["inspect", "--type", "image", &tag])).unwrap();
+    let oci = &config["OCIv1"]["config"];
+    assert_eq!(oci["User"], "65532:65532");
+    assert_eq!(
+        oci["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/lastclick"])
+    );
+    assert_eq!(oci["Cmd"], serde_json::json!(["serve"]));
+    assert!(oci["Volumes"]["/var/lib/lastclick"].is_object(), "{oci}");
+    let image_env: Vec<(String, String)> = oci["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str()?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+
+    let container = buildah(&["from", &tag]);
+    image.container = Some(container.clone());
+    let root = PathBuf::from(buildah(&["mount", &container]));
+    let size: u64 = std::fs::metadata(root.join("usr/local/bin/lastclick"))
+        .unwrap()
+        .len();
+    assert!(size < 60_000_000, "the binary is stripped: {size} bytes");
+    // As the image's user, with the image's environment, as a runtime
+    // would start it; the ports are moved to free loopback ones.
+    let in_image = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = Command::new("chroot");
+        command
+            .arg("--userspec=65532:65532")
+            .arg(&root)
+            .arg("/usr/local/bin/lastclick")
+            .args(args)
+            .env_clear()
+            .envs(image_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .env("LASTCLICK_LISTEN__HTTP", "127.0.0.1:0")
+            .env("LASTCLICK_LISTEN__ADMIN", "127.0.0.1:0");
+        command
+    };
+    let check = in_image(&["serve", "--check"], &[]).output().unwrap();
+    assert_ok("serve --check in the image", &check);
+    let redis = [
+        ("LASTCLICK_REDIS__URL", "redis://127.0.0.1:6379/"),
+        (
+            "LASTCLICK_COOKIE__SECRETS",
+            "a-cookie-secret-0123456789abcdef",
+        ),
+        (
+            "LASTCLICK_AUTH__ADMIN_TOKEN",
+            "an-admin-token-0123456789abcdef",
+        ),
+        (
+            "LASTCLICK_AUTH__MERCHANT_TOKEN",
+            "a-merchant-token-0123456789abcdef",
+        ),
+    ];
+    let check = in_image(&["worker", "--check"], &redis).output().unwrap();
+    assert_ok("worker --check in the image", &check);
+
+    let mut serve = in_image(&["serve"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let admin = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("admin=http://"))
+        .unwrap_or_else(|| panic!("no listening line: {line}"))
+        .to_owned();
+    let answer = common::raw_exchange(
+        &admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    assert!(
+        root.join("var/lib/lastclick/lastclick.db").exists(),
+        "the store's file is in the state volume"
+    );
+}
