@@ -16,6 +16,7 @@
 //! - `POST|GET /v1/partners/{id}/payouts` (admin, that partner): request a
 //!   payout, list the partner's
 //! - `GET /v1/payouts`, `PATCH /v1/payouts/{id}` (admin): the payout queue
+//! - `GET /v1/openapi.json` (anyone): this API's OpenAPI document
 
 pub mod auth;
 mod body;
@@ -23,6 +24,7 @@ mod campaigns;
 mod error;
 mod events;
 mod money;
+mod openapi;
 mod pages;
 mod partners;
 mod payouts;
@@ -118,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/dead", get(events::dead))
         .route("/v1/events/unreadable", get(events::unreadable))
         .route("/v1/report", get(report::all_partners))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/dashboard", get(pages::dashboard))
         .route("/admin", get(pages::console))
         .fallback(|| async { ApiError::NotFound("route") })
