@@ -10,6 +10,7 @@ use hmac::{Hmac, Mac};
 use lastclick::edge::cache::RouteCache;
 use lastclick::edge::clicks;
 use lastclick::edge::cookie::{find_cookies, Attribution, ClickId, CookieSigner, VisitorId};
+use lastclick::edge::fetch::FetchSignals;
 use lastclick::edge::landing::LandingPolicy;
 use lastclick::edge::redirect::{
     build_location, parse_path, RedirectRequest, RedirectSettings, Redirector, UtmParams,
@@ -85,9 +86,41 @@ fn request<'a>(
         query,
         cookies,
         user_agent: Some(ua),
+        fetch: FetchSignals::default(),
         now: NOW,
     }
 }
+
+/// What Chrome sends with a click on a link (a top-level navigation).
+fn navigation() -> FetchSignals<'static> {
+    FetchSignals {
+        dest: Some(b"document"),
+        mode: Some(b"navigate"),
+        purpose: None,
+    }
+}
+
+/// A request head's header names and values as a browser sends them, for
+/// the guard's reading of every header.
+const CHROME_HEADERS: [(&str, &[u8]); 14] = [
+    ("Host", b"go.example.com"),
+    ("Connection", b"keep-alive"),
+    ("sec-ch-ua", b"\"Chromium\";v=\"156\""),
+    ("sec-ch-ua-mobile", b"?0"),
+    ("sec-ch-ua-platform", b"\"Linux\""),
+    ("Upgrade-Insecure-Requests", b"1"),
+    (
+        "User-Agent",
+        b"Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0 Safari/537.36",
+    ),
+    ("Accept", b"text/html,application/xhtml+xml"),
+    ("Sec-Fetch-Site", b"cross-site"),
+    ("Sec-Fetch-Mode", b"navigate"),
+    ("Sec-Fetch-User", b"?1"),
+    ("Sec-Fetch-Dest", b"document"),
+    ("Accept-Encoding", b"gzip, deflate, br"),
+    ("Accept-Language", b"en-US,en;q=0.9"),
+];
 
 const BROWSER: &[u8] = b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15";
 
@@ -122,6 +155,34 @@ fn bench_redirect(c: &mut Criterion) {
             let answer = redirector.handle(black_box(&req));
             black_box(receiver.try_take());
             answer
+        })
+    });
+
+    group.bench_function("counted_navigation", |b| {
+        let mut req = request("/r/partner7/spring", Some("utm_term=sidebar"), &[], BROWSER);
+        req.fetch = navigation();
+        b.iter(|| {
+            let answer = redirector.handle(black_box(&req));
+            black_box(receiver.try_take());
+            answer
+        })
+    });
+
+    group.bench_function("suspect_iframe", |b| {
+        let mut req = request("/r/partner7/spring", None, &[], BROWSER);
+        req.fetch.dest = Some(b"iframe");
+        b.iter(|| redirector.handle(black_box(&req)))
+    });
+
+    // The guard alone: reading a browser's 14 headers for the four it
+    // wants, then judging them.
+    group.bench_function("guard_reads_a_browser_head", |b| {
+        b.iter(|| {
+            let mut signals = FetchSignals::default();
+            for (name, value) in black_box(&CHROME_HEADERS) {
+                signals.take(name, value);
+            }
+            signals.suspect()
         })
     });
 

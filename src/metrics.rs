@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use crate::conversions::money::Currency;
+use crate::edge::fetch::SuspectReason;
 
 /// Sub-millisecond buckets: a redirect is expected to take tens of µs.
 const REDIRECT_BUCKETS: [f64; 12] = [
@@ -25,10 +26,13 @@ pub enum RedirectOutcome {
     DisabledPartner,
     /// A path that is no affiliate link (bad characters, extra segments).
     Invalid,
+    /// Loaded in a frame, as a subresource or prefetched, by the browser's
+    /// own account (`suspect_redirects_total{reason}` says which).
+    Suspect,
 }
 
 impl RedirectOutcome {
-    pub const ALL: [RedirectOutcome; 7] = [
+    pub const ALL: [RedirectOutcome; 8] = [
         RedirectOutcome::Counted,
         RedirectOutcome::Duplicate,
         RedirectOutcome::Bot,
@@ -36,6 +40,7 @@ impl RedirectOutcome {
         RedirectOutcome::UnknownPartner,
         RedirectOutcome::DisabledPartner,
         RedirectOutcome::Invalid,
+        RedirectOutcome::Suspect,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +52,7 @@ impl RedirectOutcome {
             RedirectOutcome::UnknownPartner => "unknown_partner",
             RedirectOutcome::DisabledPartner => "disabled_partner",
             RedirectOutcome::Invalid => "invalid",
+            RedirectOutcome::Suspect => "suspect",
         }
     }
 }
@@ -55,6 +61,8 @@ pub struct Metrics {
     registry: Registry,
     /// Indexed by `RedirectOutcome as usize`, so counting a redirect hashes nothing.
     redirects: Vec<IntCounter>,
+    /// Indexed by `SuspectReason as usize`.
+    suspects: Vec<IntCounter>,
     pub redirect_seconds: Histogram,
     pub click_queue_depth: IntGauge,
     /// `clicks.buffer_capacity`, so that alerts read the depth as a share.
@@ -215,6 +223,21 @@ impl Register {
             .collect()
     }
 
+    /// `suspect_redirects_total{reason}`, one counter per reason.
+    fn suspect_counters(&self) -> Vec<IntCounter> {
+        let by_reason = self.add(IntCounterVec::new(
+            Opts::new(
+                "suspect_redirects_total",
+                "Redirects the browser said were not a visitor's click (no cookie, not counted), by reason: iframe, subresource, prefetch.",
+            ),
+            &["reason"],
+        ));
+        SuspectReason::ALL
+            .iter()
+            .map(|r| by_reason.with_label_values(&[r.label()]))
+            .collect()
+    }
+
     /// An integer counter per value of `labels`.
     fn labelled(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels))
@@ -240,6 +263,7 @@ impl Metrics {
         r.build_info();
         Metrics {
             redirects: r.redirect_counters(),
+            suspects: r.suspect_counters(),
             redirect_seconds: r.add(Histogram::with_opts(
                 HistogramOpts::new(
                     "redirect_duration_seconds",
@@ -349,6 +373,10 @@ impl Metrics {
     /// The currencies paid out, as `prime` was given them.
     pub fn currencies(&self) -> &[Currency] {
         self.currencies.get().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn count_suspect(&self, reason: SuspectReason) {
+        self.suspects[reason as usize].inc();
     }
 
     pub fn count_redirect(&self, outcome: RedirectOutcome) {

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::edge::fetch::FetchSignals;
 use crate::edge::redirect::{RedirectRequest, RedirectResponse, Redirector};
 use crate::metrics::Metrics;
 
@@ -147,6 +148,9 @@ impl PublicInner {
         let started = Instant::now();
         let answer = self.redirector.handle(request);
         self.metrics.count_redirect(answer.outcome);
+        if let Some(reason) = answer.suspect {
+            self.metrics.count_suspect(reason);
+        }
         self.metrics
             .redirect_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -170,6 +174,7 @@ impl PublicInner {
             query: req.uri().query(),
             cookies: cookies.as_slice(),
             user_agent: req.headers().get(USER_AGENT).map(HeaderValue::as_bytes),
+            fetch: fetch_signals(req.headers()),
             now: unix_now(),
         });
         let sent = self.redirect_headers(&answer);
@@ -430,6 +435,7 @@ pub(crate) fn answer_one(
     }
     let mut cookies = CookieHeaders::new();
     let mut user_agent = None;
+    let mut fetch = FetchSignals::default();
     let mut close = false;
     for header in request.headers.iter() {
         let name = header.name;
@@ -437,6 +443,8 @@ pub(crate) fn answer_one(
             cookies.push(header.value);
         } else if name.eq_ignore_ascii_case("user-agent") {
             user_agent.get_or_insert(header.value);
+        } else if fetch.take(name, header.value) {
+            // Read by the cookie-stuffing guard.
         } else if name.eq_ignore_ascii_case("content-length") {
             if header.value != b"0" {
                 return Step::HandOff;
@@ -461,6 +469,7 @@ pub(crate) fn answer_one(
         query,
         cookies: cookies.as_slice(),
         user_agent,
+        fetch,
         now,
     });
     let sent = service.redirect_headers(&answer);
@@ -470,6 +479,17 @@ pub(crate) fn answer_one(
     } else {
         Step::Answered(len)
     }
+}
+
+/// The Fetch Metadata and prefetch headers of a request hyper parsed.
+fn fetch_signals(headers: &axum::http::HeaderMap) -> FetchSignals<'_> {
+    let mut signals = FetchSignals::default();
+    for name in ["sec-fetch-dest", "sec-fetch-mode", "sec-purpose", "purpose"] {
+        if let Some(value) = headers.get(name) {
+            signals.take(name, value.as_bytes());
+        }
+    }
+    signals
 }
 
 /// A request target made only of characters every URL parser takes as they

@@ -6,6 +6,8 @@
 //! - [`redirect`]: `/r/{partner}[/{campaign}]`, the hot path
 //! - [`cache`]: the in-process route cache the redirect reads
 //! - [`cookie`]: the signed attribution cookie, click and visitor ids
+//! - [`fetch`]: how the browser says a request was made (the cookie-stuffing
+//!   guard)
 //! - [`landing`]: the landing URL allowlist
 //! - [`clicks`]: the bounded click queue and its batch flusher
 //! - [`link`]: affiliate links as partners share them
@@ -14,6 +16,7 @@ pub mod cache;
 pub mod clicks;
 pub mod connections;
 pub mod cookie;
+pub mod fetch;
 pub mod landing;
 pub mod link;
 pub mod redirect;

@@ -13,6 +13,7 @@ use crate::edge::clicks::ClickQueue;
 use crate::edge::cookie::{
     find_cookies, Attribution, ClickId, CookieSigner, VerifiedCookie, VisitorId,
 };
+use crate::edge::fetch::{FetchSignals, SuspectReason};
 use crate::edge::terms::TermCap;
 use crate::ids::{is_path_id, MAX_UTM_CHARS};
 use crate::metrics::RedirectOutcome;
@@ -106,6 +107,8 @@ pub struct RedirectRequest<'a> {
     /// Every `Cookie` header value, in order.
     pub cookies: &'a [&'a [u8]],
     pub user_agent: Option<&'a [u8]>,
+    /// What the browser says about how the request was made.
+    pub fetch: FetchSignals<'a>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -116,6 +119,8 @@ pub struct RedirectResponse {
     pub location: Cow<'static, str>,
     pub set_cookie: Option<String>,
     pub outcome: RedirectOutcome,
+    /// Why, when the outcome is `Suspect`.
+    pub suspect: Option<SuspectReason>,
 }
 
 /// Settings of the redirect, from configuration.
@@ -268,17 +273,23 @@ impl Redirector {
         let campaign = partner.campaign(slug);
         let utm = UtmParams::parse(req.query);
         let term = utm.term.as_deref().or(campaign.term.as_deref());
-        if req.head || self.is_bot(req.user_agent) {
-            let outcome = if req.head {
-                RedirectOutcome::Head
-            } else {
-                RedirectOutcome::Bot
-            };
+        // Not a visitor's click: redirected, no cookie, not counted.
+        let not_a_click = if req.head {
+            Some((RedirectOutcome::Head, None))
+        } else if self.is_bot(req.user_agent) {
+            Some((RedirectOutcome::Bot, None))
+        } else {
+            req.fetch
+                .suspect()
+                .map(|reason| (RedirectOutcome::Suspect, Some(reason)))
+        };
+        if let Some((outcome, suspect)) = not_a_click {
             let location = build_location(&partner, campaign, &utm, term, None);
             return RedirectResponse {
                 location: Cow::Owned(location),
                 set_cookie: None,
                 outcome,
+                suspect,
             };
         }
         // A campaign's own term is the partner's, bounded by its campaigns;
@@ -333,6 +344,7 @@ impl Redirector {
             location: Cow::Borrowed(self.default_location),
             set_cookie: None,
             outcome,
+            suspect: None,
         }
     }
 
@@ -355,6 +367,7 @@ impl Redirector {
             location: Cow::Owned(location),
             set_cookie: Some(self.set_cookie(attribution)),
             outcome,
+            suspect: None,
         }
     }
 

@@ -1,0 +1,104 @@
+//! The cookie-stuffing guard against the real binary, on the embedded
+//! store and on Redis: a link loaded in an iframe, as an image or script,
+//! or prefetched, gets its 302 but no cookie and no counted click, and is
+//! counted as `suspect` with its reason; a top-level navigation, and a
+//! request that says nothing (curl, older browsers), count as before. Both
+//! ways a request reaches the redirect are covered: straight off the
+//! socket, and through hyper (`Connection: close` on HTTP/1.0).
+
+mod common;
+
+use common::{Stack, TestApp};
+
+/// `GET path` with `headers`; answers the status, whether a cookie was
+/// set, and whether the location carries a click id.
+async fn visit(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (u16, bool, bool) {
+    let mut request = app.client.get(app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    (
+        response.status().as_u16(),
+        response.headers().contains_key("set-cookie"),
+        location.contains("lc_click="),
+    )
+}
+
+/// The same over HTTP/1.0, which hyper answers.
+fn visit_through_hyper(app: &TestApp, path: &str, header: &str) -> (u16, bool) {
+    let host = app.public.trim_start_matches("http://");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n{header}\r\n\r\n");
+    let answer = String::from_utf8(common::raw_exchange(host, request.as_bytes())).unwrap();
+    let (status, headers) = common::parse_head(answer.split("\r\n\r\n").next().unwrap());
+    (status, headers.iter().any(|(n, _)| n == "set-cookie"))
+}
+
+async fn suspect_requests_are_redirected_without_a_cookie_and_not_counted(setup: Stack) {
+    let app = &setup.app;
+    app.create_partner("acme").await;
+    let suspects: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[("sec-fetch-dest", "iframe"), ("sec-fetch-mode", "navigate")],
+            "iframe",
+        ),
+        (
+            &[("Sec-Fetch-Dest", "image"), ("Sec-Fetch-Mode", "no-cors")],
+            "subresource",
+        ),
+        (&[("sec-fetch-dest", "script")], "subresource"),
+        (
+            &[("sec-fetch-dest", "empty"), ("sec-fetch-mode", "cors")],
+            "subresource",
+        ),
+        (&[("sec-purpose", "prefetch;prerender")], "prefetch"),
+        (&[("purpose", "prefetch")], "prefetch"),
+    ];
+    for (headers, _) in suspects {
+        assert_eq!(
+            visit(app, "/r/acme", headers).await,
+            (302, false, false),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(
+        visit_through_hyper(app, "/r/acme", "Sec-Fetch-Dest: iframe"),
+        (302, false)
+    );
+    let navigation = [
+        ("sec-fetch-dest", "document"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-user", "?1"),
+    ];
+    assert_eq!(visit(app, "/r/acme", &navigation).await, (302, true, true));
+    assert_eq!(
+        visit(app, "/r/acme?utm_term=curl", &[]).await,
+        (302, true, true)
+    );
+    assert_eq!(
+        visit_through_hyper(app, "/r/acme?utm_term=old", "Sec-Fetch-Dest: document"),
+        (302, true)
+    );
+
+    // Only the three clicks count; the others are suspects, by reason.
+    app.report_when("acme", "", 3).await;
+    let suspect = app.metric("lastclick_redirects_total{outcome=\"suspect\"}");
+    assert_eq!(suspect.await, 7.0);
+    let counted = app.metric("lastclick_redirects_total{outcome=\"counted\"}");
+    assert_eq!(counted.await, 3.0);
+    for (reason, count) in [("iframe", 2.0), ("subresource", 3.0), ("prefetch", 2.0)] {
+        let series = format!("lastclick_suspect_redirects_total{{reason=\"{reason}\"}}");
+        assert_eq!(app.metric(&series).await, count, "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn embedded_suspect_requests_are_redirected_without_a_cookie_and_not_counted() {
+    suspect_requests_are_redirected_without_a_cookie_and_not_counted(Stack::embedded().await).await;
+}
+
+#[tokio::test]
+async fn redis_suspect_requests_are_redirected_without_a_cookie_and_not_counted() {
+    suspect_requests_are_redirected_without_a_cookie_and_not_counted(Stack::redis().await).await;
+}
