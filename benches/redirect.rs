@@ -15,6 +15,7 @@ use lastclick::edge::landing::LandingPolicy;
 use lastclick::edge::redirect::{
     build_location, parse_path, RedirectRequest, RedirectSettings, Redirector, UtmParams,
 };
+use lastclick::edge::traffic::TrafficCounts;
 use lastclick::ids::{CampaignName, CampaignSlug, PartnerId};
 use lastclick::metrics::Metrics;
 use lastclick::store::{Campaign, CatalogSnapshot, Click, Partner};
@@ -27,11 +28,13 @@ fn redirector() -> (Redirector, clicks::ClickReceiver) {
     let default_landing = policy.parse("https://www.example.com/signup").unwrap();
     let routes = Arc::new(RouteCache::new(policy, default_landing));
     routes.apply(catalog());
-    let (queue, receiver) = clicks::queue(1024, Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let (queue, receiver) = clicks::queue(1024, Arc::clone(&metrics));
     let redirector = Redirector::new(
         routes,
         CookieSigner::new(&["bench-secret-0123456789"]),
         queue,
+        Arc::new(TrafficCounts::new(metrics)),
         RedirectSettings {
             cookie_name: "lc_attr".into(),
             cookie_domain: String::new(),

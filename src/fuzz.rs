@@ -19,6 +19,7 @@ use crate::edge::connections::{answer_one, PublicInner, Step};
 use crate::edge::cookie::{find_cookies, CookieSigner, VerifiedCookie};
 use crate::edge::landing::LandingPolicy;
 use crate::edge::redirect::{build_location, RedirectSettings, Redirector, UtmParams};
+use crate::edge::traffic::TrafficCounts;
 use crate::ids::{CampaignName, CampaignSlug, ClickId, PartnerId};
 use crate::metrics::Metrics;
 use crate::store::{Campaign, CatalogSnapshot, Partner};
@@ -52,6 +53,7 @@ fn fixture() -> &'static Fixture {
             Arc::clone(&routes),
             signer.clone(),
             queue,
+            Arc::new(TrafficCounts::new(Arc::clone(&metrics))),
             RedirectSettings {
                 cookie_name: "lc_attr".into(),
                 cookie_domain: String::new(),

@@ -218,19 +218,27 @@ fn ingest(file: PathBuf, path: Option<PathBuf>) -> Result<(), String> {
     }
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Installs the SIGTERM and SIGINT handlers at once, before the service
+/// announces itself (a signal sent right after that must stop it
+/// gracefully, not kill it), and answers what resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler only fails outside a runtime");
-        tokio::select! {
-            _ = interrupt => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        let installed = "installing a signal handler only fails outside a runtime";
+        let mut term = signal(SignalKind::terminate()).expect(installed);
+        let mut interrupt = signal(SignalKind::interrupt()).expect(installed);
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = term.recv() => {},
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn link(

@@ -70,6 +70,8 @@ pub struct Metrics {
     /// 1 while the store answers, as `/readyz` sees it at scrape time.
     pub ready: IntGauge,
     pub clicks_dropped: IntCounter,
+    /// Bot and suspect requests not tallied: too many cells between writes.
+    pub traffic_dropped: IntCounter,
     pub clicks_written: IntCounter,
     /// The event queue, read from the store at scrape time.
     pub queue: QueueGauges,
@@ -286,6 +288,10 @@ impl Metrics {
             clicks_dropped: r.add(IntCounter::new(
                 "clicks_dropped_total",
                 "Counted clicks dropped because the click buffer was full.",
+            )),
+            traffic_dropped: r.add(IntCounter::new(
+                "traffic_dropped_total",
+                "Bot and suspect requests not tallied for the report: more distinct cells than an instance tallies between two writes.",
             )),
             clicks_written: r.add(IntCounter::new(
                 "clicks_written_total",

@@ -13,7 +13,7 @@ use crate::conversions::money::Currency;
 use crate::csv::CsvWriter;
 use crate::ids::PartnerId;
 use crate::store::prelude::*;
-use crate::store::{ClickCount, CounterCell, StoreError};
+use crate::store::{ClickCount, CounterCell, StoreError, TrafficCount};
 
 /// Days covered when the query gives no range.
 const DEFAULT_DAYS: u64 = 30;
@@ -143,6 +143,22 @@ pub struct Row {
     pub clicks: u64,
     pub unique_visitors: u64,
     pub conversions: ConversionCounts,
+    /// Requests that were not clicks, in the same cells.
+    pub not_clicks: NotClicks,
+}
+
+/// Bots (and link previews) and suspects (the cookie-stuffing guard's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotClicks {
+    pub bots: u64,
+    pub suspects: u64,
+}
+
+impl NotClicks {
+    fn add(&mut self, other: NotClicks) {
+        self.bots += other.bots;
+        self.suspects += other.suspects;
+    }
 }
 
 /// What a report row gathers before unique visitors are counted.
@@ -151,6 +167,7 @@ struct Group {
     clicks: u64,
     cells: Vec<CounterCell>,
     conversions: ConversionCounts,
+    not_clicks: NotClicks,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -179,12 +196,13 @@ pub async fn build(
     let conversions = store
         .conversion_counts(partner, query.from, query.to)
         .await?;
+    let traffic = store.traffic_counts(partner, query.from, query.to).await?;
     // Grouping is CPU work proportional to the cells (thousands, for a
     // long range): off the runtime's threads, which answer redirects, and
     // at the lowest priority.
     let grouping = query.clone();
-    let (groups, counts, total_conversions) =
-        crate::low_priority::run(move || group(&grouping, counts, &conversions)).await;
+    let (groups, counts, totals) =
+        crate::low_priority::run(move || group(&grouping, counts, &conversions, &traffic)).await;
     let rows_total = groups.len();
     let skip = (query.page - 1).saturating_mul(max_rows);
     let mut rows = Vec::with_capacity(rows_total.saturating_sub(skip).min(max_rows));
@@ -196,6 +214,7 @@ pub async fn build(
             clicks: group.clicks,
             unique_visitors: store.unique_visitors(partner, &group.cells).await?,
             conversions: group.conversions,
+            not_clicks: group.not_clicks,
         });
     }
     let all_cells: Vec<CounterCell> = counts.iter().map(|c| c.cell.clone()).collect();
@@ -205,7 +224,8 @@ pub async fn build(
         day: None,
         clicks: counts.iter().map(|c| c.clicks).sum(),
         unique_visitors: store.unique_visitors(partner, &all_cells).await?,
-        conversions: total_conversions,
+        conversions: totals.conversions,
+        not_clicks: totals.not_clicks,
     };
     Ok(Report {
         partner: partner.clone(),
@@ -218,12 +238,14 @@ pub async fn build(
 }
 
 /// The report's rows by key (every page's), with the click counts they
-/// came from and the conversions of all.
+/// came from, and the conversions and requests that were not clicks of
+/// all (`Group::clicks` and `cells` unused there).
 fn group(
     query: &ReportQuery,
     counts: Vec<ClickCount>,
     conversions: &[(ConversionCell, ConversionCounts)],
-) -> (BTreeMap<RowKey, Group>, Vec<ClickCount>, ConversionCounts) {
+    traffic: &[TrafficCount],
+) -> (BTreeMap<RowKey, Group>, Vec<ClickCount>, Group) {
     let row_key = |day: NaiveDate, campaign: &str, term: &str| RowKey {
         campaign: query
             .groups(Dimension::Campaign)
@@ -240,16 +262,29 @@ fn group(
         group.clicks += count.clicks;
         group.cells.push(cell.clone());
     }
-    let mut total_conversions = ConversionCounts::default();
+    let mut totals = Group::default();
     for (cell, counts) in conversions {
         groups
             .entry(row_key(cell.day, &cell.campaign, &cell.term))
             .or_default()
             .conversions
             .add(counts);
-        total_conversions.add(counts);
+        totals.conversions.add(counts);
     }
-    (groups, counts, total_conversions)
+    for count in traffic {
+        let cell = &count.cell;
+        let tally = NotClicks {
+            bots: count.bots,
+            suspects: count.suspects,
+        };
+        groups
+            .entry(row_key(cell.day, &cell.campaign, &cell.term))
+            .or_default()
+            .not_clicks
+            .add(tally);
+        totals.not_clicks.add(tally);
+    }
+    (groups, counts, totals)
 }
 
 impl Row {
@@ -359,9 +394,11 @@ pub fn sum_totals(reports: &[Report]) -> Row {
         clicks: 0,
         unique_visitors: 0,
         conversions: ConversionCounts::default(),
+        not_clicks: NotClicks::default(),
     };
     for report in reports {
         totals.clicks += report.totals.clicks;
+        totals.not_clicks.add(report.totals.not_clicks);
         totals.unique_visitors += report.totals.unique_visitors;
         totals.conversions.add(&report.totals.conversions);
     }
@@ -421,10 +458,15 @@ pub enum Column {
     Revenue,
     /// Likewise.
     Commission,
+    /// Requests of bots and link previews: redirected, not counted.
+    BotClicks,
+    /// Requests the cookie-stuffing guard caught: redirected, no cookie,
+    /// not counted.
+    SuspectClicks,
 }
 
 impl Column {
-    pub const ALL: [Column; 7] = [
+    pub const ALL: [Column; 9] = [
         Column::Clicks,
         Column::UniqueVisitors,
         Column::Signups,
@@ -432,6 +474,8 @@ impl Column {
         Column::Customers,
         Column::Revenue,
         Column::Commission,
+        Column::BotClicks,
+        Column::SuspectClicks,
     ];
 
     /// The JSON key and CSV header (before the currency suffix).
@@ -444,6 +488,8 @@ impl Column {
             Column::Customers => "customers",
             Column::Revenue => "revenue",
             Column::Commission => "commission",
+            Column::BotClicks => "bot_clicks",
+            Column::SuspectClicks => "suspect_clicks",
         }
     }
 
@@ -455,7 +501,9 @@ impl Column {
             | Column::UniqueVisitors
             | Column::Signups
             | Column::ConversionRate
-            | Column::Customers => false,
+            | Column::Customers
+            | Column::BotClicks
+            | Column::SuspectClicks => false,
         }
     }
 
@@ -469,6 +517,8 @@ impl Column {
             Column::Customers => json!(c.customers),
             Column::Revenue => json!(c.revenue),
             Column::Commission => json!(c.commission),
+            Column::BotClicks => json!(row.not_clicks.bots),
+            Column::SuspectClicks => json!(row.not_clicks.suspects),
         }
     }
 
@@ -502,6 +552,8 @@ impl Column {
             Column::Customers => vec![c.customers.to_string()],
             Column::Revenue => by_currency(&c.revenue),
             Column::Commission => by_currency(&c.commission),
+            Column::BotClicks => vec![row.not_clicks.bots.to_string()],
+            Column::SuspectClicks => vec![row.not_clicks.suspects.to_string()],
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::edge::cache::{run_refresher, RouteCache};
 use crate::edge::clicks::{self, FlushSettings};
 use crate::edge::cookie::CookieSigner;
 use crate::edge::redirect::{RedirectSettings, Redirector};
+use crate::edge::traffic::{self, TrafficCounts};
 use crate::edge::{self, PublicInner, PublicService};
 use crate::metrics::Metrics;
 use crate::store::prelude::*;
@@ -89,17 +90,8 @@ pub async fn run(
         clicks::queue(config.clicks.buffer_capacity, Arc::clone(&metrics));
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_background, background) = watch::channel(false);
-    let flush = FlushSettings {
-        batch_size: config.clicks.batch_size,
-        interval: config.clicks.flush_interval,
-    };
-    let flusher = tokio::spawn(clicks::run_flusher(
-        click_receiver,
-        Arc::clone(&store),
-        flush,
-        Arc::clone(&metrics),
-        background.clone(),
-    ));
+    let traffic = Arc::new(TrafficCounts::new(Arc::clone(&metrics)));
+    let writers = spawn_click_writers(&config, &store, click_receiver, &traffic, &background);
     tokio::spawn(run_refresher(
         Arc::clone(&routes),
         Arc::clone(&store),
@@ -114,7 +106,7 @@ pub async fn run(
         tokio::spawn(worker.run(worker_settings(&config), background))
     });
 
-    let public_service = public_service(&config, &store, routes, &click_queue, &metrics);
+    let public_service = public_service(&config, &store, routes, &click_queue, traffic, &metrics);
     let open = OpenConnections::new(config.listen.max_connections, Arc::clone(&metrics));
     let admin_limits = AdminLimits::new(&config, &metrics);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
@@ -140,7 +132,9 @@ pub async fn run(
     // Connections are done: the flusher writes what they queued, the
     // worker finishes its step.
     let _ = stop_background.send(true);
-    let _ = flusher.await;
+    for writer in writers {
+        let _ = writer.await;
+    }
     if let Some(worker) = worker {
         let _ = worker.await;
     }
@@ -189,14 +183,46 @@ async fn drain(accepts: [tokio::task::JoinHandle<GracefulShutdown>; 2]) {
 }
 
 /// The public listener's service: redirects, and the API for the rest.
+/// The click flusher and the bot and suspect tallies' writer, which run
+/// until `stop` fires and then write what is left.
+fn spawn_click_writers(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clicks: clicks::ClickReceiver,
+    traffic: &Arc<TrafficCounts>,
+    stop: &watch::Receiver<bool>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    let flush = FlushSettings {
+        batch_size: config.clicks.batch_size,
+        interval: config.clicks.flush_interval,
+    };
+    let metrics = Arc::clone(&traffic.metrics);
+    [
+        tokio::spawn(clicks::run_flusher(
+            clicks,
+            Arc::clone(store),
+            flush,
+            metrics,
+            stop.clone(),
+        )),
+        tokio::spawn(traffic::run_writer(
+            Arc::clone(traffic),
+            Arc::clone(store),
+            config.clicks.flush_interval,
+            stop.clone(),
+        )),
+    ]
+}
+
 fn public_service(
     config: &Arc<Config>,
     store: &Arc<dyn Store>,
     routes: Arc<RouteCache>,
     click_queue: &clicks::ClickQueue,
+    traffic: Arc<TrafficCounts>,
     metrics: &Arc<Metrics>,
 ) -> PublicService {
-    let redirector = redirector(config, Arc::clone(&routes), click_queue.clone());
+    let redirector = redirector(config, Arc::clone(&routes), click_queue.clone(), traffic);
     let api = api::router(ApiState {
         store: Arc::clone(store),
         routes,
@@ -233,11 +259,17 @@ async fn load_routes(config: &Config, store: &dyn Store, metrics: &Metrics) -> A
 }
 
 /// The redirect's handler, as the configuration sets it up.
-fn redirector(config: &Config, routes: Arc<RouteCache>, queue: clicks::ClickQueue) -> Redirector {
+fn redirector(
+    config: &Config,
+    routes: Arc<RouteCache>,
+    queue: clicks::ClickQueue,
+    traffic: Arc<TrafficCounts>,
+) -> Redirector {
     Redirector::new(
         routes,
         CookieSigner::new(&config.cookie.secrets),
         queue,
+        traffic,
         RedirectSettings {
             cookie_name: config.cookie.name.clone(),
             cookie_domain: config.cookie.domain.clone(),

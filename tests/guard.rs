@@ -102,3 +102,109 @@ async fn embedded_suspect_requests_are_redirected_without_a_cookie_and_not_count
 async fn redis_suspect_requests_are_redirected_without_a_cookie_and_not_counted() {
     suspect_requests_are_redirected_without_a_cookie_and_not_counted(Stack::redis().await).await;
 }
+
+/// The report of `partner` once its totals show `clicks` clicks and
+/// `bots` bots (both are written in the background, apart).
+async fn report_when(app: &TestApp, partner: &str, clicks: u64, bots: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, report) = app
+            .get(
+                &format!("/v1/partners/{partner}/report"),
+                Some(common::ADMIN),
+            )
+            .await;
+        assert_eq!(status, 200, "{report}");
+        if report["totals"]["bot_clicks"] == bots && report["totals"]["clicks"] == clicks {
+            return report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A scripted mix: each row's `bot_clicks` and `suspect_clicks` are
+/// exact, in the cell a click would have counted in; a bot's term the
+/// partner's day has not seen counts under `(other)`, taking no room.
+async fn bots_and_suspects_are_counted_in_the_reports_cells(setup: Stack) {
+    let app = &setup.app;
+    app.create_partner("acme").await;
+    app.create_campaign(
+        "acme",
+        serde_json::json!({"slug": "bf", "name": "black.friday"}),
+    )
+    .await;
+    let slack = [("user-agent", "Slackbot-LinkExpanding 1.0")];
+    let iframe = [("sec-fetch-dest", "iframe")];
+    let prefetch = [("sec-purpose", "prefetch")];
+    let mix: [(&str, &[(&str, &str)]); 8] = [
+        ("/r/acme/bf?utm_term=mail", &[]),
+        ("/r/acme/bf?utm_term=mail", &slack),
+        ("/r/acme/bf?utm_term=mail", &slack),
+        ("/r/acme/bf?utm_term=mail", &prefetch),
+        ("/r/acme/bf?utm_term=never", &slack),
+        ("/r/acme", &iframe),
+        ("/r/acme", &iframe),
+        ("/r/acme", &slack),
+    ];
+    for (path, headers) in mix {
+        visit(app, path, headers).await;
+    }
+    let report = report_when(app, "acme", 1, 4).await;
+    let row = |campaign: &str, term: Option<&str>| {
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["utm_campaign"] == campaign && r["utm_term"].as_str() == term)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {campaign} {term:?}: {report}"))
+    };
+    let figures = |r: serde_json::Value| {
+        (
+            r["clicks"].clone(),
+            r["bot_clicks"].clone(),
+            r["suspect_clicks"].clone(),
+        )
+    };
+    let n = |v: u64| serde_json::json!(v);
+    assert_eq!(
+        figures(row("black.friday", Some("mail"))),
+        (n(1), n(2), n(1))
+    );
+    assert_eq!(
+        figures(row("black.friday", Some("(other)"))),
+        (n(0), n(1), n(0))
+    );
+    assert_eq!(figures(row("default_link", None)), (n(0), n(1), n(2)));
+    let totals = report["totals"].clone();
+    assert_eq!(figures(totals), (n(1), n(4), n(3)));
+    let csv = app
+        .client
+        .get(app.url("/v1/partners/acme/report?format=csv"))
+        .bearer_auth(common::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",bot_clicks,suspect_clicks"),
+        "{csv}"
+    );
+    assert!(csv.contains("black.friday,mail,1,1,0,0,0,2,1\r\n"), "{csv}");
+}
+
+#[tokio::test]
+async fn embedded_bots_and_suspects_are_counted_in_the_reports_cells() {
+    bots_and_suspects_are_counted_in_the_reports_cells(Stack::embedded().await).await;
+}
+
+#[tokio::test]
+async fn redis_bots_and_suspects_are_counted_in_the_reports_cells() {
+    bots_and_suspects_are_counted_in_the_reports_cells(Stack::redis().await).await;
+}

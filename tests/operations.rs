@@ -271,3 +271,15 @@ async fn a_full_click_buffer_drops_and_counts_instead_of_waiting() {
         10.0
     );
 }
+
+/// A SIGTERM the moment `serve` says it listens stops it gracefully (exit
+/// 0): the handlers are installed before it announces itself, not when
+/// it first waits for a signal.
+#[tokio::test]
+async fn a_sigterm_right_after_startup_is_a_graceful_stop() {
+    for _ in 0..5 {
+        let app = TestApp::spawn().await;
+        let status = app.terminate();
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -830,6 +830,46 @@ async fn payouts_are_listed_by_status_and_by_partner(store: Arc<dyn Store>) {
     assert_eq!(view.payouts.into_values().collect::<Vec<_>>(), vec![paid]);
 }
 
+/// Bot and suspect tallies add up by cell, a batch sent twice counts
+/// once, and a read covers only its days and partner.
+async fn traffic_tallies_add_up_once_per_batch(store: Arc<dyn Store>) {
+    use lastclick::store::{TrafficBatch, TrafficCell};
+    let tally = |partner: &str, day: NaiveDate, term: &str, bots, suspects| TrafficCell {
+        partner: partner.into(),
+        day,
+        campaign: "spring".into(),
+        term: term.into(),
+        bots,
+        suspects,
+    };
+    let first = TrafficBatch::new(vec![
+        tally("acme", d(0), "a", 2, 1),
+        tally("acme", d(1), "", 0, 3),
+        tally("beta", d(0), "a", 5, 5),
+    ]);
+    store.add_traffic(&first).await.unwrap();
+    store.add_traffic(&first).await.unwrap();
+    store
+        .add_traffic(&TrafficBatch::new(vec![tally("acme", d(0), "a", 1, 0)]))
+        .await
+        .unwrap();
+    let mut counts = store
+        .traffic_counts(&pid("acme"), d(0), d(1))
+        .await
+        .unwrap();
+    counts.sort_by(|a, b| a.cell.day.cmp(&b.cell.day));
+    let seen: Vec<(NaiveDate, &str, u64, u64)> = counts
+        .iter()
+        .map(|c| (c.cell.day, c.cell.term.as_str(), c.bots, c.suspects))
+        .collect();
+    assert_eq!(seen, vec![(d(0), "a", 3, 1), (d(1), "", 0, 3)]);
+    let one_day = store
+        .traffic_counts(&pid("acme"), d(1), d(1))
+        .await
+        .unwrap();
+    assert_eq!(one_day.len(), 1);
+}
+
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -881,6 +921,12 @@ macro_rules! store_suite {
             async fn payouts_are_listed_by_status_and_by_partner() {
                 let (store, _server) = $make.await;
                 super::payouts_are_listed_by_status_and_by_partner(store).await;
+            }
+
+            #[tokio::test]
+            async fn traffic_tallies_add_up_once_per_batch() {
+                let (store, _server) = $make.await;
+                super::traffic_tallies_add_up_once_per_batch(store).await;
             }
 
             #[tokio::test]

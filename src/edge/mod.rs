@@ -10,6 +10,7 @@
 //!   guard)
 //! - [`landing`]: the landing URL allowlist
 //! - [`clicks`]: the bounded click queue and its batch flusher
+//! - [`traffic`]: bot and suspect requests, tallied for the report
 //! - [`link`]: affiliate links as partners share them
 
 pub mod cache;
@@ -21,5 +22,6 @@ pub mod landing;
 pub mod link;
 pub mod redirect;
 pub mod terms;
+pub mod traffic;
 
 pub use connections::{http1_builder, serve_connection, Load, PublicInner, PublicService};

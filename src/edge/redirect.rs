@@ -15,6 +15,7 @@ use crate::edge::cookie::{
 };
 use crate::edge::fetch::{FetchSignals, SuspectReason};
 use crate::edge::terms::TermCap;
+use crate::edge::traffic::{Traffic, TrafficCounts};
 use crate::ids::{is_path_id, MAX_UTM_CHARS};
 use crate::metrics::RedirectOutcome;
 use crate::store::Click;
@@ -141,6 +142,8 @@ pub struct Redirector {
     signer: CookieSigner,
     bots: BotCheck,
     clicks: ClickQueue,
+    /// Bots and suspects, tallied for the report.
+    traffic: Arc<TrafficCounts>,
     cookie_name: Box<str>,
     /// `; Max-Age=…; Path=/; HttpOnly; SameSite=Lax[; Secure][; Domain=…]`
     cookie_attributes: Box<str>,
@@ -226,6 +229,7 @@ impl Redirector {
         routes: Arc<RouteCache>,
         signer: CookieSigner,
         clicks: ClickQueue,
+        traffic: Arc<TrafficCounts>,
         settings: RedirectSettings,
     ) -> Self {
         let mut attributes = format!(
@@ -244,6 +248,7 @@ impl Redirector {
             signer,
             bots: BotCheck::new(),
             clicks,
+            traffic,
             cookie_name: settings.cookie_name.into(),
             cookie_attributes: attributes.into(),
             dedup_secs: settings.dedup_secs,
@@ -284,6 +289,14 @@ impl Redirector {
                 .map(|reason| (RedirectOutcome::Suspect, Some(reason)))
         };
         if let Some((outcome, suspect)) = not_a_click {
+            self.tally(
+                &partner,
+                campaign,
+                utm.term.as_deref(),
+                term,
+                outcome,
+                req.now,
+            );
             let location = build_location(&partner, campaign, &utm, term, None);
             return RedirectResponse {
                 location: Cow::Owned(location),
@@ -337,6 +350,31 @@ impl Redirector {
             &attribution,
             RedirectOutcome::Counted,
         )
+    }
+
+    /// Tallies a bot's or suspect's request in the report cell a click
+    /// would have counted in: its term if the partner's day already has
+    /// it (they take no room in the day's terms), else `(other)`.
+    fn tally(
+        &self,
+        partner: &PartnerRoute,
+        campaign: &CampaignRoute,
+        visitors_term: Option<&str>,
+        term: Option<&str>,
+        outcome: RedirectOutcome,
+        now: i64,
+    ) {
+        let traffic = match outcome {
+            RedirectOutcome::Bot => Traffic::Bot,
+            RedirectOutcome::Suspect => Traffic::Suspect,
+            _ => return,
+        };
+        let term = match visitors_term {
+            Some(term) => Some(self.terms.peek(&partner.id, term, now)),
+            None => term,
+        };
+        self.traffic
+            .count(&partner.id, &campaign.name, term, now, traffic);
     }
 
     fn to_default(&self, outcome: RedirectOutcome) -> RedirectResponse {

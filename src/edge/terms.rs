@@ -71,6 +71,21 @@ impl TermCap {
             OTHER_TERM
         }
     }
+
+    /// The term a request that is not a click (a bot, a suspect) counts
+    /// under: `term` when the partner's day already has it, else
+    /// [`OTHER_TERM`]. It takes no room: only clicks admit terms.
+    pub fn peek<'t>(&self, partner: &str, term: &'t str, now: i64) -> &'t str {
+        let day = now.div_euclid(86_400);
+        let known = self.partners.get(partner).is_some_and(|known| {
+            known.day == day && known.terms.contains(&self.hasher.hash_one(term))
+        });
+        if known {
+            term
+        } else {
+            OTHER_TERM
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,5 +104,12 @@ mod tests {
         assert_eq!(cap.admit(&acme, "a", day + 60), "a", "a known term");
         assert_eq!(cap.admit(&rival, "c", day), "c", "per partner");
         assert_eq!(cap.admit(&acme, "c", day + 86_400), "c", "a new day");
+        assert_eq!(cap.peek("acme", "c", day + 86_400), "c");
+        assert_eq!(cap.peek("acme", "d", day + 86_400), OTHER_TERM);
+        assert_eq!(
+            cap.admit(&acme, "d", day + 86_400),
+            "d",
+            "a peek took no room"
+        );
     }
 }

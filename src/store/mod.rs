@@ -127,6 +127,42 @@ pub struct ClickCount {
     pub clicks: u64,
 }
 
+/// Requests that were not clicks, tallied in one report cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficCell {
+    pub partner: String,
+    pub day: NaiveDate,
+    pub campaign: String,
+    /// Empty when the request carried no term.
+    pub term: String,
+    pub bots: u64,
+    pub suspects: u64,
+}
+
+/// Tallies written together, once, under their id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficBatch {
+    pub id: [u8; 16],
+    pub cells: Vec<TrafficCell>,
+}
+
+impl TrafficBatch {
+    pub fn new(cells: Vec<TrafficCell>) -> Self {
+        TrafficBatch {
+            id: rand::random(),
+            cells,
+        }
+    }
+}
+
+/// A cell's bot and suspect tallies, as the report reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficCount {
+    pub cell: CounterCell,
+    pub bots: u64,
+    pub suspects: u64,
+}
+
 /// What `enqueue_events` did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Enqueued {
@@ -356,6 +392,17 @@ pub trait ClickStore: Send + Sync {
     }
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError>;
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError>;
+
+    /// Adds a batch of bot and suspect tallies to the report's cells.
+    /// Sending the same batch again (same id) adds nothing.
+    async fn add_traffic(&self, batch: &TrafficBatch) -> Result<(), StoreError>;
+    /// `partner`'s bot and suspect tallies from `from` to `to` inclusive.
+    async fn traffic_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<TrafficCount>, StoreError>;
 
     /// Every non-empty cell of `partner` from `from` to `to` inclusive.
     async fn click_counts(

@@ -22,6 +22,7 @@
 //! - `routing`: customers' claims and parked events
 //! - `books`: partners' books, inboxes and ledgers
 //! - `payouts`: payouts by status and partner
+//! - `traffic`: bot and suspect tallies
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ mod file;
 mod payouts;
 mod queue;
 mod routing;
+mod traffic;
 
 use self::clicks::*;
 pub use self::file::backup;
@@ -81,6 +83,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_5.sql")),
     Migration::sql(include_str!("sqlite/schema_6.sql")),
     Migration::sql(include_str!("sqlite/schema_7.sql")),
+    Migration::sql(include_str!("sqlite/schema_8.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form
@@ -354,6 +357,10 @@ impl SqliteStore {
         self.write(move |conn| {
             conn.execute("DELETE FROM click_cells WHERE day < ?1", [&oldest_day])?;
             conn.execute("DELETE FROM cell_visitors WHERE day < ?1", [&oldest_day])?;
+            conn.execute("DELETE FROM traffic_cells WHERE day < ?1", [&oldest_day])?;
+            // A batch is sent again within seconds, never a day later.
+            let old_batches = Utc::now().timestamp() - 86_400;
+            conn.execute("DELETE FROM traffic_batches WHERE at < ?1", [old_batches])?;
             Ok(())
         })
         .await

@@ -50,6 +50,19 @@ impl ClickStore for RedisStore {
         }
     }
 
+    async fn add_traffic(&self, batch: &crate::store::TrafficBatch) -> Result<(), StoreError> {
+        self.write_traffic(batch).await
+    }
+
+    async fn traffic_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<crate::store::TrafficCount>, StoreError> {
+        self.read_traffic(partner, from, to).await
+    }
+
     async fn click_counts(
         &self,
         partner: &PartnerId,

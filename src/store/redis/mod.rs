@@ -11,6 +11,7 @@
 //! - `routing`: customers' claims and parked events
 //! - `books`: partners' books, inboxes and ledgers
 //! - `payouts`: payouts' owners and status indexes
+//! - `traffic`: bot and suspect tallies
 
 mod books;
 mod catalog;
@@ -21,6 +22,7 @@ mod payouts;
 mod queue;
 mod routing;
 mod scripts;
+mod traffic;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -310,6 +310,19 @@ impl ClickStore for SqliteStore {
         self.merge_visitors().await
     }
 
+    async fn add_traffic(&self, batch: &crate::store::TrafficBatch) -> Result<(), StoreError> {
+        self.write_traffic(batch).await
+    }
+
+    async fn traffic_counts(
+        &self,
+        partner: &PartnerId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<crate::store::TrafficCount>, StoreError> {
+        self.read_traffic(partner, from, to).await
+    }
+
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError> {
         let (id, horizon) = (id.0, self.horizon());
         self.read(move |conn| {
