@@ -857,7 +857,7 @@ async fn traffic_tallies_add_up_once_per_batch(store: Arc<dyn Store>) {
         .traffic_counts(&pid("acme"), d(0), d(1))
         .await
         .unwrap();
-    counts.sort_by(|a, b| a.cell.day.cmp(&b.cell.day));
+    counts.sort_by_key(|c| c.cell.day);
     let seen: Vec<(NaiveDate, &str, u64, u64)> = counts
         .iter()
         .map(|c| (c.cell.day, c.cell.term.as_str(), c.bots, c.suspects))
