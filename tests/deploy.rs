@@ -6,34 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::binary;
+use common::{assert_ok, binary, run_tool as run};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy")
         .join(path)
-}
-
-/// Runs `program` with `args`; a program that is not installed fails the
-/// test, naming the package that has it.
-fn run(program: &str, args: &[&str], package: &str) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("`{program}` cannot run ({e}): scripts/test installs it ({package})")
-        })
-}
-
-fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The `KEY=value` lines of the example environment file.

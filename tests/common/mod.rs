@@ -437,6 +437,27 @@ async fn read(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// Runs a validator or tool the tests need; one that is not installed
+/// fails the test, naming where `scripts/test` gets it.
+pub fn run_tool(program: &str, args: &[&str], installed_from: &str) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("`{program}` cannot run ({e}): scripts/test installs it ({installed_from})")
+        })
+}
+
+/// Fails the test with `what` and the tool's output unless it succeeded.
+pub fn assert_ok(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A unix time as RFC 3339, the form events carry.
 pub fn rfc3339(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
