@@ -147,17 +147,24 @@ pub struct Row {
     pub not_clicks: NotClicks,
 }
 
-/// Bots (and link previews) and suspects (the cookie-stuffing guard's).
+/// Bots (and link previews) and suspects (the cookie-stuffing guard's);
+/// and overwrites: counted clicks that took another partner's visitor
+/// (won, in the cell of the click) or this partner's (lost, in the cell
+/// of the click that had credited it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NotClicks {
     pub bots: u64,
     pub suspects: u64,
+    pub overwrites_won: u64,
+    pub overwrites_lost: u64,
 }
 
 impl NotClicks {
     fn add(&mut self, other: NotClicks) {
         self.bots += other.bots;
         self.suspects += other.suspects;
+        self.overwrites_won += other.overwrites_won;
+        self.overwrites_lost += other.overwrites_lost;
     }
 }
 
@@ -276,6 +283,8 @@ fn group(
         let tally = NotClicks {
             bots: count.bots,
             suspects: count.suspects,
+            overwrites_won: count.overwrites_won,
+            overwrites_lost: count.overwrites_lost,
         };
         groups
             .entry(row_key(cell.day, &cell.campaign, &cell.term))
@@ -463,10 +472,14 @@ pub enum Column {
     /// Requests the cookie-stuffing guard caught: redirected, no cookie,
     /// not counted.
     SuspectClicks,
+    /// Counted clicks that took a visitor another partner's cookie credited.
+    OverwritesWon,
+    /// Counted clicks of other partners that took this partner's visitor.
+    OverwritesLost,
 }
 
 impl Column {
-    pub const ALL: [Column; 9] = [
+    pub const ALL: [Column; 11] = [
         Column::Clicks,
         Column::UniqueVisitors,
         Column::Signups,
@@ -476,6 +489,8 @@ impl Column {
         Column::Commission,
         Column::BotClicks,
         Column::SuspectClicks,
+        Column::OverwritesWon,
+        Column::OverwritesLost,
     ];
 
     /// The JSON key and CSV header (before the currency suffix).
@@ -490,6 +505,8 @@ impl Column {
             Column::Commission => "commission",
             Column::BotClicks => "bot_clicks",
             Column::SuspectClicks => "suspect_clicks",
+            Column::OverwritesWon => "overwrites_won",
+            Column::OverwritesLost => "overwrites_lost",
         }
     }
 
@@ -503,7 +520,9 @@ impl Column {
             | Column::ConversionRate
             | Column::Customers
             | Column::BotClicks
-            | Column::SuspectClicks => false,
+            | Column::SuspectClicks
+            | Column::OverwritesWon
+            | Column::OverwritesLost => false,
         }
     }
 
@@ -519,6 +538,8 @@ impl Column {
             Column::Commission => json!(c.commission),
             Column::BotClicks => json!(row.not_clicks.bots),
             Column::SuspectClicks => json!(row.not_clicks.suspects),
+            Column::OverwritesWon => json!(row.not_clicks.overwrites_won),
+            Column::OverwritesLost => json!(row.not_clicks.overwrites_lost),
         }
     }
 
@@ -554,6 +575,8 @@ impl Column {
             Column::Commission => by_currency(&c.commission),
             Column::BotClicks => vec![row.not_clicks.bots.to_string()],
             Column::SuspectClicks => vec![row.not_clicks.suspects.to_string()],
+            Column::OverwritesWon => vec![row.not_clicks.overwrites_won.to_string()],
+            Column::OverwritesLost => vec![row.not_clicks.overwrites_lost.to_string()],
         }
     }
 }

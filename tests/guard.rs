@@ -193,10 +193,13 @@ async fn bots_and_suspects_are_counted_in_the_reports_cells(setup: Stack) {
         csv.lines()
             .next()
             .unwrap()
-            .ends_with(",bot_clicks,suspect_clicks"),
+            .ends_with(",bot_clicks,suspect_clicks,overwrites_won,overwrites_lost"),
         "{csv}"
     );
-    assert!(csv.contains("black.friday,mail,1,1,0,0,0,2,1\r\n"), "{csv}");
+    assert!(
+        csv.contains("black.friday,mail,1,1,0,0,0,2,1,0,0\r\n"),
+        "{csv}"
+    );
 }
 
 #[tokio::test]
@@ -207,4 +210,68 @@ async fn embedded_bots_and_suspects_are_counted_in_the_reports_cells() {
 #[tokio::test]
 async fn redis_bots_and_suspects_are_counted_in_the_reports_cells() {
     bots_and_suspects_are_counted_in_the_reports_cells(Stack::redis().await).await;
+}
+
+/// A counted click carrying another partner's valid cookie is an
+/// overwrite, counted once on each side: won in the new click's cell,
+/// lost in the cell of the click it replaced. A repeat of the same
+/// partner's link, or another of its campaigns, is not one.
+async fn an_overwrite_is_counted_once_on_each_side(setup: Stack) {
+    let app = &setup.app;
+    for partner in ["acme", "rival"] {
+        app.create_partner(partner).await;
+    }
+    let first = app.click("/r/acme?utm_term=mail", None, None).await;
+    let cookie = first.cookie_value().unwrap();
+    let taken = app.click("/r/rival", Some(&cookie), None).await;
+    assert!(taken.param("lc_click").is_some());
+    let rivals = taken.cookie_value().unwrap();
+    // The rival's own visitor again (a repeat), then through another of
+    // its links: no more overwrites.
+    app.click("/r/rival", Some(&rivals), None).await;
+    app.click("/r/rival?utm_term=x", Some(&rivals), None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (acme, rival) = loop {
+        let (_, acme) = app
+            .get("/v1/partners/acme/report", Some(common::ADMIN))
+            .await;
+        let (_, rival) = app
+            .get("/v1/partners/rival/report", Some(common::ADMIN))
+            .await;
+        if acme["totals"]["overwrites_lost"] == 1 && rival["totals"]["clicks"] == 2 {
+            break (acme, rival);
+        }
+        assert!(std::time::Instant::now() < deadline, "{acme}\n{rival}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let n = |v: u64| serde_json::json!(v);
+    let sides = |r: &serde_json::Value| (r["overwrites_won"].clone(), r["overwrites_lost"].clone());
+    assert_eq!(sides(&acme["totals"]), (n(0), n(1)));
+    assert_eq!(sides(&rival["totals"]), (n(1), n(0)));
+    let lost_row = &acme["rows"][0];
+    assert_eq!(
+        (&lost_row["utm_term"], &lost_row["clicks"]),
+        (&serde_json::json!("mail"), &n(1))
+    );
+    assert_eq!(sides(lost_row), (n(0), n(1)), "{acme}");
+    let (_, status) = app.get("/v1/partners/rival", Some(common::ADMIN)).await;
+    assert_eq!(
+        status["overwrites_30_days"],
+        serde_json::json!({"won": 1, "lost": 0})
+    );
+    let (_, status) = app.get("/v1/partners/acme", Some(common::ADMIN)).await;
+    assert_eq!(
+        status["overwrites_30_days"],
+        serde_json::json!({"won": 0, "lost": 1})
+    );
+}
+
+#[tokio::test]
+async fn embedded_an_overwrite_is_counted_once_on_each_side() {
+    an_overwrite_is_counted_once_on_each_side(Stack::embedded().await).await;
+}
+
+#[tokio::test]
+async fn redis_an_overwrite_is_counted_once_on_each_side() {
+    an_overwrite_is_counted_once_on_each_side(Stack::redis().await).await;
 }

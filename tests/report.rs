@@ -160,18 +160,18 @@ async fn the_report_joins_clicks_and_conversions(setup: Stack) {
         lines[0],
         "utm_campaign,utm_term,clicks,unique_visitors,signups,conversion_rate,customers,\
          revenue_EUR,revenue_JPY,revenue_USD,commission_EUR,commission_JPY,commission_USD,\
-         bot_clicks,suspect_clicks"
+         bot_clicks,suspect_clicks,overwrites_won,overwrites_lost"
     );
     assert!(
-        lines.contains(&"spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00,0,0"),
+        lines.contains(&"spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00,0,0,0,0"),
         "{text}"
     );
     assert!(
-        lines.contains(&"spring,\"x,\"\"y\"\"\",1,1,0,0,0,,,,,,,0,0"),
+        lines.contains(&"spring,\"x,\"\"y\"\"\",1,1,0,0,0,,,,,,,0,0,0,0"),
         "{text}"
     );
     assert!(
-        lines.contains(&"total,,8,8,4,0.5,3,30.00,1000,110.00,6.00,200,22.00,0,0"),
+        lines.contains(&"total,,8,8,4,0.5,3,30.00,1000,110.00,6.00,200,22.00,0,0,0,0"),
         "{text}"
     );
 
@@ -194,7 +194,7 @@ async fn the_report_joins_clicks_and_conversions(setup: Stack) {
         "{all_csv}"
     );
     assert!(
-        lines.contains(&"acme,spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00,0,0"),
+        lines.contains(&"acme,spring,a,3,3,2,0.6667,2,30.00,,110.00,6.00,,22.00,0,0,0,0"),
         "{all_csv}"
     );
     assert!(

@@ -841,6 +841,9 @@ async fn traffic_tallies_add_up_once_per_batch(store: Arc<dyn Store>) {
         term: term.into(),
         bots,
         suspects,
+        // Overwrites ride along: one of each per suspect, in these tests.
+        overwrites_won: suspects,
+        overwrites_lost: bots,
     };
     let first = TrafficBatch::new(vec![
         tally("acme", d(0), "a", 2, 1),
@@ -863,6 +866,11 @@ async fn traffic_tallies_add_up_once_per_batch(store: Arc<dyn Store>) {
         .map(|c| (c.cell.day, c.cell.term.as_str(), c.bots, c.suspects))
         .collect();
     assert_eq!(seen, vec![(d(0), "a", 3, 1), (d(1), "", 0, 3)]);
+    let overwrites: Vec<(u64, u64)> = counts
+        .iter()
+        .map(|c| (c.overwrites_won, c.overwrites_lost))
+        .collect();
+    assert_eq!(overwrites, vec![(1, 3), (3, 0)]);
     let one_day = store
         .traffic_counts(&pid("acme"), d(1), d(1))
         .await

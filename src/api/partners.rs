@@ -56,7 +56,21 @@ pub struct PartnerView {
     /// Balances per currency, in the admin's list of partners.
     #[serde(skip_serializing_if = "Option::is_none")]
     balances: Option<Vec<Balance>>,
+    /// When reading a partner: its counted clicks that took another
+    /// partner's visitor, and others' that took its own, in the last 30
+    /// days (today included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overwrites_30_days: Option<Overwrites>,
 }
+
+#[derive(Serialize, Default)]
+pub struct Overwrites {
+    won: u64,
+    lost: u64,
+}
+
+/// Days `overwrites_30_days` covers.
+const OVERWRITE_DAYS: u64 = 30;
 
 impl PartnerView {
     fn new(partner: Partner, state: &ApiState) -> Self {
@@ -70,6 +84,7 @@ impl PartnerView {
             token: None,
             program: None,
             balances: None,
+            overwrites_30_days: None,
         }
     }
 }
@@ -135,8 +150,18 @@ pub async fn show(
         .load_book(&partner.id, &BookRequest::default())
         .await?;
     let rules = state.config.rules();
+    let today = Utc::now().date_naive();
+    let from = today - chrono::Days::new(OVERWRITE_DAYS - 1);
+    let tallies = state.store.traffic_counts(&partner.id, from, today).await?;
+    let overwrites = tallies
+        .iter()
+        .fold(Overwrites::default(), |sum, t| Overwrites {
+            won: sum.won + t.overwrites_won,
+            lost: sum.lost + t.overwrites_lost,
+        });
     let mut shown = PartnerView::new(partner, &state);
     shown.program = Some(view.book.status(&rules, Utc::now()));
+    shown.overwrites_30_days = Some(overwrites);
     Ok(Json(shown))
 }
 

@@ -335,6 +335,18 @@ impl Redirector {
             discount: campaign.discount,
             clicked_at: req.now,
         };
+        if let Some(taken) = earlier.filter(|e| e.partner != &*partner.id) {
+            // Another partner's visitor, now this one's: both sides count.
+            let t = &self.traffic;
+            t.count(
+                &partner.id,
+                &campaign.name,
+                term,
+                req.now,
+                Traffic::OverwriteWon,
+            );
+            t.count_lost(taken.partner, taken.campaign, taken.term, req.now);
+        }
         self.clicks.push(Click {
             click_id: attribution.click_id,
             visitor_id: attribution.visitor_id,

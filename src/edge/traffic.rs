@@ -1,7 +1,10 @@
 //! Requests that are not clicks (bots, link previews, suspects the
 //! cookie-stuffing guard caught) are kept as counts, not dropped: the
 //! report shows them beside each row's clicks, so a partner whose links
-//! are mostly loaded by previews or iframes is visible. They are tallied
+//! are mostly loaded by previews or iframes is visible. So are overwrites:
+//! a counted click that took a visitor another partner's cookie credited,
+//! tallied for both (won, lost), so a merchant sees who lives off others'
+//! clicks. They are tallied
 //! here, in memory, by report cell, and written to the store in one batch
 //! every `clicks.flush_interval`, apart from the click queue: a flood of
 //! them can never take a click's room in the buffer.
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -26,6 +30,10 @@ const MAX_CELLS: usize = 100_000;
 pub enum Traffic {
     Bot,
     Suspect,
+    /// A counted click that took over another partner's visitor.
+    OverwriteWon,
+    /// The partner whose visitor that click took.
+    OverwriteLost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,24 +49,29 @@ struct CellKey {
 struct Tally {
     bots: AtomicU64,
     suspects: AtomicU64,
+    won: AtomicU64,
+    lost: AtomicU64,
 }
 
 /// The tallies since the last write.
 pub struct TrafficCounts {
-    cells: DashMap<CellKey, Tally>,
+    /// Hashed with foldhash, seeded per process: an overwrite tallies two
+    /// cells on the redirect's path, and SipHash of their three strings
+    /// cost about as much as the rest of the tally.
+    cells: DashMap<CellKey, Tally, RandomState>,
     pub metrics: Arc<Metrics>,
 }
 
 impl TrafficCounts {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         TrafficCounts {
-            cells: DashMap::new(),
+            cells: DashMap::with_hasher(RandomState::default()),
             metrics,
         }
     }
 
     /// Tallies one request of `partner`'s `campaign` and `term` at `now`
-    /// (unix seconds).
+    /// (unix seconds), sharing the route cache's strings.
     pub fn count(
         &self,
         partner: &Arc<str>,
@@ -73,6 +86,21 @@ impl TrafficCounts {
             campaign: Arc::clone(campaign),
             term: term.map(Arc::from),
         };
+        self.add(key, traffic);
+    }
+
+    /// Tallies the losing side of an overwrite: names read from its cookie.
+    pub fn count_lost(&self, partner: &str, campaign: &str, term: Option<&str>, now: i64) {
+        let key = CellKey {
+            partner: Arc::from(partner),
+            day: now.div_euclid(86_400),
+            campaign: Arc::from(campaign),
+            term: term.map(Arc::from),
+        };
+        self.add(key, Traffic::OverwriteLost);
+    }
+
+    fn add(&self, key: CellKey, traffic: Traffic) {
         let tally = match self.cells.get(&key) {
             Some(tally) => tally,
             None if self.cells.len() >= MAX_CELLS => {
@@ -84,6 +112,8 @@ impl TrafficCounts {
         let counter = match traffic {
             Traffic::Bot => &tally.bots,
             Traffic::Suspect => &tally.suspects,
+            Traffic::OverwriteWon => &tally.won,
+            Traffic::OverwriteLost => &tally.lost,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -105,6 +135,8 @@ impl TrafficCounts {
                 term: key.term.as_deref().unwrap_or("").to_owned(),
                 bots: tally.bots.into_inner(),
                 suspects: tally.suspects.into_inner(),
+                overwrites_won: tally.won.into_inner(),
+                overwrites_lost: tally.lost.into_inner(),
             });
         }
         cells
@@ -156,6 +188,7 @@ mod tests {
         counts.count(&acme, &spring, Some("mail"), day + 1, Traffic::Bot);
         counts.count(&acme, &spring, Some("mail"), day, Traffic::Suspect);
         counts.count(&acme, &spring, None, day, Traffic::Suspect);
+        counts.count_lost("acme", "spring", None, day);
         let mut cells = counts.take();
         cells.sort_by(|a, b| a.term.cmp(&b.term));
         assert_eq!(cells.len(), 2);
@@ -167,6 +200,7 @@ mod tests {
             (cells[1].term.as_str(), cells[1].bots, cells[1].suspects),
             ("mail", 2, 1)
         );
+        assert_eq!((cells[0].overwrites_won, cells[0].overwrites_lost), (0, 1));
         assert_eq!(cells[1].day.to_string(), "2026-11-18");
         assert!(counts.take().is_empty(), "taken once");
     }

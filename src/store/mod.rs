@@ -137,6 +137,8 @@ pub struct TrafficCell {
     pub term: String,
     pub bots: u64,
     pub suspects: u64,
+    pub overwrites_won: u64,
+    pub overwrites_lost: u64,
 }
 
 /// Tallies written together, once, under their id.
@@ -155,12 +157,14 @@ impl TrafficBatch {
     }
 }
 
-/// A cell's bot and suspect tallies, as the report reads them.
+/// A cell's bot, suspect and overwrite tallies, as the report reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrafficCount {
     pub cell: CounterCell,
     pub bots: u64,
     pub suspects: u64,
+    pub overwrites_won: u64,
+    pub overwrites_lost: u64,
 }
 
 /// What `enqueue_events` did with a batch.

@@ -84,6 +84,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_6.sql")),
     Migration::sql(include_str!("sqlite/schema_7.sql")),
     Migration::sql(include_str!("sqlite/schema_8.sql")),
+    Migration::sql(include_str!("sqlite/schema_9.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

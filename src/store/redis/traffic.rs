@@ -1,6 +1,6 @@
-//! Bot and suspect tallies in Redis: a hash per partner and day beside
-//! its click counters (`b\tcampaign\tterm` and `s\tcampaign\tterm`
-//! fields), added to by one script per partner and batch, which a batch
+//! Bot, suspect and overwrite tallies in Redis: a hash per partner and
+//! day beside its click counters (`b`, `s`, `w` and `l` fields, each
+//! followed by `\tcampaign\tterm`), added to by one script per partner and batch, which a batch
 //! marker on the partner's slot makes count once.
 
 use std::collections::BTreeMap;
@@ -39,6 +39,8 @@ impl RedisStore {
                     .arg(format!("{}\t{}", cell.campaign, cell.term))
                     .arg(cell.bots)
                     .arg(cell.suspects)
+                    .arg(cell.overwrites_won)
+                    .arg(cell.overwrites_lost)
                     .arg(day_expiry(cell.day, self.window_secs));
             }
             invocation
@@ -67,7 +69,7 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let mut cells: BTreeMap<CounterCellKey, (u64, u64)> = BTreeMap::new();
+        let mut cells: BTreeMap<CounterCellKey, [u64; 4]> = BTreeMap::new();
         for (day, map) in days.iter().zip(maps) {
             for (field, n) in map {
                 let mut parts = field.splitn(3, '\t');
@@ -78,24 +80,26 @@ impl RedisStore {
                 let tally = cells
                     .entry((*day, campaign.to_owned(), term.to_owned()))
                     .or_default();
-                match kind {
-                    "b" => tally.0 += n,
-                    "s" => tally.1 += n,
-                    _ => {}
+                if let Some(at) = ["b", "s", "w", "l"].iter().position(|k| *k == kind) {
+                    tally[at] += n;
                 }
             }
         }
         Ok(cells
             .into_iter()
-            .map(|((day, campaign, term), (bots, suspects))| TrafficCount {
-                cell: CounterCell {
-                    day,
-                    campaign,
-                    term,
+            .map(
+                |((day, campaign, term), [bots, suspects, won, lost])| TrafficCount {
+                    cell: CounterCell {
+                        day,
+                        campaign,
+                        term,
+                    },
+                    bots,
+                    suspects,
+                    overwrites_won: won,
+                    overwrites_lost: lost,
                 },
-                bots,
-                suspects,
-            })
+            )
             .collect())
     }
 }

@@ -18,15 +18,21 @@ impl SqliteStore {
                 .execute(params![&batch.id[..], now])?;
             if fresh == 1 {
                 let mut add = tx.prepare_cached(
-                    "INSERT INTO traffic_cells (partner, day, campaign, term, bots, suspects) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                    "INSERT INTO traffic_cells (partner, day, campaign, term, bots, suspects, \
+                     overwrites_won, overwrites_lost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                      ON CONFLICT (partner, day, campaign, term) DO UPDATE SET \
-                     bots = bots + excluded.bots, suspects = suspects + excluded.suspects",
+                     bots = bots + excluded.bots, suspects = suspects + excluded.suspects, \
+                     overwrites_won = overwrites_won + excluded.overwrites_won, \
+                     overwrites_lost = overwrites_lost + excluded.overwrites_lost",
                 )?;
                 for c in &batch.cells {
+                    let tallies =
+                        [c.bots, c.suspects, c.overwrites_won, c.overwrites_lost].map(|n| n as i64);
+                    let [bots, suspects, won, lost] = tallies;
                     let day = c.day.to_string();
-                    let (bots, suspects) = (c.bots as i64, c.suspects as i64);
-                    add.execute(params![c.partner, day, c.campaign, c.term, bots, suspects])?;
+                    add.execute(params![
+                        c.partner, day, c.campaign, c.term, bots, suspects, won, lost
+                    ])?;
                 }
             }
             tx.commit()?;
@@ -44,7 +50,8 @@ impl SqliteStore {
         let (partner, from, to) = (partner.to_string(), from.to_string(), to.to_string());
         self.read_for_report(move |conn| {
             let mut query = conn.prepare_cached(
-                "SELECT day, campaign, term, bots, suspects FROM traffic_cells \
+                "SELECT day, campaign, term, bots, suspects, overwrites_won, overwrites_lost \
+                 FROM traffic_cells \
                  WHERE partner = ?1 AND day >= ?2 AND day <= ?3",
             )?;
             let rows = query.query_map(params![partner, from, to], |row| {
@@ -52,13 +59,13 @@ impl SqliteStore {
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
+                    [3, 4, 5, 6].map(|i| row.get::<_, i64>(i).map(|n| n as u64)),
                 ))
             })?;
             let mut counts = Vec::new();
             for row in rows {
-                let (day, campaign, term, bots, suspects) = row?;
+                let (day, campaign, term, tallies) = row?;
+                let [bots, suspects, won, lost] = tallies;
                 let day = day
                     .parse()
                     .map_err(|e| StoreError::corrupt("traffic_cells day", e))?;
@@ -68,8 +75,10 @@ impl SqliteStore {
                         campaign,
                         term,
                     },
-                    bots: bots as u64,
-                    suspects: suspects as u64,
+                    bots: bots?,
+                    suspects: suspects?,
+                    overwrites_won: won?,
+                    overwrites_lost: lost?,
                 });
             }
             Ok(counts)
