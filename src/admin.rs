@@ -52,6 +52,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let answers = tokio::time::timeout(STATS_TIMEOUT, state.store.ping()).await;
     state
         .metrics
+        .service
         .ready
         .set(i64::from(matches!(answers, Ok(Ok(())))));
     match tokio::time::timeout(STATS_TIMEOUT, payout_queue(&state)).await {

@@ -65,10 +65,8 @@ pub struct Metrics {
     suspects: Vec<IntCounter>,
     pub redirect_seconds: Histogram,
     pub click_queue_depth: IntGauge,
-    /// `clicks.buffer_capacity`, so that alerts read the depth as a share.
-    pub click_queue_capacity: IntGauge,
-    /// 1 while the store answers, as `/readyz` sees it at scrape time.
-    pub ready: IntGauge,
+    /// The instance's own state, for dashboards and alerts.
+    pub service: ServiceGauges,
     pub clicks_dropped: IntCounter,
     /// Bot and suspect requests not tallied: too many cells between writes.
     pub traffic_dropped: IntCounter,
@@ -105,6 +103,29 @@ const REFUSED_REASONS: [&str; 6] = [
 ];
 /// What the worker makes of an event (`events_processed_total{outcome}`).
 const PROCESSED_OUTCOMES: [&str; 4] = ["applied", "duplicate", "no_effect", "parked"];
+
+/// The instance's own state.
+pub struct ServiceGauges {
+    /// `clicks.buffer_capacity`, so that alerts read the depth as a share.
+    pub click_buffer_capacity: IntGauge,
+    /// 1 while the store answers, as `/readyz` sees it at scrape time.
+    pub ready: IntGauge,
+}
+
+impl ServiceGauges {
+    fn new(r: &Register) -> Self {
+        ServiceGauges {
+            click_buffer_capacity: r.add(IntGauge::new(
+                "click_buffer_capacity",
+                "Clicks the in-memory buffer holds at most (clicks.buffer_capacity).",
+            )),
+            ready: r.add(IntGauge::new(
+                "ready",
+                "1 while the store answers (as /readyz sees it, checked at scrape time), else 0.",
+            )),
+        }
+    }
+}
 
 /// Payouts that reached a status through this process.
 struct PayoutCounters {
@@ -277,14 +298,7 @@ impl Metrics {
                 "click_buffer_depth",
                 "Clicks waiting in memory to be written to the store.",
             )),
-            click_queue_capacity: r.add(IntGauge::new(
-                "click_buffer_capacity",
-                "Clicks the in-memory buffer holds at most (clicks.buffer_capacity).",
-            )),
-            ready: r.add(IntGauge::new(
-                "ready",
-                "1 while the store answers (as /readyz sees it, checked at scrape time), else 0.",
-            )),
+            service: ServiceGauges::new(&r),
             clicks_dropped: r.add(IntCounter::new(
                 "clicks_dropped_total",
                 "Counted clicks dropped because the click buffer was full.",

@@ -238,7 +238,11 @@ async fn an_overwrite_is_counted_once_on_each_side(setup: Stack) {
         let (_, rival) = app
             .get("/v1/partners/rival/report", Some(common::ADMIN))
             .await;
-        if acme["totals"]["overwrites_lost"] == 1 && rival["totals"]["clicks"] == 2 {
+        let written = acme["totals"]["clicks"] == 1 && rival["totals"]["clicks"] == 2;
+        if written
+            && acme["totals"]["overwrites_lost"] == 1
+            && rival["totals"]["overwrites_won"] == 1
+        {
             break (acme, rival);
         }
         assert!(std::time::Instant::now() < deadline, "{acme}\n{rival}");

@@ -33,7 +33,7 @@ pub struct ClickReceiver {
 /// A queue holding at most `capacity` clicks.
 pub fn queue(capacity: usize, metrics: Arc<Metrics>) -> (ClickQueue, ClickReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
-    metrics.click_queue_capacity.set(capacity as i64);
+    metrics.service.click_buffer_capacity.set(capacity as i64);
     (ClickQueue { tx, metrics }, ClickReceiver { rx })
 }
 

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::edge::fetch::FetchSignals;
+use crate::edge::head::{CookieHeaders, PlainHeaders};
 use crate::edge::redirect::{RedirectRequest, RedirectResponse, Redirector};
 use crate::metrics::Metrics;
 
@@ -34,8 +35,6 @@ use crate::metrics::Metrics;
 /// once per period, so it may stay open up to twice as long). hyper applies
 /// the same limit to the head of each request it reads.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most `Cookie` headers read from one request.
-const MAX_COOKIE_HEADERS: usize = 8;
 /// Most headers in a request answered here; hyper takes larger heads.
 const MAX_HEADERS: usize = 32;
 
@@ -94,33 +93,6 @@ fn is_redirect_path(path: &str) -> bool {
     path.starts_with("/r/") || path == "/r"
 }
 
-/// The `Cookie` header values of a request, up to `MAX_COOKIE_HEADERS`
-/// (later ones are ignored), gathered on the stack.
-struct CookieHeaders<'a> {
-    values: [&'a [u8]; MAX_COOKIE_HEADERS],
-    len: usize,
-}
-
-impl<'a> CookieHeaders<'a> {
-    fn new() -> Self {
-        CookieHeaders {
-            values: [&[]; MAX_COOKIE_HEADERS],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, value: &'a [u8]) {
-        if self.len < MAX_COOKIE_HEADERS {
-            self.values[self.len] = value;
-            self.len += 1;
-        }
-    }
-
-    fn as_slice(&self) -> &[&'a [u8]] {
-        &self.values[..self.len]
-    }
-}
-
 /// A 302's `Location` and `Set-Cookie` as both connection paths send them:
 /// header-safe, or the default landing (and no cookie) should an answer
 /// ever hold what cannot be a header value.
@@ -174,7 +146,7 @@ impl PublicInner {
             query: req.uri().query(),
             cookies: cookies.as_slice(),
             user_agent: req.headers().get(USER_AGENT).map(HeaderValue::as_bytes),
-            fetch: fetch_signals(req.headers()),
+            fetch: FetchSignals::of_headers(req.headers()),
             now: unix_now(),
         });
         let sent = self.redirect_headers(&answer);
@@ -433,63 +405,26 @@ pub(crate) fn answer_one(
     if !is_redirect_path(path) {
         return Step::HandOff;
     }
-    let mut cookies = CookieHeaders::new();
-    let mut user_agent = None;
-    let mut fetch = FetchSignals::default();
-    let mut close = false;
-    for header in request.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("cookie") {
-            cookies.push(header.value);
-        } else if name.eq_ignore_ascii_case("user-agent") {
-            user_agent.get_or_insert(header.value);
-        } else if fetch.take(name, header.value) {
-            // Read by the cookie-stuffing guard.
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
-                return Step::HandOff;
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            if header.value.eq_ignore_ascii_case(b"close") {
-                close = true;
-            } else if !header.value.eq_ignore_ascii_case(b"keep-alive") {
-                return Step::HandOff;
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
-        {
-            return Step::HandOff;
-        }
-    }
+    let Some(headers) = PlainHeaders::read(request.headers) else {
+        return Step::HandOff;
+    };
     let now = unix_now();
     let answer = service.answer(&RedirectRequest {
         head,
         path,
         query,
-        cookies: cookies.as_slice(),
-        user_agent,
-        fetch,
+        cookies: headers.cookies.as_slice(),
+        user_agent: headers.user_agent,
+        fetch: headers.fetch,
         now,
     });
     let sent = service.redirect_headers(&answer);
-    write_redirect(out, &sent, close, now);
-    if close {
+    write_redirect(out, &sent, headers.close, now);
+    if headers.close {
         Step::AnsweredLast(len)
     } else {
         Step::Answered(len)
     }
-}
-
-/// The Fetch Metadata and prefetch headers of a request hyper parsed.
-fn fetch_signals(headers: &axum::http::HeaderMap) -> FetchSignals<'_> {
-    let mut signals = FetchSignals::default();
-    for name in ["sec-fetch-dest", "sec-fetch-mode", "sec-purpose", "purpose"] {
-        if let Some(value) = headers.get(name) {
-            signals.take(name, value.as_bytes());
-        }
-    }
-    signals
 }
 
 /// A request target made only of characters every URL parser takes as they

@@ -66,6 +66,17 @@ impl<'a> FetchSignals<'a> {
         true
     }
 
+    /// The headers of a request hyper parsed.
+    pub fn of_headers(headers: &'a axum::http::HeaderMap) -> Self {
+        let mut signals = FetchSignals::default();
+        for name in ["sec-fetch-dest", "sec-fetch-mode", "sec-purpose", "purpose"] {
+            if let Some(value) = headers.get(name) {
+                signals.take(name, value.as_bytes());
+            }
+        }
+        signals
+    }
+
     /// Why the request is not a visitor's click, if it says so.
     pub fn suspect(&self) -> Option<SuspectReason> {
         if self.purpose.is_some_and(is_prefetch) {

@@ -18,6 +18,7 @@ pub mod clicks;
 pub mod connections;
 pub mod cookie;
 pub mod fetch;
+mod head;
 pub mod landing;
 pub mod link;
 pub mod redirect;

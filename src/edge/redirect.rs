@@ -279,15 +279,7 @@ impl Redirector {
         let utm = UtmParams::parse(req.query);
         let term = utm.term.as_deref().or(campaign.term.as_deref());
         // Not a visitor's click: redirected, no cookie, not counted.
-        let not_a_click = if req.head {
-            Some((RedirectOutcome::Head, None))
-        } else if self.is_bot(req.user_agent) {
-            Some((RedirectOutcome::Bot, None))
-        } else {
-            req.fetch
-                .suspect()
-                .map(|reason| (RedirectOutcome::Suspect, Some(reason)))
-        };
+        let not_a_click = self.not_a_click(req);
         if let Some((outcome, suspect)) = not_a_click {
             self.tally(
                 &partner,
@@ -336,16 +328,7 @@ impl Redirector {
             clicked_at: req.now,
         };
         if let Some(taken) = earlier.filter(|e| e.partner != &*partner.id) {
-            // Another partner's visitor, now this one's: both sides count.
-            let t = &self.traffic;
-            t.count(
-                &partner.id,
-                &campaign.name,
-                term,
-                req.now,
-                Traffic::OverwriteWon,
-            );
-            t.count_lost(taken.partner, taken.campaign, taken.term, req.now);
+            self.tally_overwrite(&partner, campaign, term, &taken, req.now);
         }
         self.clicks.push(Click {
             click_id: attribution.click_id,
@@ -362,6 +345,40 @@ impl Redirector {
             &attribution,
             RedirectOutcome::Counted,
         )
+    }
+
+    /// What a request that is not a visitor's click is: a `HEAD`, a bot,
+    /// or a suspect by the browser's own account.
+    fn not_a_click(
+        &self,
+        req: &RedirectRequest<'_>,
+    ) -> Option<(RedirectOutcome, Option<SuspectReason>)> {
+        if req.head {
+            Some((RedirectOutcome::Head, None))
+        } else if self.is_bot(req.user_agent) {
+            Some((RedirectOutcome::Bot, None))
+        } else {
+            req.fetch
+                .suspect()
+                .map(|reason| (RedirectOutcome::Suspect, Some(reason)))
+        }
+    }
+
+    /// A counted click that took `taken`'s visitor (another partner's):
+    /// both sides count.
+    fn tally_overwrite(
+        &self,
+        partner: &PartnerRoute,
+        campaign: &CampaignRoute,
+        term: Option<&str>,
+        taken: &Attribution<'_>,
+        now: i64,
+    ) {
+        let won = Traffic::OverwriteWon;
+        self.traffic
+            .count(&partner.id, &campaign.name, term, now, won);
+        self.traffic
+            .count_lost(taken.partner, taken.campaign, taken.term, now);
     }
 
     /// Tallies a bot's or suspect's request in the report cell a click
