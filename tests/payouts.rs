@@ -238,6 +238,12 @@ async fn a_payout_is_requested_then_paid_or_failed(setup: Stack) {
     assert_eq!(lines, expected);
     let (status, _, _) = text(app, "/v1/payouts?status=paid&format=paypal", ADMIN).await;
     assert_eq!(status, 400);
+    // A filter that would be ignored is refused, naming it.
+    let (status, body) = app.get("/v1/payouts?currency=USD", Some(ADMIN)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_query"))
+    );
 
     // Metrics: every step counted, the waiting queue read at scrape time.
     let metrics = app.metrics().await;

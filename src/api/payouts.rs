@@ -184,9 +184,11 @@ pub async fn settle(
     state.store.index_payout(&settled.payouts[0]).await?;
     let now = Utc::now();
     let compute = |view: book::BookView, _: &BookRequest| {
-        let payout = view.payouts.get(&id).expect("loaded above, never removed");
-        let changes = book::settle_payout(&view.book, payout, &settlement, now)?;
-        Ok::<_, PayoutConflict>(Computed::Done(changes, ()))
+        // Records are never removed: read above, it is there still.
+        let payout = view.payouts.get(&id).ok_or(ApiError::NotFound("payout"))?;
+        let changes =
+            book::settle_payout(&view.book, payout, &settlement, now).map_err(conflict)?;
+        Ok::<_, ApiError>(Computed::Done(changes, ()))
     };
     let (changes, ()) = step::commit_with_retry(
         state.store.as_ref(),
@@ -196,7 +198,7 @@ pub async fn settle(
         compute,
     )
     .await
-    .map_err(|e| step_error(e, conflict))?;
+    .map_err(|e| step_error(e, |refused| refused))?;
     state
         .store
         .unindex_payout(&id, PayoutStatus::Requested)
@@ -249,6 +251,10 @@ pub async fn list(
     };
     let cursor = cursor(query.cursor.as_deref())?;
     match query.format.as_deref() {
+        None | Some("json") if query.currency.is_some() => Err(ApiError::bad_request(
+            "invalid_query",
+            "`currency` picks the currency of `format=paypal`",
+        )),
         None | Some("json") => {
             let limit = limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
             let payouts = state.store.payouts(status, cursor.as_ref(), limit).await?;
