@@ -117,6 +117,10 @@ pub struct Attribution {
     /// Clock skew tolerated between vendor and service. Default 5 minutes.
     #[serde(deserialize_with = "duration")]
     pub clock_skew: Duration,
+    /// A signup credited sooner than this after its click has its
+    /// commissions held (`fast_signup`). Zero: never.
+    #[serde(deserialize_with = "duration")]
+    pub min_click_age: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,9 +362,7 @@ impl Config {
             return Err(invalid("embedded.path", "must name a file"));
         }
         self.validate_cookie()?;
-        if self.attribution.window.is_zero() {
-            return Err(invalid("attribution.window", "must be longer than zero"));
-        }
+        self.validate_attribution()?;
         self.validate_landing()?;
         self.validate_campaign()?;
         self.validate_clicks()?;
@@ -412,6 +414,19 @@ impl Config {
         }
         if self.api.max_report_days == 0 {
             return Err(invalid("api.max_report_days", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_attribution(&self) -> Result<(), ConfigError> {
+        if self.attribution.window.is_zero() {
+            return Err(invalid("attribution.window", "must be longer than zero"));
+        }
+        if self.attribution.min_click_age >= self.attribution.window {
+            return Err(invalid(
+                "attribution.min_click_age",
+                "must be shorter than attribution.window",
+            ));
         }
         Ok(())
     }
@@ -541,6 +556,8 @@ impl Config {
             tiers: self.tiers.clone(),
             hold_days: self.commission.hold_days,
             payout_minimum: self.payout.minimum.clone(),
+            min_click_age_ms: i64::try_from(self.attribution.min_click_age.as_millis())
+                .unwrap_or(i64::MAX),
         }
     }
 }

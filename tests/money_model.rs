@@ -798,6 +798,7 @@ async fn a_worker_leaves_held_books_and_drains_the_rest(store: Arc<dyn Store>) {
             campaign: "default_link".into(),
             term: None,
             click_at: BASE_MS / 1000,
+            found: None,
         },
     };
     for partner in ["held-a", "held-b", "held-c"] {

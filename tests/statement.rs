@@ -51,6 +51,7 @@ fn rules() -> Rules {
         }],
         hold_days: 0,
         payout_minimum: [(Currency::USD, Decimal::new(50, 0))].into(),
+        min_click_age_ms: 0,
     }
 }
 

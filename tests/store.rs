@@ -12,6 +12,7 @@ use lastclick::conversions::book::{
 };
 use lastclick::conversions::customer::{ConversionCounts, Customer, EntryKind, Referral};
 use lastclick::conversions::events::{Event, EventKind};
+use lastclick::conversions::hold::Hold;
 use lastclick::conversions::money::Currency;
 use lastclick::conversions::money::Period;
 use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId, PayoutId};
@@ -260,6 +261,31 @@ async fn clicks_are_kept_by_id_and_by_visitor(store: Arc<dyn Store>) {
         store.last_click(&VisitorId([3; 16])).await.unwrap(),
         Some(run[1].clone())
     );
+    let history = store.visitor_clicks(&VisitorId([3; 16]), 20).await.unwrap();
+    let times: Vec<i64> = history.iter().map(|c| c.at - t0()).collect();
+    assert_eq!(times, [300, 250, 200, 100]);
+    visitor_history_keeps_the_latest_clicks_once_each(&store).await;
+}
+
+/// A visitor's history: its latest `MAX_VISITOR_CLICKS` clicks, newest
+/// first, whatever order and batches they come in, a batch sent again
+/// counted once.
+async fn visitor_history_keeps_the_latest_clicks_once_each(store: &Arc<dyn Store>) {
+    let visitor = VisitorId([4; 16]);
+    let clicks: Vec<Click> = (0..25)
+        .map(|i| click("acme", "spring", None, 4, t0() + (i * 7) % 25))
+        .collect();
+    for batch in [&clicks[10..], &clicks[..10], &clicks[..10]] {
+        store.record_clicks(batch).await.unwrap();
+    }
+    let history = store.visitor_clicks(&visitor, 100).await.unwrap();
+    let times: Vec<i64> = history.iter().map(|c| c.at - t0()).collect();
+    assert_eq!(times, (5..25).rev().collect::<Vec<i64>>());
+    assert_eq!(store.visitor_clicks(&visitor, 3).await.unwrap().len(), 3);
+    assert_eq!(
+        store.last_click(&visitor).await.unwrap().map(|c| c.at),
+        Some(t0() + 24)
+    );
 }
 
 async fn counters_group_by_day_campaign_and_term_and_a_rewrite_counts_once(store: Arc<dyn Store>) {
@@ -349,6 +375,7 @@ fn referral(partner: &str) -> Referral {
         campaign: "default_link".into(),
         term: None,
         click_at: t0(),
+        found: None,
     }
 }
 
@@ -878,6 +905,69 @@ async fn traffic_tallies_add_up_once_per_batch(store: Arc<dyn Store>) {
     assert_eq!(one_day.len(), 1);
 }
 
+/// Commits `customer` of `partner` with a hold made at `held_at`.
+async fn commit_held(store: &Arc<dyn Store>, partner: &str, customer: &str, held_at: i64) {
+    let mut record = Customer::new(customer, referral(partner));
+    record.hold = Hold::for_signup(1_000, 5_000, held_at);
+    let view = store
+        .load_book(&pid(partner), &BookRequest::default())
+        .await
+        .unwrap();
+    let changes = Changes {
+        book: view.book,
+        customers: vec![record],
+        ..Changes::default()
+    };
+    let commit = store
+        .commit_book(&pid(partner), view.version, &changes)
+        .await;
+    assert_eq!(commit.unwrap(), Commit::Applied);
+}
+
+async fn held_customers_are_listed_by_time_and_found_by_customer(store: Arc<dyn Store>) {
+    let base = t0() * 1000;
+    commit_held(&store, "acme", "cus_b", base + 1).await;
+    commit_held(&store, "beta", "cus_a", base + 1).await;
+    commit_held(&store, "acme", "cus_z", base).await;
+    // Written again by a later step: listed once.
+    commit_held(&store, "acme", "cus_z", base).await;
+    // A customer without a hold is not listed.
+    let plain = Customer::new("cus_plain", referral("acme"));
+    let view = store
+        .load_book(&pid("acme"), &BookRequest::default())
+        .await
+        .unwrap();
+    let changes = Changes {
+        book: view.book,
+        customers: vec![plain],
+        ..Changes::default()
+    };
+    store
+        .commit_book(&pid("acme"), view.version, &changes)
+        .await
+        .unwrap();
+
+    let all = store.holds(None, 10).await.unwrap();
+    let listed: Vec<(&str, &str)> = all
+        .iter()
+        .map(|h| (h.customer.as_str(), h.partner.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [("cus_z", "acme"), ("cus_a", "beta"), ("cus_b", "acme")]
+    );
+    let first = store.holds(None, 1).await.unwrap();
+    let rest = store.holds(Some(&first[0].cursor()), 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].customer, "cus_a");
+    let (a, plain) = (
+        CustomerId::parse("cus_a").unwrap(),
+        CustomerId::parse("cus_plain").unwrap(),
+    );
+    assert_eq!(store.hold_partner(&a).await.unwrap(), Some(pid("beta")));
+    assert_eq!(store.hold_partner(&plain).await.unwrap(), None);
+}
+
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -935,6 +1025,12 @@ macro_rules! store_suite {
             async fn traffic_tallies_add_up_once_per_batch() {
                 let (store, _server) = $make.await;
                 super::traffic_tallies_add_up_once_per_batch(store).await;
+            }
+
+            #[tokio::test]
+            async fn held_customers_are_listed_by_time_and_found_by_customer() {
+                let (store, _server) = $make.await;
+                super::held_customers_are_listed_by_time_and_found_by_customer(store).await;
             }
 
             #[tokio::test]

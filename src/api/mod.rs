@@ -16,13 +16,19 @@
 //! - `POST|GET /v1/partners/{id}/payouts` (admin, that partner): request a
 //!   payout, list the partner's
 //! - `GET /v1/payouts`, `PATCH /v1/payouts/{id}` (admin): the payout queue
+//! - `GET /v1/holds`, `POST /v1/holds/{id}` (admin): customers whose
+//!   commissions wait because they signed up too soon after the click
+//! - `GET /v1/customers/{id}/attribution` (admin, merchant): why the
+//!   customer was credited to whom, and the visitor's clicks that lost
 //! - `GET /v1/openapi.json` (anyone): this API's OpenAPI document
 
+mod attribution;
 pub mod auth;
 mod body;
 mod campaigns;
 mod error;
 mod events;
+mod holds;
 mod money;
 mod openapi;
 mod pages;
@@ -115,6 +121,9 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", patch(payouts::settle))
+        .route("/v1/holds", get(holds::list))
+        .route("/v1/customers/{id}/attribution", get(attribution::explain))
+        .route("/v1/holds/{id}", post(holds::decide))
         .route("/v1/events", post(events::create))
         .route("/v1/events/parked", get(events::parked))
         .route("/v1/events/dead", get(events::dead))

@@ -1,5 +1,6 @@
 //! `/v1/partners`: create, read and update partners.
 
+use crate::conversions::hold::DelayHistogram;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -61,6 +62,10 @@ pub struct PartnerView {
     /// days (today included).
     #[serde(skip_serializing_if = "Option::is_none")]
     overwrites_30_days: Option<Overwrites>,
+    /// How long after their click the partner's credited customers of the
+    /// last 90 days signed up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_to_signup_90_days: Option<DelayHistogram>,
 }
 
 #[derive(Serialize, Default)]
@@ -85,6 +90,7 @@ impl PartnerView {
             program: None,
             balances: None,
             overwrites_30_days: None,
+            click_to_signup_90_days: None,
         }
     }
 }
@@ -162,6 +168,7 @@ pub async fn show(
     let mut shown = PartnerView::new(partner, &state);
     shown.program = Some(view.book.status(&rules, Utc::now()));
     shown.overwrites_30_days = Some(overwrites);
+    shown.click_to_signup_90_days = Some(DelayHistogram::of(&view.book.delays, Utc::now()));
     Ok(Json(shown))
 }
 

@@ -83,6 +83,10 @@ pub struct Book {
     /// The latest event applied: an event before it is late, and may
     /// change what came after it.
     pub latest: Option<EventKey>,
+    /// (signup ms, click-to-signup seconds) of each referred customer, for
+    /// the timing histogram. Last: the stored form before it had no such
+    /// field (`stored.rs`).
+    pub delays: Vec<(i64, i64)>,
 }
 
 /// A signup as the partner's history keeps it.
@@ -167,6 +171,9 @@ pub struct Balance {
     pub available: Decimal,
     pub in_payout: Decimal,
     pub paid: Decimal,
+    /// Part of `pending`: commissions of held customers, waiting for the
+    /// program team to release or reject them.
+    pub on_hold: Decimal,
 }
 
 /// The rules of the program, from the configuration.
@@ -176,6 +183,8 @@ pub struct Rules {
     pub hold_days: u32,
     /// Smallest payout per currency; a currency not listed is never paid.
     pub payout_minimum: BTreeMap<Currency, Decimal>,
+    /// A signup sooner than this after its click (ms) is held; 0: never.
+    pub min_click_age_ms: i64,
 }
 
 impl Rules {
@@ -197,7 +206,31 @@ pub fn arr_currency(rules: &Rules) -> Currency {
         .unwrap_or(Currency::USD)
 }
 
+/// The time under which held customers' amounts wait in
+/// `CurrencyTotals::held`: never reached, so they stay pending until a
+/// release moves them to their own times.
+pub const ON_HOLD: i64 = i64::MAX;
+
 impl CurrencyTotals {
+    /// Adds `amount` (either sign) to what waits for a hold's decision.
+    fn put_on_hold(&mut self, amount: Decimal) {
+        match self.held.iter_mut().find(|(at, _)| *at == ON_HOLD) {
+            Some((_, held)) => *held += amount,
+            None => self.held.push((ON_HOLD, amount)),
+        }
+        self.held
+            .retain(|(at, amount)| *at != ON_HOLD || !amount.is_zero());
+    }
+
+    /// What waits for holds' decisions.
+    fn on_hold(&self) -> Decimal {
+        self.held
+            .iter()
+            .filter(|(at, _)| *at == ON_HOLD)
+            .map(|(_, amount)| amount)
+            .sum()
+    }
+
     /// Moves what has matured by `now` (unix ms) from held to available.
     fn settle(&mut self, now: i64) {
         let (matured, held): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(at, _)| *at <= now);
@@ -241,6 +274,7 @@ impl Book {
                     available: shown(totals.available + matured),
                     in_payout: shown(totals.in_payout),
                     paid: shown(totals.paid),
+                    on_hold: shown(totals.on_hold()),
                 }
             })
             .collect()
@@ -462,10 +496,12 @@ impl Book {
 }
 
 mod apply;
+mod hold;
 mod payout;
 mod stored;
 
 pub use self::apply::apply;
+pub use self::hold::{decide_hold, posted_amounts, HoldConflict};
 pub use self::payout::{
     request_payout, settle_payout, Payout, PayoutConflict, PayoutRefusal, PayoutStatus, Settlement,
 };

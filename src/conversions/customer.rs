@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::conversions::hold::{Hold, HoldStatus};
 use crate::conversions::money::{arr_share, Billing, Currency, Money, Period};
 use crate::ids::PartnerId;
 
@@ -31,6 +32,27 @@ pub struct Referral {
     pub term: Option<String>,
     /// Unix seconds of the click.
     pub click_at: i64,
+    /// How the signup found the click; absent on claims made before it
+    /// was kept.
+    #[serde(default)]
+    pub found: Option<FoundClick>,
+}
+
+/// How a signup named its click, for the attribution explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    Cookie,
+    ClickId,
+    VisitorId,
+}
+
+/// The click a signup was credited to, and how it was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundClick {
+    pub by: FoundBy,
+    pub click_id: String,
+    pub visitor_id: String,
 }
 
 /// The customer's signup as the book applied it.
@@ -88,6 +110,13 @@ pub enum EntryKind {
     /// A requested payout that did not go through: its amount returns.
     #[serde(rename = "payout_failed")]
     PayoutFailed,
+    /// A held customer's commissions released: the balance does not
+    /// change, they move from pending to the usual schedule.
+    #[serde(rename = "hold_released")]
+    HoldReleased,
+    /// A held customer's commissions rejected: taken back.
+    #[serde(rename = "hold_rejected")]
+    HoldRejected,
 }
 
 /// What the ledger owes (or has posted) for one source event.
@@ -168,6 +197,10 @@ pub struct Customer {
     pub arr_points: Vec<(EventKey, Decimal)>,
     /// What the customer adds to the partner's ARR now.
     pub arr_share: Decimal,
+    /// Set when the signup came sooner after its click than
+    /// `attribution.min_click_age`. Last: the stored form before it had
+    /// no such field (`book/stored.rs`).
+    pub hold: Option<Hold>,
 }
 
 /// What a customer's events come to, derived in event-time order.
@@ -230,7 +263,22 @@ impl Customer {
             counts: ConversionCounts::default(),
             arr_points: Vec::new(),
             arr_share: Decimal::ZERO,
+            hold: None,
         }
+    }
+
+    /// Whether its commissions wait for a decision.
+    pub fn is_held(&self) -> bool {
+        self.hold
+            .as_ref()
+            .is_some_and(|h| h.status == HoldStatus::Held)
+    }
+
+    /// Whether its hold was rejected: it earns the partner nothing more.
+    pub fn is_rejected(&self) -> bool {
+        self.hold
+            .as_ref()
+            .is_some_and(|h| h.status == HoldStatus::Rejected)
     }
 
     /// Every event id this record holds.
@@ -462,6 +510,7 @@ mod tests {
                 campaign: "default_link".into(),
                 term: None,
                 click_at: 0,
+                found: None,
             },
         );
         c.signup = Some(Signup {

@@ -9,6 +9,9 @@
 //!   event-time order
 //! - [`book`]: a partner's balances, ARR history and ledger, and how a
 //!   batch of events or a payout changes them, whatever the order
+//! - [`explain`]: why a visitor's other clicks did not win its customer
+//! - [`hold`]: click-to-signup timing, and commissions held for a
+//!   signup that came too soon after its click
 //! - [`money`]: currencies, commission rounding, ARR and tiers
 //! - [`statement`]: a partner's monthly statement, from its ledger
 //! - [`step`]: one optimistic step on a book (load, compute, commit if
@@ -17,6 +20,8 @@
 pub mod book;
 pub mod customer;
 pub mod events;
+pub mod explain;
+pub mod hold;
 pub mod ingest;
 pub mod money;
 pub mod statement;

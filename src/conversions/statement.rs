@@ -102,10 +102,11 @@ impl CurrencyStatement {
         match entry.kind {
             EntryKind::Commission => self.commissions += amount,
             EntryKind::Clawback => self.clawbacks += amount,
-            EntryKind::Adjustment => self.adjustments += amount,
+            // A rejected hold takes commissions back: a correction.
+            EntryKind::Adjustment | EntryKind::HoldRejected => self.adjustments += amount,
             EntryKind::Payout | EntryKind::PayoutRequested => self.payouts_requested += amount,
             EntryKind::PayoutFailed => self.payouts_failed += amount,
-            EntryKind::PayoutPaid => {}
+            EntryKind::PayoutPaid | EntryKind::HoldReleased => {}
         }
         let (_, moved) = effects(entry);
         self.requested += moved.requested;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::conversions::book::{self, Applied, Changes, Effect, Incoming, Rules};
-use crate::conversions::customer::{EntryKind, Referral};
+use crate::conversions::customer::{EntryKind, FoundBy, FoundClick, Referral};
 use crate::conversions::events::{AttributionRef, Event, EventKind};
 use crate::conversions::step::{self, Computed, StepError};
 use crate::edge::cookie::CookieSigner;

@@ -312,6 +312,10 @@ fn partner_of_key(key: &str) -> Result<PartnerId, StoreError> {
     PartnerId::parse(key).map_err(|e| StoreError::corrupt("partner id", e))
 }
 
+/// How many of a visitor's latest clicks the stores keep for the
+/// attribution explanation.
+pub const MAX_VISITOR_CLICKS: usize = 20;
+
 /// How `commit_book` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -336,6 +340,7 @@ pub trait Store:
     + RoutingStore
     + BookStore
     + PayoutStore
+    + HoldStore
     + Send
     + Sync
     + 'static
@@ -347,7 +352,8 @@ pub trait Store:
 /// The store traits, to call a `Store`'s methods.
 pub mod prelude {
     pub use super::{
-        BookStore, CatalogStore, ClickStore, EventQueue, PayoutStore, RoutingStore, Store,
+        BookStore, CatalogStore, ClickStore, EventQueue, HoldStore, PayoutStore, RoutingStore,
+        Store,
     };
 }
 
@@ -396,6 +402,14 @@ pub trait ClickStore: Send + Sync {
     }
     async fn click(&self, id: &ClickId) -> Result<Option<Click>, StoreError>;
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError>;
+    /// The visitor's latest clicks within the window, newest first: at
+    /// most `limit`, and never more than [`MAX_VISITOR_CLICKS`], all a
+    /// visitor's history holds.
+    async fn visitor_clicks(
+        &self,
+        visitor: &VisitorId,
+        limit: usize,
+    ) -> Result<Vec<Click>, StoreError>;
 
     /// Adds a batch of bot and suspect tallies to the report's cells.
     /// Sending the same batch again (same id) adds nothing.
@@ -474,6 +488,9 @@ pub trait RoutingStore: Send + Sync {
         customer: &CustomerId,
         referral: Option<&Referral>,
     ) -> Result<(Option<Referral>, Vec<Event>), StoreError>;
+    /// The customer's claim: `None` when its signup was never routed,
+    /// `Some(None)` when it signed up without a valid click.
+    async fn claim(&self, customer: &CustomerId) -> Result<Option<Option<Referral>>, StoreError>;
     /// Forgets the customer's parked events (`parked`, as the claim
     /// answered them): the claimant's book has them.
     async fn unpark(&self, customer: &CustomerId, parked: &[Event]) -> Result<(), StoreError>;
@@ -576,4 +593,44 @@ pub trait PayoutStore: Send + Sync {
         before: Option<&PayoutId>,
         limit: usize,
     ) -> Result<Vec<Payout>, StoreError>;
+}
+
+/// A customer whose commissions were held, as the cross-partner listing
+/// finds it: the hold itself is on the customer's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCustomer {
+    pub customer: String,
+    pub partner: PartnerId,
+    /// The signup's time, unix ms: the listing's order.
+    pub held_at: i64,
+}
+
+impl HeldCustomer {
+    /// Its place in the listing, as a cursor: the signup's ms (15 digits)
+    /// and the customer id, which sort as the listing does.
+    pub fn cursor(&self) -> String {
+        hold_cursor(self.held_at, &self.customer)
+    }
+}
+
+/// The cursor of a hold listed at `held_at` for `customer`.
+pub fn hold_cursor(held_at: i64, customer: &str) -> String {
+    format!("{:015}.{customer}", held_at.max(0))
+}
+
+/// Every customer ever held, across partners. `commit_book` indexes a
+/// customer when it writes its record with a hold (in the same
+/// transaction in SQLite; just before the commit in Redis, where an entry
+/// whose commit never happened is skipped by its reader).
+#[async_trait]
+pub trait HoldStore: Send + Sync {
+    /// The partner whose book holds the customer, if it was ever held.
+    async fn hold_partner(&self, customer: &CustomerId) -> Result<Option<PartnerId>, StoreError>;
+    /// Held customers oldest first, those after `after` (a cursor) when
+    /// given.
+    async fn holds(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HeldCustomer>, StoreError>;
 }

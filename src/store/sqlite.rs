@@ -43,6 +43,7 @@ mod click_log;
 mod clicks;
 mod counts;
 mod file;
+mod holds;
 mod payouts;
 mod queue;
 mod routing;
@@ -58,7 +59,7 @@ use super::sketch::Sketch;
 use super::{
     cell_of_key, partner_of_key, prelude::*, Campaign, CatalogSnapshot, Click, ClickCount, Commit,
     CounterCell, Delivery, Enqueued, Inbox, InboxItem, ParkedEvent, Partner, QueueStats, Route,
-    StoreError, Taken, Unreadable, UNREADABLE_KEPT,
+    StoreError, Taken, Unreadable, MAX_VISITOR_CLICKS, UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
     Book, BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry,
@@ -85,6 +86,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_7.sql")),
     Migration::sql(include_str!("sqlite/schema_8.sql")),
     Migration::sql(include_str!("sqlite/schema_9.sql")),
+    Migration::sql(include_str!("sqlite/schema_10.sql")),
+    Migration::sql(include_str!("sqlite/schema_11.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form
@@ -126,7 +129,7 @@ pub struct SqliteStore {
     /// Wakes a worker waiting for events (they are queued in-process).
     events_queued: Arc<Notify>,
     /// Where expiry stopped in `click_batches` and in `last_clicks` (a key).
-    expiry_cursors: [Mutex<Vec<u8>>; 2],
+    expiry_cursors: [Mutex<Vec<u8>>; 3],
     /// Unique-visitor sketches of recent batches, merged into the
     /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
     visitors: Mutex<PendingVisitors>,
@@ -336,6 +339,7 @@ impl SqliteStore {
         for (table, cursor) in [
             (ExpiringTable::ClickBatches, &self.expiry_cursors[0]),
             (ExpiringTable::LastClicks, &self.expiry_cursors[1]),
+            (ExpiringTable::VisitorClicks, &self.expiry_cursors[2]),
         ] {
             let mut walked = 0;
             while walked < rows {

@@ -3,6 +3,8 @@
 //! difference, later signups rated again when an event comes late.
 
 use super::*;
+use crate::conversions::customer::Posting;
+use crate::conversions::hold::{self, Hold, HoldStatus};
 use crate::conversions::money::{Billing, Money};
 
 /// Applies `events` to the book `view` was loaded as (for `request`).
@@ -36,6 +38,7 @@ pub fn apply(
         history_changes: Vec::new(),
         needed,
         rerate_from: None,
+        newly_held: HashSet::new(),
     };
     if run.needed != *request {
         return Applied::Load(run.needed);
@@ -91,6 +94,9 @@ struct BatchRun<'r> {
     /// The earliest moment late events changed: every signup after it is
     /// rated again once the batch is taken.
     rerate_from: Option<EventKey>,
+    /// Customers whose hold began in this batch after the ledger had
+    /// posted for them: `finish` moves those amounts on hold.
+    newly_held: HashSet<String>,
 }
 
 impl<'r> BatchRun<'r> {
@@ -154,17 +160,39 @@ impl<'r> BatchRun<'r> {
         }
         let rate = rate_at(&self.book, self.history.as_ref(), key, self.rules, late);
         // `take` inserted the customer before it asked.
-        self.customers
-            .get_mut(customer)
-            .expect("inserted by take")
-            .signup = Some(Signup {
+        let record = self.customers.get_mut(customer).expect("inserted by take");
+        record.signup = Some(Signup {
             key: key.clone(),
             billing,
             rate,
         });
+        let age_ms = hold::click_age_ms(&record.referral, key.at);
         self.book.signups.push(key.at);
+        self.book.delays.push((key.at, age_ms / 1000));
+        self.hold_if_fast(customer, age_ms, key.at);
         self.record_signup(key, customer, None, rate);
         Some(key.clone())
+    }
+
+    /// Holds the customer's commissions when its signup came sooner after
+    /// the click than the rules allow. A customer is held once: a signup
+    /// arriving late only makes the age shorter, and a decided hold stays
+    /// decided.
+    fn hold_if_fast(&mut self, customer: &str, age_ms: i64, signed_up_ms: i64) {
+        let record = self.customers.get_mut(customer).expect("inserted by take");
+        match &mut record.hold {
+            Some(hold) => {
+                if hold.status == HoldStatus::Held {
+                    hold.click_age_ms = hold.click_age_ms.min(age_ms);
+                }
+            }
+            None => {
+                record.hold = Hold::for_signup(age_ms, self.rules.min_click_age_ms, signed_up_ms);
+                if record.hold.is_some() && !record.posted.is_empty() {
+                    self.newly_held.insert(customer.to_owned());
+                }
+            }
+        }
     }
 
     /// Notes that later signups are rated again, once, from the earliest
@@ -185,6 +213,9 @@ impl<'r> BatchRun<'r> {
     fn forget_signup(&mut self, key: &EventKey, customer: &str, rate: Decimal) {
         if let Some(at) = self.book.signups.iter().position(|s| *s == key.at) {
             self.book.signups.swap_remove(at);
+        }
+        if let Some(at) = self.book.delays.iter().position(|(s, _)| *s == key.at) {
+            self.book.delays.swap_remove(at);
         }
         self.remove_member(signup_member(key, customer, rate), key.at);
         if let Some(history) = &mut self.history {
@@ -336,58 +367,32 @@ impl<'r> BatchRun<'r> {
         let mut entries = Vec::new();
         let mut cells: BTreeMap<ConversionCell, ConversionCounts> = BTreeMap::new();
         let mut parked = HashSet::new();
-        let mut ids: Vec<&String> = self.derived.keys().collect();
+        let derived_all = std::mem::take(&mut self.derived);
+        let mut ids: Vec<&String> = derived_all.keys().collect();
         ids.sort();
-        let mut customers = Vec::with_capacity(ids.len());
-        for id in ids {
-            let derived = &self.derived[id];
-            let customer = self.customers.get_mut(id).expect("derived from it");
-            // Posted in event-time order, so the ledger reads like the
-            // customer's history.
-            let mut owed_in_order: Vec<(&String, &crate::conversions::customer::Posting)> =
-                derived.owed.iter().collect();
-            owed_in_order.sort_by_key(|(source, owed)| (owed.at, *source));
-            for (source, owed) in owed_in_order {
-                let posted = customer.posted.get(source).copied();
-                let change = owed.amount - posted.unwrap_or_default();
-                if change.is_zero() {
-                    continue;
-                }
-                let kind = if posted.is_some() {
-                    EntryKind::Adjustment
-                } else {
-                    owed.kind
-                };
-                let mut entry =
-                    self.book
-                        .entry(source, kind, Some(id), Money::new(change, owed.currency));
-                entry.at = time(owed.at);
-                entry.available_at = time(owed.available_at);
-                entry.posted_at = Some(time(now_ms));
-                self.book.totals.entry(owed.currency).or_default().credit(
-                    change,
-                    owed.available_at,
-                    now_ms,
-                );
-                customer.posted.insert(source.clone(), owed.amount);
-                entries.push(entry);
+        for id in &ids {
+            let derived = &derived_all[*id];
+            if self.newly_held.contains(*id) {
+                self.move_on_hold(id, derived, now_ms);
             }
-            if derived.counts != customer.counts {
+            entries.extend(self.post_owed(id, derived, now_ms));
+            let customer = self.customers.get_mut(*id).expect("derived from it");
+            let counts = counts_of(customer, derived);
+            if counts != customer.counts {
                 let cell_key = ConversionCell::of(&customer.referral);
                 let loaded = self.cells;
                 let cell = cells
                     .entry(cell_key.clone())
                     .or_insert_with(|| loaded.get(&cell_key).cloned().unwrap_or_default());
-                cell.replace(&customer.counts, &derived.counts);
-                customer.counts = derived.counts.clone();
+                cell.replace(&customer.counts, &counts);
+                customer.counts = counts;
             }
             parked.extend(derived.parked.iter().map(|(id, _)| id.clone()));
         }
-        for id in self.derived.keys() {
-            if let Some(customer) = self.customers.remove(id) {
-                customers.push(customer);
-            }
-        }
+        let mut customers: Vec<Customer> = ids
+            .into_iter()
+            .filter_map(|id| self.customers.remove(id))
+            .collect();
         customers.sort_by(|a, b| a.id.cmp(&b.id));
         let changes = Changes {
             book: self.book,
@@ -400,6 +405,76 @@ impl<'r> BatchRun<'r> {
         };
         (changes, parked)
     }
+
+    /// The ledger entries for what the customer is owed beyond what the
+    /// ledger holds, in event-time order so the ledger reads like the
+    /// customer's history. A held customer's go on hold; a rejected one
+    /// earns nothing more.
+    fn post_owed(&mut self, id: &str, derived: &Derived, now_ms: i64) -> Vec<LedgerEntry> {
+        let customer = self.customers.get_mut(id).expect("derived from it");
+        if customer.is_rejected() {
+            return Vec::new();
+        }
+        let held = customer.is_held();
+        let mut owed_in_order: Vec<(&String, &Posting)> = derived.owed.iter().collect();
+        owed_in_order.sort_by_key(|(source, owed)| (owed.at, *source));
+        let mut entries = Vec::new();
+        for (source, owed) in owed_in_order {
+            let posted = customer.posted.get(source).copied();
+            let change = owed.amount - posted.unwrap_or_default();
+            if change.is_zero() {
+                continue;
+            }
+            let kind = if posted.is_some() {
+                EntryKind::Adjustment
+            } else {
+                owed.kind
+            };
+            let money = Money::new(change, owed.currency);
+            let mut entry = self.book.entry(source, kind, Some(id), money);
+            entry.at = time(owed.at);
+            entry.available_at = time(owed.available_at);
+            entry.posted_at = Some(time(now_ms));
+            let totals = self.book.totals.entry(owed.currency).or_default();
+            if held {
+                entry.note = Some(HELD_NOTE.to_owned());
+                totals.put_on_hold(change);
+            } else {
+                totals.credit(change, owed.available_at, now_ms);
+            }
+            customer.posted.insert(source.clone(), owed.amount);
+            entries.push(entry);
+        }
+        entries
+    }
+
+    /// Moves what the ledger already posted for a customer whose hold began
+    /// in this batch (an earlier signup, arriving late, came too soon after
+    /// the click) from the balance to what waits on hold.
+    fn move_on_hold(&mut self, id: &str, derived: &Derived, now_ms: i64) {
+        let customer = &self.customers[id];
+        for (source, amount) in &customer.posted {
+            let Some(owed) = derived.owed.get(source) else {
+                continue;
+            };
+            let totals = self.book.totals.entry(owed.currency).or_default();
+            totals.credit(-*amount, owed.available_at, now_ms);
+            totals.put_on_hold(*amount);
+        }
+    }
+}
+
+/// The note on a held customer's ledger entries.
+pub const HELD_NOTE: &str = "held: fast_signup";
+
+/// What a customer contributes to its report cell: a rejected customer's
+/// commissions were taken back, so they are not shown as earned.
+pub fn counts_of(customer: &Customer, derived: &Derived) -> ConversionCounts {
+    let mut counts = derived.counts.clone();
+    if customer.is_rejected() {
+        counts.commission.clear();
+    }
+    counts
 }
 
 /// The rate of a customer signing up at `key`: the partner's tier then,

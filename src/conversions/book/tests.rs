@@ -24,6 +24,7 @@ fn rules(hold_days: u32) -> Rules {
             tier("gold", "20000", "0.25", true),
         ],
         hold_days,
+        min_click_age_ms: 0,
         payout_minimum: [(Currency::USD, d("50"))].into(),
     }
 }
@@ -40,6 +41,7 @@ fn referral() -> Referral {
         campaign: "spring".into(),
         term: None,
         click_at: BASE_MS / 1000,
+        found: None,
     }
 }
 
@@ -566,3 +568,5 @@ fn a_conversion_cell_is_stored_under_its_key_and_read_back() {
         assert_eq!(ConversionCell::parse_key(bad), None, "{bad:?}");
     }
 }
+
+mod holds;

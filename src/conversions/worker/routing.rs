@@ -209,7 +209,7 @@ impl Worker {
         attribution: &AttributionRef,
         signed_up_at: DateTime<Utc>,
     ) -> Result<Resolution, StoreError> {
-        let stored = match attribution {
+        let (by, stored) = match attribution {
             AttributionRef::Cookie(value) => {
                 let referral = self.signer.verify(value.as_bytes()).and_then(|v| {
                     let a = v.attribution()?;
@@ -218,23 +218,31 @@ impl Worker {
                         campaign: a.campaign.to_owned(),
                         term: a.term.map(str::to_owned),
                         click_at: a.clicked_at,
+                        found: Some(FoundClick {
+                            by: FoundBy::Cookie,
+                            click_id: a.click_id.to_string(),
+                            visitor_id: a.visitor_id.to_string(),
+                        }),
                     })
                 });
                 return self.check(referral, signed_up_at).await;
             }
             AttributionRef::ClickId(id) => match ClickId::parse(id) {
-                Some(id) => self.store.click(&id).await?,
+                Some(id) => (FoundBy::ClickId, self.store.click(&id).await?),
                 None => return Ok(Resolution::NoClick),
             },
             AttributionRef::VisitorId(id) => match VisitorId::parse(id) {
-                Some(id) => self.store.last_click(&id).await?,
+                Some(id) => (FoundBy::VisitorId, self.store.last_click(&id).await?),
                 None => return Ok(Resolution::NoClick),
             },
         };
         let recent = Utc::now().timestamp() - signed_up_at.timestamp() < CLICK_SETTLE_SECS;
         match stored {
             None if recent => Ok(Resolution::NotYet),
-            stored => self.check(stored.and_then(referral_of), signed_up_at).await,
+            stored => {
+                let referral = stored.and_then(|click| referral_of(click, by));
+                self.check(referral, signed_up_at).await
+            }
         }
     }
 
@@ -283,13 +291,19 @@ enum Resolution {
     NotYet,
 }
 
-/// The referral a stored click makes; `None` for a click whose partner id
-/// is not one (clicks are recorded only for valid ids: a damaged record).
-fn referral_of(click: Click) -> Option<Referral> {
+/// The referral a stored click makes, found `by` a click or visitor id;
+/// `None` for a click whose partner id is not one (clicks are recorded
+/// only for valid ids: a damaged record).
+fn referral_of(click: Click, by: FoundBy) -> Option<Referral> {
     Some(Referral {
         partner: PartnerId::parse(&click.partner).ok()?,
         campaign: click.campaign.to_string(),
         term: click.term.as_deref().map(String::from),
         click_at: click.at,
+        found: Some(FoundClick {
+            by,
+            click_id: click.click_id.to_string(),
+            visitor_id: click.visitor_id.to_string(),
+        }),
     })
 }

@@ -151,6 +151,7 @@ impl BookStore for RedisStore {
         version: u64,
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
+        self.index_holds(partner, &changes.customers).await?;
         let partner = partner.as_str();
         let mut invocation = self.commit_book.prepare_invoke();
         for part in [

@@ -34,20 +34,28 @@ impl ClickStore for RedisStore {
     }
 
     async fn last_click(&self, visitor: &VisitorId) -> Result<Option<Click>, StoreError> {
-        let latest: Option<String> = redis::cmd("GET")
-            .arg(keys::owned(|k| keys::visitor(k, visitor)))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        // `time:click id`; the click record lives exactly as long.
-        let click_id = latest
-            .as_deref()
-            .and_then(|l| l.split_once(':'))
-            .and_then(|(_, id)| ClickId::parse(id));
-        match click_id {
-            Some(id) => self.click(&id).await,
+        match self.visitor_click_ids(visitor).await?.first() {
+            Some(id) => self.click(id).await,
             None => Ok(None),
         }
+    }
+
+    async fn visitor_clicks(
+        &self,
+        visitor: &VisitorId,
+        limit: usize,
+    ) -> Result<Vec<Click>, StoreError> {
+        let ids = self.visitor_click_ids(visitor).await?;
+        let mut clicks = Vec::with_capacity(ids.len());
+        for id in &ids {
+            // A record expires with its click: one gone is left out.
+            clicks.extend(self.click(id).await?);
+        }
+        // As the embedded store orders them: by time, then by id, which
+        // starts with the click's millisecond.
+        clicks.sort_unstable_by_key(|c| std::cmp::Reverse((c.at, c.click_id.0)));
+        clicks.truncate(limit.min(MAX_VISITOR_CLICKS));
+        Ok(clicks)
     }
 
     async fn add_traffic(&self, batch: &crate::store::TrafficBatch) -> Result<(), StoreError> {
@@ -119,5 +127,24 @@ impl ClickStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+}
+
+impl RedisStore {
+    /// The visitor's latest click ids, newest first: its key holds
+    /// `time:click id,…` (`scripts/last_clicks.lua`).
+    async fn visitor_click_ids(&self, visitor: &VisitorId) -> Result<Vec<ClickId>, StoreError> {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::visitor(k, visitor)))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(stored
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|entry| entry.split_once(':'))
+            .filter_map(|(_, id)| ClickId::parse(id))
+            .collect())
     }
 }

@@ -100,6 +100,13 @@ pub const READY: &str = "lc:{events}:ready";
 /// Payout id → partner id: where a payout's record is.
 pub const PAYOUT_OWNERS: &str = "lc:{payouts}:owners";
 
+/// Held customer → partner id: where a hold's customer record is.
+pub const HOLD_OWNERS: &str = "lc:{holds}:owners";
+/// Held customers as `<held_at ms, 15 digits>.<customer>`, score 0, read
+/// in that order. Hints, written before the commit: the customer's
+/// record is the truth.
+pub const HOLDS: &str = "lc:{holds}:index";
+
 /// Payout ids in one status (`requested`, `paid`, `failed`) or `all`, a
 /// sorted set of score 0 read by id (ids sort by request time). Hints,
 /// written before the commit: the partner's record is the truth.

@@ -17,6 +17,7 @@ mod books;
 mod catalog;
 mod click_batch;
 mod clicks;
+mod holds;
 mod keys;
 mod payouts;
 mod queue;
@@ -40,7 +41,7 @@ use super::{cell_of_key, partner_of_key};
 use super::{
     Campaign, CatalogSnapshot, Click, ClickCount, Commit, CounterCell, Delivery, Enqueued, Inbox,
     InboxItem, ParkedEvent, Partner, QueueStats, Route, StoreError, Taken, Unreadable,
-    UNREADABLE_KEPT,
+    MAX_VISITOR_CLICKS, UNREADABLE_KEPT,
 };
 use crate::conversions::book::{
     BookRequest, BookView, Changes, ConversionCell, History, HistoryChange, LedgerEntry, Payout,

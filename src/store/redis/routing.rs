@@ -62,6 +62,15 @@ impl RoutingStore for RedisStore {
         Ok(Route::Claimed(decode(&claim)?))
     }
 
+    async fn claim(&self, customer: &CustomerId) -> Result<Option<Option<Referral>>, StoreError> {
+        let claim: Option<String> = redis::cmd("GET")
+            .arg(keys::owned(|k| keys::claim(k, customer.as_str())))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        claim.map(|c| decode(&c)).transpose()
+    }
+
     async fn claim_customer(
         &self,
         customer: &CustomerId,

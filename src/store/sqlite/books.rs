@@ -314,6 +314,8 @@ struct BookRows {
     inbox_taken: usize,
     /// Id, status and JSON record of each payout written.
     payouts: Vec<(String, &'static str, String)>,
+    /// Customers written with a hold: id and signup ms.
+    holds: Vec<(String, i64)>,
 }
 
 impl BookRows {
@@ -343,6 +345,11 @@ impl BookRows {
                 .iter()
                 .map(|p| (p.id.to_string(), p.status.as_str(), to_json(p)))
                 .collect(),
+            holds: changes
+                .customers
+                .iter()
+                .filter_map(|c| Some((c.id.clone(), c.hold.as_ref()?.held_at)))
+                .collect(),
         }
     }
 
@@ -361,6 +368,12 @@ impl BookRows {
         )?;
         for (id, record) in &self.customers {
             customer.execute(params![partner, id, record])?;
+        }
+        let mut hold = tx.prepare_cached(
+            "INSERT OR IGNORE INTO holds (customer, partner, held_at) VALUES (?1, ?2, ?3)",
+        )?;
+        for (id, held_at) in &self.holds {
+            hold.execute(params![id, partner, held_at])?;
         }
         let mut cell = tx.prepare_cached(
             "INSERT OR REPLACE INTO conversions (partner, cell, counts) VALUES (?1, ?2, ?3)",

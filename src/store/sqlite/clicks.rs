@@ -170,6 +170,7 @@ pub(super) fn finish_batch(
         .filter_map(|run| run.iter().max_by_key(|c| c.at).copied())
         .collect();
     upsert_last_clicks(&tx, &latest)?;
+    insert_visitor_clicks(&tx, &fresh)?;
     let cells = by_cell(all, &fresh);
     let seq = counts::store_batch(&tx, fresh_counts(&cells))?;
     tx.commit()?;
@@ -192,6 +193,33 @@ pub(super) fn upsert_last_clicks(
             ]);
         }
         tx.prepare_cached(UPSERT_LAST_CLICKS.sql(chunk.len()))?
+            .execute(values.as_slice())?;
+    }
+    Ok(())
+}
+
+pub(super) static INSERT_VISITOR_CLICKS: MultiRow = MultiRow::new(
+    "INSERT OR IGNORE INTO visitor_clicks (visitor, at, click)",
+    3,
+    "",
+);
+
+/// Every new click in its visitor's history, for the attribution
+/// explanation; read newest first, at most `MAX_VISITOR_CLICKS`.
+pub(super) fn insert_visitor_clicks(
+    tx: &rusqlite::Transaction<'_>,
+    clicks: &[&Click],
+) -> Result<(), StoreError> {
+    for chunk in statement_chunks(clicks) {
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 3);
+        for click in chunk {
+            values.extend([
+                &click.visitor_id.0 as &dyn rusqlite::ToSql,
+                &click.at,
+                &click.click_id.0,
+            ]);
+        }
+        tx.prepare_cached(INSERT_VISITOR_CLICKS.sql(chunk.len()))?
             .execute(values.as_slice())?;
     }
     Ok(())
@@ -343,6 +371,31 @@ impl ClickStore for SqliteStore {
             let Some(last) = last else { return Ok(None) };
             let click = click_log::lookup(&tx, &ClickId(last))?;
             Ok(click.filter(|c| c.at >= horizon))
+        })
+        .await
+    }
+
+    async fn visitor_clicks(
+        &self,
+        visitor: &VisitorId,
+        limit: usize,
+    ) -> Result<Vec<Click>, StoreError> {
+        let (visitor, horizon) = (visitor.0, self.horizon());
+        let limit = limit.min(MAX_VISITOR_CLICKS);
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let ids: Vec<[u8; 16]> = tx
+                .prepare_cached(
+                    "SELECT click FROM visitor_clicks WHERE visitor = ?1 AND at >= ?2 \
+                     ORDER BY at DESC, click DESC LIMIT ?3",
+                )?
+                .query_map(params![visitor, horizon, limit as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut clicks = Vec::with_capacity(ids.len());
+            for id in ids {
+                clicks.extend(click_log::lookup(&tx, &ClickId(id))?);
+            }
+            Ok(clicks)
         })
         .await
     }

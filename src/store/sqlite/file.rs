@@ -25,6 +25,7 @@ pub(super) const PAGE_SIZE: i64 = 8 << 10;
 pub(super) enum ExpiringTable {
     ClickBatches,
     LastClicks,
+    VisitorClicks,
 }
 
 /// Deletes the expired rows among the next `EXPIRE_AT_ONCE` keys after
@@ -43,6 +44,8 @@ pub(super) fn expire_range(
             return Ok(walked);
         }
         ExpiringTable::LastClicks => ("last_clicks", "visitor"),
+        // Keyed by visitor, then time: a visitor's rows go together.
+        ExpiringTable::VisitorClicks => ("visitor_clicks", "visitor"),
     };
     let range = format!("SELECT {key} FROM {table} WHERE {key} > ?1 ORDER BY {key} LIMIT ?2");
     let (scanned, last): (usize, Option<Vec<u8>>) = tx.query_row(

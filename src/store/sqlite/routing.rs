@@ -52,6 +52,11 @@ impl RoutingStore for SqliteStore {
         .await
     }
 
+    async fn claim(&self, customer: &CustomerId) -> Result<Option<Option<Referral>>, StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |conn| claim_of(conn, &customer)).await
+    }
+
     async fn unpark(&self, customer: &CustomerId, parked: &[Event]) -> Result<(), StoreError> {
         if parked.is_empty() {
             return Ok(()); // nearly every signup: nothing waited for it

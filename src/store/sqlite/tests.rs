@@ -104,6 +104,7 @@ async fn a_first_schema_database_keeps_its_books_when_migrated_and_rewrites_them
                 campaign: "spring".into(),
                 term: None,
                 click_at: 1_000,
+                found: None,
             },
         );
         conn.execute(
