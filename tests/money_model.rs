@@ -5,7 +5,9 @@
 //! concurrent workers that are killed between any two store operations;
 //! the embedded store and a real Redis must then hold exactly what a small
 //! independent model computes by applying the events once each, in the
-//! order of their time (then id).
+//! order of their time (then id). With `attribution.min_click_age` set so
+//! that the signups of the first 20 days are too soon after their click,
+//! those customers' commissions must all be on hold, the others' available.
 
 mod common;
 
@@ -43,6 +45,10 @@ fn pid(id: &str) -> PartnerId {
 
 const BASE_MS: i64 = 1_790_000_000_000;
 const DAY_MS: i64 = 86_400_000;
+/// Every partner's click, an hour before the first event.
+const CLICK_MS: i64 = BASE_MS - 3_600_000;
+/// `attribution.min_click_age`: signups in the first 20 days are held.
+const MIN_CLICK_AGE_MS: i64 = 3_600_000 + 20 * DAY_MS;
 
 /// One step of a generated stream, before it becomes an event.
 #[derive(Debug, Clone)]
@@ -266,6 +272,11 @@ struct ModelPartner {
     payments: HashMap<String, ModelPayment>,
     /// Net ledger amount per source event, with its currency.
     net: BTreeMap<String, (Decimal, String)>,
+    /// The customer of each event in `net`.
+    net_customer: HashMap<String, String>,
+    /// Customers whose signup came sooner than `MIN_CLICK_AGE_MS` after
+    /// the click: their commissions are on hold.
+    held: BTreeSet<String>,
     /// Refunds whose payment has not been applied yet, by payment id.
     waiting: HashMap<String, Vec<Event>>,
 }
@@ -312,6 +323,9 @@ impl ModelPartner {
     }
 
     fn signup(&mut self, event: &Event, key: Key, reseller: bool) {
+        if key.0 - CLICK_MS < MIN_CLICK_AGE_MS {
+            self.held.insert(event.customer.as_str().to_owned());
+        }
         let rate = self.tier(key.0).1;
         self.signups.push(key);
         self.customers.insert(
@@ -346,6 +360,10 @@ impl ModelPartner {
                 };
                 self.net
                     .insert(event.id.as_str().to_owned(), (commission, currency.clone()));
+                self.net_customer.insert(
+                    event.id.as_str().to_owned(),
+                    event.customer.as_str().to_owned(),
+                );
                 self.payments.insert(
                     event.id.as_str().to_owned(),
                     ModelPayment {
@@ -388,6 +406,10 @@ impl ModelPartner {
                 p.clawed = owed;
                 self.net
                     .insert(event.id.as_str().to_owned(), (-claw, currency.clone()));
+                self.net_customer.insert(
+                    event.id.as_str().to_owned(),
+                    event.customer.as_str().to_owned(),
+                );
             }
             EventKind::Cancel => {
                 let c = self.customers.get_mut(event.customer.as_str()).unwrap();
@@ -396,10 +418,32 @@ impl ModelPartner {
         }
     }
 
-    fn available(&self) -> BTreeMap<String, Decimal> {
+    /// Net commissions per currency of the customers held (`true`) or
+    /// not.
+    fn net_of(&self, held: bool) -> BTreeMap<String, Decimal> {
         let mut sums: BTreeMap<String, Decimal> = BTreeMap::new();
-        for (amount, currency) in self.net.values() {
-            *sums.entry(currency.clone()).or_default() += amount;
+        for (event, (amount, currency)) in &self.net {
+            if self.held.contains(&self.net_customer[event]) == held {
+                *sums.entry(currency.clone()).or_default() += amount;
+            }
+        }
+        sums.retain(|_, v| !v.is_zero());
+        sums
+    }
+
+    fn available(&self) -> BTreeMap<String, Decimal> {
+        self.net_of(false)
+    }
+
+    fn on_hold(&self) -> BTreeMap<String, Decimal> {
+        self.net_of(true)
+    }
+
+    /// Every commission, held or not: what the report counts.
+    fn earned(&self) -> BTreeMap<String, Decimal> {
+        let mut sums = self.available();
+        for (currency, amount) in self.on_hold() {
+            *sums.entry(currency).or_default() += amount;
         }
         sums.retain(|_, v| !v.is_zero());
         sums
@@ -467,6 +511,7 @@ fn config() -> Config {
     config.cookie.secrets = vec!["model-secret-0123456789".into()];
     // A killed worker's book lock lapses after this.
     config.worker.reclaim_after = Duration::from_millis(50);
+    config.attribution.min_click_age = Duration::from_millis(MIN_CLICK_AGE_MS as u64);
     config
 }
 
@@ -556,7 +601,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             partner: id.as_str().into(),
             campaign: "default_link".into(),
             term: None,
-            at: BASE_MS / 1000 - 3600,
+            at: CLICK_MS / 1000,
         };
         store
             .record_clicks(std::slice::from_ref(&click))
@@ -659,19 +704,30 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             model.tier(now.timestamp_millis()).0,
             "tier of {id}; {context}"
         );
-        let balances: BTreeMap<String, Decimal> = view
-            .book
-            .balances(now)
-            .into_iter()
-            .map(|b| (b.currency.to_string(), b.available.normalize()))
-            .filter(|(_, v)| !v.is_zero())
-            .collect();
-        let available: BTreeMap<String, Decimal> = model
-            .available()
-            .into_iter()
-            .map(|(c, v)| (c, v.normalize()))
-            .collect();
-        assert_eq!(balances, available, "balances of {id}; {context}");
+        let shown = |pick: fn(&lastclick::conversions::book::Balance) -> Decimal| {
+            view.book
+                .balances(now)
+                .iter()
+                .map(|b| (b.currency.to_string(), pick(b).normalize()))
+                .filter(|(_, v)| !v.is_zero())
+                .collect::<BTreeMap<String, Decimal>>()
+        };
+        let normalized = |sums: BTreeMap<String, Decimal>| {
+            sums.into_iter()
+                .map(|(c, v)| (c, v.normalize()))
+                .collect::<BTreeMap<String, Decimal>>()
+        };
+        let available = normalized(model.available());
+        assert_eq!(
+            shown(|b| b.available),
+            available,
+            "balances of {id}; {context}"
+        );
+        assert_eq!(
+            shown(|b| b.on_hold),
+            normalized(model.on_hold()),
+            "on hold of {id}; {context}"
+        );
 
         let ledger = store.ledger(&pid(id), None, 10_000).await.unwrap();
         let seqs: Vec<u64> = ledger.iter().rev().map(|e| e.seq).collect();
@@ -732,7 +788,8 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             .filter(|(_, v)| !v.is_zero())
             .collect();
         assert_eq!(
-            commission, available,
+            commission,
+            normalized(model.earned()),
             "report commission of {id}; {context}"
         );
     }

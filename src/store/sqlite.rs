@@ -128,8 +128,9 @@ pub struct SqliteStore {
     window: Duration,
     /// Wakes a worker waiting for events (they are queued in-process).
     events_queued: Arc<Notify>,
-    /// Where expiry stopped in `click_batches` and in `last_clicks` (a key).
-    expiry_cursors: [Mutex<Vec<u8>>; 3],
+    /// Where expiry stopped in `click_batches` and in `visitor_clicks` (a
+    /// key).
+    expiry_cursors: [Mutex<Vec<u8>>; 2],
     /// Unique-visitor sketches of recent batches, merged into the
     /// database every `VISITORS_EVERY` (and by `sync`); reads add them.
     visitors: Mutex<PendingVisitors>,
@@ -338,8 +339,7 @@ impl SqliteStore {
         self.merge_counts().await?;
         for (table, cursor) in [
             (ExpiringTable::ClickBatches, &self.expiry_cursors[0]),
-            (ExpiringTable::LastClicks, &self.expiry_cursors[1]),
-            (ExpiringTable::VisitorClicks, &self.expiry_cursors[2]),
+            (ExpiringTable::VisitorClicks, &self.expiry_cursors[1]),
         ] {
             let mut walked = 0;
             while walked < rows {

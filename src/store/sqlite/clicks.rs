@@ -112,13 +112,6 @@ impl MultiRow {
     }
 }
 
-pub(super) static UPSERT_LAST_CLICKS: MultiRow = MultiRow::new(
-    "INSERT INTO last_clicks (visitor, click, at)",
-    3,
-    " ON CONFLICT (visitor) DO UPDATE SET click = excluded.click, at = excluded.at \
-     WHERE excluded.at >= last_clicks.at",
-);
-
 /// What a batch leaves for later: its counts by cell, stored as
 /// `pending_counts` row `seq`.
 pub(super) struct BatchCells {
@@ -161,41 +154,13 @@ pub(super) fn finish_batch(
     all: &[Click],
     mut fresh: Vec<&Click>,
 ) -> Result<BatchCells, StoreError> {
-    // Only each visitor's latest click of the batch is upserted: the
-    // latest by click time, of two in the same second the later id (the
-    // sort is stable, and `max_by_key` answers the last of equals).
-    fresh.sort_by_key(|c| c.visitor_id.0);
-    let latest: Vec<&Click> = fresh
-        .chunk_by(|a, b| a.visitor_id == b.visitor_id)
-        .filter_map(|run| run.iter().max_by_key(|c| c.at).copied())
-        .collect();
-    upsert_last_clicks(&tx, &latest)?;
+    // In key order, so each multi-row insert walks the B-tree once.
+    fresh.sort_unstable_by_key(|c| (c.visitor_id.0, c.at, c.click_id.0));
     insert_visitor_clicks(&tx, &fresh)?;
     let cells = by_cell(all, &fresh);
     let seq = counts::store_batch(&tx, fresh_counts(&cells))?;
     tx.commit()?;
     Ok(BatchCells { seq, cells })
-}
-
-/// Each visitor's last click: the latest by click time, whatever order
-/// clicks arrive in.
-pub(super) fn upsert_last_clicks(
-    tx: &rusqlite::Transaction<'_>,
-    clicks: &[&Click],
-) -> Result<(), StoreError> {
-    for chunk in statement_chunks(clicks) {
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 3);
-        for click in chunk {
-            values.extend([
-                &click.visitor_id.0 as &dyn rusqlite::ToSql,
-                &click.click_id.0,
-                &click.at,
-            ]);
-        }
-        tx.prepare_cached(UPSERT_LAST_CLICKS.sql(chunk.len()))?
-            .execute(values.as_slice())?;
-    }
-    Ok(())
 }
 
 pub(super) static INSERT_VISITOR_CLICKS: MultiRow = MultiRow::new(
@@ -204,8 +169,9 @@ pub(super) static INSERT_VISITOR_CLICKS: MultiRow = MultiRow::new(
     "",
 );
 
-/// Every new click in its visitor's history, for the attribution
-/// explanation; read newest first, at most `MAX_VISITOR_CLICKS`.
+/// Every new click in its visitor's clicks: the newest by (time, id) is
+/// the visitor's last click, whatever order clicks arrive in, and the
+/// latest `MAX_VISITOR_CLICKS` explain an attribution.
 pub(super) fn insert_visitor_clicks(
     tx: &rusqlite::Transaction<'_>,
     clicks: &[&Click],
@@ -365,7 +331,10 @@ impl ClickStore for SqliteStore {
         self.read(move |conn| {
             let tx = conn.transaction()?;
             let last: Option<[u8; 16]> = tx
-                .prepare_cached("SELECT click FROM last_clicks WHERE visitor = ?1 AND at >= ?2")?
+                .prepare_cached(
+                    "SELECT click FROM visitor_clicks WHERE visitor = ?1 AND at >= ?2 \
+                     ORDER BY at DESC, click DESC LIMIT 1",
+                )?
                 .query_row(params![visitor, horizon], |row| row.get(0))
                 .optional()?;
             let Some(last) = last else { return Ok(None) };

@@ -24,7 +24,6 @@ pub(super) const PAGE_SIZE: i64 = 8 << 10;
 #[derive(Clone, Copy)]
 pub(super) enum ExpiringTable {
     ClickBatches,
-    LastClicks,
     VisitorClicks,
 }
 
@@ -43,7 +42,6 @@ pub(super) fn expire_range(
             tx.commit()?;
             return Ok(walked);
         }
-        ExpiringTable::LastClicks => ("last_clicks", "visitor"),
         // Keyed by visitor, then time: a visitor's rows go together.
         ExpiringTable::VisitorClicks => ("visitor_clicks", "visitor"),
     };
