@@ -245,6 +245,26 @@ async fn the_dashboard_range_grouping_and_downloads_follow_the_picker() {
 }
 
 #[tokio::test]
+async fn a_held_signup_is_released_in_the_console() {
+    // The helper's signup is dated before its click: well under 5 s.
+    let app = TestApp::spawn_with(&[("LASTCLICK_ATTRIBUTION__MIN_CLICK_AGE", "5s")]).await;
+    app.partner_earning("acme", &["100.00"]).await;
+    app.usd_when("acme", "on_hold", "20.00").await;
+    let console = Browser::open(1200, 1000).await;
+    open_console(&console, &app).await;
+    let row = console.text_of("tr[data-hold=cus_acme]").await;
+    for shown in ["acme", "20.00 USD", "0 s"] {
+        assert!(row.contains(shown), "{shown} not in {row}");
+    }
+    console.click("button[data-release=cus_acme]").await;
+    console
+        .wait_for("no hold left", "return document.body.dataset.holds === '0'")
+        .await;
+    let usd = app.usd_when("acme", "available", "20.00").await;
+    assert_eq!(usd["on_hold"], "0.00");
+}
+
+#[tokio::test]
 async fn both_pages_are_self_contained() {
     let app = TestApp::spawn().await;
     for page in ["/dashboard", "/admin"] {
