@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use crate::api::auth::Caller;
 use crate::api::{ApiError, ApiState};
-use crate::conversions::book::BookRequest;
 use crate::conversions::customer::{Customer, FoundBy, Referral};
 use crate::conversions::explain::{Judge, LossReason};
 use crate::conversions::hold::{HoldReason, HoldStatus};
@@ -87,23 +86,12 @@ pub async fn explain(
     let Some(referral) = claim else {
         return Ok(Json(Explanation::uncredited(&id)));
     };
-    let record = customer_record(&state, &referral.partner, id.as_str()).await?;
+    let record = state
+        .customer_record(&referral.partner, id.as_str())
+        .await?;
     let mut explanation = Explanation::credited(&id, &referral, record.as_ref());
     explanation.other_clicks = losing_clicks(&state, &referral, record.as_ref()).await?;
     Ok(Json(explanation))
-}
-
-async fn customer_record(
-    state: &ApiState,
-    partner: &PartnerId,
-    customer: &str,
-) -> Result<Option<Customer>, ApiError> {
-    let request = BookRequest {
-        customers: [customer.to_owned()].into(),
-        ..BookRequest::default()
-    };
-    let mut view = state.store.load_book(partner, &request).await?;
-    Ok(view.customers.remove(customer))
 }
 
 impl Explanation {

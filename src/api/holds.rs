@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
-use crate::api::{ApiError, ApiState, JsonBody};
+use crate::api::{page_limit, ApiError, ApiState, JsonBody};
 use crate::conversions::book::{self, BookRequest, BookView, ConversionCell, HoldConflict};
 use crate::conversions::customer::Customer;
 use crate::conversions::hold::{HoldDecision, HoldReason, HoldStatus};
@@ -107,16 +107,7 @@ pub async fn list(
             ApiError::bad_request("invalid_status", "`status` is held, released or rejected")
         })?),
     };
-    let limit = match query.limit.as_deref() {
-        None => PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
     let cursor = query.cursor.as_deref();
     if cursor.is_some_and(|c| c.len() > 200) {
         return Err(ApiError::bad_request(
@@ -130,24 +121,13 @@ pub async fn list(
         .flatten();
     let mut holds = Vec::with_capacity(entries.len());
     for entry in entries {
-        let customer = load_customer(&state, &entry.partner, &entry.customer).await?;
+        let customer = state
+            .customer_record(&entry.partner, &entry.customer)
+            .await?;
         let view = customer.as_ref().and_then(|c| HoldView::of(c, &state));
         holds.extend(view.filter(|v| status.is_none_or(|s| v.status == s)));
     }
     Ok(Json(HoldPage { holds, next_cursor }))
-}
-
-async fn load_customer(
-    state: &ApiState,
-    partner: &PartnerId,
-    customer: &str,
-) -> Result<Option<Customer>, ApiError> {
-    let request = BookRequest {
-        customers: [customer.to_owned()].into(),
-        ..BookRequest::default()
-    };
-    let mut view = state.store.load_book(partner, &request).await?;
-    Ok(view.customers.remove(customer))
 }
 
 #[derive(Deserialize)]

@@ -71,7 +71,35 @@ pub struct ApiState {
     pub rate_limits: Arc<RateLimits>,
 }
 
+/// A list's `limit` parameter: `default` when absent, else 1 to `max`.
+pub(crate) fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {max}"))
+            }),
+    }
+}
+
 impl ApiState {
+    /// A customer's record in its partner's book, if the book has it.
+    async fn customer_record(
+        &self,
+        partner: &PartnerId,
+        customer: &str,
+    ) -> Result<Option<crate::conversions::customer::Customer>, ApiError> {
+        let request = crate::conversions::book::BookRequest {
+            customers: [customer.to_owned()].into(),
+            ..Default::default()
+        };
+        let mut view = self.store.load_book(partner, &request).await?;
+        Ok(view.customers.remove(customer))
+    }
+
     async fn existing_partner(&self, id: &PartnerId) -> Result<Partner, ApiError> {
         self.store
             .partner(id)

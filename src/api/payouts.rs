@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{clean_text, ApiError, ApiState, JsonBody, PartnerScope};
 use crate::api::auth::Caller;
+use crate::api::page_limit;
 use crate::conversions::book::{
     self, BookRequest, Payout, PayoutConflict, PayoutRefusal, PayoutStatus, Settlement,
 };
@@ -256,7 +257,7 @@ pub async fn list(
             "`currency` picks the currency of `format=paypal`",
         )),
         None | Some("json") => {
-            let limit = limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
+            let limit = page_limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
             let payouts = state.store.payouts(status, cursor.as_ref(), limit).await?;
             Ok(Json(page(payouts, limit)).into_response())
         }
@@ -282,7 +283,7 @@ pub async fn partner_list(
         ));
     }
     let before = cursor(query.cursor.as_deref())?;
-    let limit = limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
+    let limit = page_limit(query.limit.as_deref(), PAGE, MAX_PAGE)?;
     let partner = state.existing_partner(&scope.id).await?;
     let payouts = state
         .store
@@ -313,19 +314,6 @@ fn cursor(raw: Option<&str>) -> Result<Option<PayoutId>, ApiError> {
     .transpose()
 }
 
-fn limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("`limit` must be 1 to {max}"))
-            }),
-    }
-}
-
 /// PayPal's Payouts web upload file: no header, one payout per line:
 /// recipient email, amount, currency, a unique id (the payout id), a note,
 /// the wallet. One currency per file, at most 5,000 lines.
@@ -341,7 +329,7 @@ async fn paypal_file(
             "`format=paypal` lists `status=requested` payouts",
         ));
     }
-    let limit = limit(query.limit.as_deref(), PAYPAL_MAX_ROWS, PAYPAL_MAX_ROWS)?;
+    let limit = page_limit(query.limit.as_deref(), PAYPAL_MAX_ROWS, PAYPAL_MAX_ROWS)?;
     let currency = match query.currency.as_deref() {
         None => None,
         Some(code) => Some(Currency::parse(code).map_err(|_| {
