@@ -24,11 +24,16 @@ pub fn is_path_id(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `[A-Za-z0-9_.-]{1,64}` and not `default_link`: campaign names, which
-/// become `utm_campaign`.
+/// `utm_campaign` of signups credited by a coupon code (their `utm_term`
+/// is the code); no campaign may take the name.
+pub const COUPON_CAMPAIGN: &str = "coupon";
+
+/// `[A-Za-z0-9_.-]{1,64}`, neither `default_link` nor `coupon`: campaign
+/// names, which become `utm_campaign`.
 pub fn is_campaign_name(text: &str) -> bool {
     (1..=64).contains(&text.len())
         && text != DEFAULT_LINK
+        && text != COUPON_CAMPAIGN
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -114,8 +119,32 @@ checked_string!(
     /// A campaign name, reported as `utm_campaign`.
     CampaignName,
     is_campaign_name,
-    "a campaign name ([A-Za-z0-9_.-], 1 to 64 characters, not default_link)"
+    "a campaign name ([A-Za-z0-9_.-], 1 to 64 characters, not default_link or coupon)"
 );
+
+/// `[A-Z0-9_-]{3,32}` once upper-cased: coupon codes, unique across
+/// partners whatever their case.
+fn is_coupon_code(text: &str) -> bool {
+    (3..=32).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+checked_string!(
+    /// A coupon code, kept upper case: [`CouponCode::of`] reads one in any
+    /// case.
+    CouponCode,
+    is_coupon_code,
+    "a coupon code ([A-Z0-9_-], 3 to 32 characters, any case)"
+);
+
+impl CouponCode {
+    /// The code `text` names, whatever its case.
+    pub fn of(text: &str) -> Result<Self, String> {
+        Self::parse(&text.to_ascii_uppercase())
+    }
+}
 
 /// `po_`, 12 hex digits of the request's unix milliseconds, 14 random hex
 /// digits: 29 characters, within the 30 PayPal allows a payout's unique
@@ -191,6 +220,7 @@ mod tests {
     fn campaign_names_allow_dots_but_never_default_link() {
         assert!(is_campaign_name("black.friday-2026"));
         assert!(!is_campaign_name("default_link"));
+        assert!(!is_campaign_name("coupon"));
         assert!(!is_campaign_name("has space"));
     }
 }

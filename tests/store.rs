@@ -15,13 +15,15 @@ use lastclick::conversions::events::{Event, EventKind};
 use lastclick::conversions::hold::Hold;
 use lastclick::conversions::money::Currency;
 use lastclick::conversions::money::Period;
-use lastclick::ids::{CampaignName, CampaignSlug, CustomerId, EventId, PartnerId, PayoutId};
+use lastclick::ids::{
+    CampaignName, CampaignSlug, CouponCode, CustomerId, EventId, PartnerId, PayoutId,
+};
 use lastclick::ids::{ClickId, VisitorId};
 use lastclick::store::prelude::*;
 use lastclick::store::redis::RedisStore;
 use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{
-    Campaign, Click, Commit, CounterCell, InboxItem, Partner, Route, StoreError,
+    Campaign, Click, Commit, CounterCell, Coupon, InboxItem, Partner, Route, StoreError,
 };
 
 const DAY: i64 = 86_400;
@@ -968,6 +970,40 @@ async fn held_customers_are_listed_by_time_and_found_by_customer(store: Arc<dyn 
     assert_eq!(store.hold_partner(&plain).await.unwrap(), None);
 }
 
+async fn coupon_codes_are_unique_and_listed_by_partner(store: Arc<dyn Store>) {
+    let coupon = |code: &str, partner: &str| Coupon {
+        code: CouponCode::of(code).unwrap(),
+        partner: pid(partner),
+        created_at: Utc::now(),
+    };
+    for (code, partner) in [("pod-b", "pod"), ("POD-A", "pod"), ("other", "rival")] {
+        store.insert_coupon(&coupon(code, partner)).await.unwrap();
+    }
+    let taken = store.insert_coupon(&coupon("Pod-A", "rival")).await;
+    assert!(matches!(taken, Err(StoreError::Conflict)), "{taken:?}");
+    let codes: Vec<String> = store
+        .coupons(&pid("pod"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.code.to_string())
+        .collect();
+    assert_eq!(codes, ["POD-A", "POD-B"]);
+    let found = store
+        .coupon(&CouponCode::of("pod-a").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.map(|c| c.partner), Some(pid("pod")));
+    assert_eq!(
+        store
+            .coupon(&CouponCode::of("NONE").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.coupons(&pid("nobody")).await.unwrap().is_empty());
+}
+
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -1031,6 +1067,12 @@ macro_rules! store_suite {
             async fn held_customers_are_listed_by_time_and_found_by_customer() {
                 let (store, _server) = $make.await;
                 super::held_customers_are_listed_by_time_and_found_by_customer(store).await;
+            }
+
+            #[tokio::test]
+            async fn coupon_codes_are_unique_and_listed_by_partner() {
+                let (store, _server) = $make.await;
+                super::coupon_codes_are_unique_and_listed_by_partner(store).await;
             }
 
             #[tokio::test]

@@ -31,6 +31,8 @@ pub struct Explanation {
     partner: Option<PartnerId>,
     campaign: Option<String>,
     term: Option<String>,
+    /// The coupon code that credited the customer; `click` is then null.
+    coupon: Option<String>,
     click: Option<CreditedClick>,
     /// Null until the worker has applied the signup.
     signed_up_at: Option<DateTime<Utc>>,
@@ -103,6 +105,7 @@ impl Explanation {
             partner: None,
             campaign: None,
             term: None,
+            coupon: None,
             click: None,
             signed_up_at: None,
             click_to_signup_seconds: None,
@@ -116,6 +119,7 @@ impl Explanation {
     fn credited(id: &CustomerId, referral: &Referral, record: Option<&Customer>) -> Explanation {
         let signup = record.and_then(|c| c.signup.as_ref());
         let found = referral.found.as_ref();
+        let coupon = referral.is_coupon();
         let click_at = DateTime::from_timestamp(referral.click_at, 0).unwrap_or_default();
         Explanation {
             customer: id.as_str().to_owned(),
@@ -124,7 +128,8 @@ impl Explanation {
             partner: Some(referral.partner.clone()),
             campaign: Some(referral.campaign.clone()),
             term: referral.term.clone(),
-            click: Some(CreditedClick {
+            coupon: coupon.then(|| referral.term.clone()).flatten(),
+            click: (!coupon).then(|| CreditedClick {
                 id: found.map(|f| f.click_id.clone()),
                 at: click_at,
                 found_by: found.map(|f| f.by),
@@ -132,6 +137,7 @@ impl Explanation {
             }),
             signed_up_at: signup.and_then(|s| DateTime::from_timestamp_millis(s.key.at)),
             click_to_signup_seconds: signup
+                .filter(|_| !coupon)
                 .map(|s| crate::conversions::hold::click_age_ms(referral, s.key.at) / 1000),
             billing: signup.map(|s| s.billing),
             rate: signup.map(|s| s.rate),

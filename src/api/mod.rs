@@ -5,6 +5,8 @@
 //! - `GET /v1/partners` (admin): every partner with its status and balances
 //! - `GET|PATCH /v1/partners/{id}` (admin, that partner)
 //! - `POST|GET /v1/partners/{id}/campaigns` (admin, that partner): Campaign Builder
+//! - `POST|GET /v1/partners/{id}/coupons` (admin, that partner): coupon
+//!   codes that credit signups without a click
 //! - `GET /v1/partners/{id}/report` (admin, that partner): UTM report
 //! - `POST /v1/events` (merchant): conversion events
 //! - `GET /v1/events/parked|dead` (admin): events waiting for their
@@ -26,6 +28,7 @@ mod attribution;
 pub mod auth;
 mod body;
 mod campaigns;
+mod coupons;
 mod error;
 mod events;
 mod holds;
@@ -138,6 +141,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/partners/{id}/campaigns",
             post(campaigns::create).get(campaigns::list),
+        )
+        .route(
+            "/v1/partners/{id}/coupons",
+            post(coupons::create).get(coupons::list),
         )
         .route("/v1/partners/{id}/report", get(report::partner_report))
         .route("/v1/partners/{id}/balance", get(money::balance))

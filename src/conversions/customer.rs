@@ -38,6 +38,14 @@ pub struct Referral {
     pub found: Option<FoundClick>,
 }
 
+impl Referral {
+    /// Whether a coupon code, not a click, made it: it has no click time
+    /// (`click_at` is the signup's), so no delay and no hold.
+    pub fn is_coupon(&self) -> bool {
+        self.found.as_ref().is_some_and(|f| f.by == FoundBy::Coupon)
+    }
+}
+
 /// How a signup named its click, for the attribution explanation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +53,8 @@ pub enum FoundBy {
     Cookie,
     ClickId,
     VisitorId,
+    /// A coupon code: no click (the ids are empty).
+    Coupon,
 }
 
 /// The click a signup was credited to, and how it was found.

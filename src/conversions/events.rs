@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::conversions::money::{Billing, Currency, Money, Period};
-use crate::ids::{CustomerId, EventId, MAX_EVENT_ID_LEN};
+use crate::ids::{CouponCode, CustomerId, EventId, MAX_EVENT_ID_LEN};
 
 /// Most events in one request.
 pub const MAX_BATCH: usize = 1000;
@@ -109,13 +109,22 @@ impl EventType {
     }
 }
 
-/// How a signup names its click: exactly one of the three.
+/// How a signup names its click (one of the three), its coupon code, or
+/// both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttributionRef {
     Cookie(String),
     ClickId(String),
     VisitorId(String),
+    /// A code the visitor typed at checkout.
+    Coupon(CouponCode),
+    /// A coupon and a click: the coupon wins when it is valid (it was typed
+    /// at checkout, after any click).
+    CouponAndClick {
+        coupon: CouponCode,
+        click: Box<AttributionRef>,
+    },
 }
 
 /// Why one event of a batch is refused.
@@ -303,7 +312,8 @@ fn attribution_field(object: &Map<String, Value>) -> Result<AttributionRef, Inva
     let bad = || {
         invalid(
             "invalid_attribution",
-            "`attribution` must be an object with exactly one of cookie, click_id, visitor_id (a string)",
+            "`attribution` must be an object with at most one of cookie, click_id, visitor_id, \
+             and optionally a coupon (strings), at least one of them",
         )
     };
     let attribution = object
@@ -311,19 +321,36 @@ fn attribution_field(object: &Map<String, Value>) -> Result<AttributionRef, Inva
         .ok_or_else(|| invalid("missing_field", "`attribution` is required"))?
         .as_object()
         .ok_or_else(bad)?;
-    if attribution.len() != 1 {
-        return Err(bad());
+    let mut click = None;
+    let mut coupon = None;
+    for (kind, value) in attribution {
+        let text = value
+            .as_str()
+            .filter(|t| !t.is_empty() && t.len() <= 4096)
+            .ok_or_else(bad)?;
+        let named = match kind.as_str() {
+            "cookie" => AttributionRef::Cookie(text.to_owned()),
+            "click_id" => AttributionRef::ClickId(text.to_owned()),
+            "visitor_id" => AttributionRef::VisitorId(text.to_owned()),
+            "coupon" => {
+                let code = CouponCode::of(text).map_err(|e| invalid("invalid_coupon", e))?;
+                coupon = Some(code);
+                continue;
+            }
+            _ => return Err(bad()),
+        };
+        if click.replace(named).is_some() {
+            return Err(bad());
+        }
     }
-    let (kind, value) = attribution.iter().next().ok_or_else(bad)?;
-    let text = value
-        .as_str()
-        .filter(|t| !t.is_empty() && t.len() <= 4096)
-        .ok_or_else(bad)?;
-    match kind.as_str() {
-        "cookie" => Ok(AttributionRef::Cookie(text.to_owned())),
-        "click_id" => Ok(AttributionRef::ClickId(text.to_owned())),
-        "visitor_id" => Ok(AttributionRef::VisitorId(text.to_owned())),
-        _ => Err(bad()),
+    match (coupon, click) {
+        (Some(coupon), Some(click)) => Ok(AttributionRef::CouponAndClick {
+            coupon,
+            click: Box::new(click),
+        }),
+        (Some(coupon), None) => Ok(AttributionRef::Coupon(coupon)),
+        (None, Some(click)) => Ok(click),
+        (None, None) => Err(bad()),
     }
 }
 
@@ -415,6 +442,49 @@ mod tests {
 
     fn code(value: Value) -> &'static str {
         validate_event(&value, far()).unwrap_err().0
+    }
+
+    #[test]
+    fn a_signup_names_a_click_a_coupon_or_both() {
+        let signup = |attribution: Value| {
+            json!({"id": "s", "type": "signup", "customer": "c", "at": "2026-11-22T10:00:00Z",
+                   "billing": "referral", "attribution": attribution})
+        };
+        let attribution = |value: Value| match validate_event(&signup(value), far()) {
+            Ok(Event {
+                kind: EventKind::Signup { attribution, .. },
+                ..
+            }) => attribution,
+            other => panic!("{other:?}"),
+        };
+        let pod = CouponCode::parse("POD-26").unwrap();
+        assert_eq!(
+            attribution(json!({"coupon": "pod-26"})),
+            AttributionRef::Coupon(pod.clone())
+        );
+        assert_eq!(
+            attribution(json!({"coupon": "POD-26", "click_id": "x"})),
+            AttributionRef::CouponAndClick {
+                coupon: pod,
+                click: Box::new(AttributionRef::ClickId("x".into())),
+            }
+        );
+        for bad in [
+            json!({}),
+            json!({"cookie": "a", "click_id": "b"}),
+            json!({"coupon": "POD-26", "cookie": "a", "visitor_id": "b"}),
+            json!({"coupon": 7}),
+        ] {
+            assert_eq!(code(signup(bad.clone())), "invalid_attribution", "{bad}");
+        }
+        assert_eq!(code(signup(json!({"coupon": "no"}))), "invalid_coupon");
+        // Queued as JSON and read back by the worker.
+        let coupled = attribution(json!({"coupon": "POD-26", "cookie": "v"}));
+        let text = serde_json::to_string(&coupled).unwrap();
+        assert_eq!(
+            serde_json::from_str::<AttributionRef>(&text).unwrap(),
+            coupled
+        );
     }
 
     #[test]

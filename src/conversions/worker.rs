@@ -20,7 +20,7 @@ use crate::conversions::events::{AttributionRef, Event, EventKind};
 use crate::conversions::step::{self, Computed, StepError};
 use crate::edge::cookie::CookieSigner;
 use crate::ids::PartnerId;
-use crate::ids::{ClickId, CustomerId, VisitorId};
+use crate::ids::{ClickId, CouponCode, CustomerId, VisitorId, COUPON_CAMPAIGN};
 use crate::metrics::Metrics;
 use crate::store::prelude::*;
 use crate::store::{Click, Delivery, Inbox, InboxItem, Route, StoreError, Unreadable};

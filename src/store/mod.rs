@@ -17,7 +17,7 @@ use crate::conversions::book::{
 };
 use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
-use crate::ids::{CampaignName, CampaignSlug, PartnerId, PayoutId};
+use crate::ids::{CampaignName, CampaignSlug, CouponCode, PartnerId, PayoutId};
 use crate::ids::{ClickId, CustomerId, VisitorId};
 
 /// Why a store call failed, by what the caller can do about it: the API
@@ -341,6 +341,7 @@ pub trait Store:
     + BookStore
     + PayoutStore
     + HoldStore
+    + CouponStore
     + Send
     + Sync
     + 'static
@@ -352,8 +353,8 @@ pub trait Store:
 /// The store traits, to call a `Store`'s methods.
 pub mod prelude {
     pub use super::{
-        BookStore, CatalogStore, ClickStore, EventQueue, HoldStore, PayoutStore, RoutingStore,
-        Store,
+        BookStore, CatalogStore, ClickStore, CouponStore, EventQueue, HoldStore, PayoutStore,
+        RoutingStore, Store,
     };
 }
 
@@ -633,4 +634,22 @@ pub trait HoldStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<HeldCustomer>, StoreError>;
+}
+
+/// A coupon code and the partner it credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coupon {
+    pub code: CouponCode,
+    pub partner: PartnerId,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Coupon codes, unique across partners.
+#[async_trait]
+pub trait CouponStore: Send + Sync {
+    /// Registers `coupon`; `Conflict` when any partner has its code.
+    async fn insert_coupon(&self, coupon: &Coupon) -> Result<(), StoreError>;
+    /// The partner's codes, by code.
+    async fn coupons(&self, partner: &PartnerId) -> Result<Vec<Coupon>, StoreError>;
+    async fn coupon(&self, code: &CouponCode) -> Result<Option<Coupon>, StoreError>;
 }

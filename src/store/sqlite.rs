@@ -42,6 +42,7 @@ mod catalog;
 mod click_log;
 mod clicks;
 mod counts;
+mod coupons;
 mod file;
 mod holds;
 mod payouts;
@@ -88,6 +89,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_9.sql")),
     Migration::sql(include_str!("sqlite/schema_10.sql")),
     Migration::sql(include_str!("sqlite/schema_11.sql")),
+    Migration::sql(include_str!("sqlite/schema_12.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

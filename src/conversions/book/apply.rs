@@ -166,10 +166,13 @@ impl<'r> BatchRun<'r> {
             billing,
             rate,
         });
-        let age_ms = hold::click_age_ms(&record.referral, key.at);
         self.book.signups.push(key.at);
-        self.book.delays.push((key.at, age_ms / 1000));
-        self.hold_if_fast(customer, age_ms, key.at);
+        // A coupon signup has no click: no delay to count, nothing to hold.
+        if !record.referral.is_coupon() {
+            let age_ms = hold::click_age_ms(&record.referral, key.at);
+            self.book.delays.push((key.at, age_ms / 1000));
+            self.hold_if_fast(customer, age_ms, key.at);
+        }
         self.record_signup(key, customer, None, rate);
         Some(key.clone())
     }

@@ -201,10 +201,55 @@ impl Worker {
         claims.insert(customer.to_owned(), claim.clone());
     }
 
+    /// What credits a signup: its coupon code when the code is known and
+    /// its partner enabled (typed at checkout, after any click), else its
+    /// click.
+    async fn resolve(
+        &self,
+        attribution: &AttributionRef,
+        signed_up_at: DateTime<Utc>,
+    ) -> Result<Resolution, StoreError> {
+        match attribution {
+            AttributionRef::Coupon(code) => self.resolve_coupon(code, signed_up_at).await,
+            AttributionRef::CouponAndClick { coupon, click } => {
+                match self.resolve_coupon(coupon, signed_up_at).await? {
+                    Resolution::NoClick => self.resolve_click(click, signed_up_at).await,
+                    credited => Ok(credited),
+                }
+            }
+            click => self.resolve_click(click, signed_up_at).await,
+        }
+    }
+
+    /// The coupon's partner, if the code is known and the partner enabled.
+    /// Its "click" is the signup itself: reported on the signup's day,
+    /// under campaign `coupon` and the code as term.
+    async fn resolve_coupon(
+        &self,
+        code: &CouponCode,
+        signed_up_at: DateTime<Utc>,
+    ) -> Result<Resolution, StoreError> {
+        let Some(coupon) = self.store.coupon(code).await? else {
+            return Ok(Resolution::NoClick);
+        };
+        let referral = Referral {
+            partner: coupon.partner,
+            campaign: COUPON_CAMPAIGN.to_owned(),
+            term: Some(code.as_str().to_owned()),
+            click_at: signed_up_at.timestamp(),
+            found: Some(FoundClick {
+                by: FoundBy::Coupon,
+                click_id: String::new(),
+                visitor_id: String::new(),
+            }),
+        };
+        self.check(Some(referral), signed_up_at).await
+    }
+
     /// The click a signup names, if it counts: a valid signature, a partner
     /// that exists and is enabled, and a signup within the window after the
     /// click (less the clock skew before it).
-    async fn resolve(
+    async fn resolve_click(
         &self,
         attribution: &AttributionRef,
         signed_up_at: DateTime<Utc>,
@@ -235,6 +280,10 @@ impl Worker {
                 Some(id) => (FoundBy::VisitorId, self.store.last_click(&id).await?),
                 None => return Ok(Resolution::NoClick),
             },
+            // `resolve` takes the coupon apart: one inside is not a click.
+            AttributionRef::Coupon(_) | AttributionRef::CouponAndClick { .. } => {
+                return Ok(Resolution::NoClick)
+            }
         };
         let recent = Utc::now().timestamp() - signed_up_at.timestamp() < CLICK_SETTLE_SECS;
         match stored {

@@ -100,6 +100,14 @@ pub const READY: &str = "lc:{events}:ready";
 /// Payout id → partner id: where a payout's record is.
 pub const PAYOUT_OWNERS: &str = "lc:{payouts}:owners";
 
+/// Coupon code → JSON coupon.
+pub const COUPONS: &str = "lc:{coupons}:codes";
+
+/// The codes of a partner, a set, on the coupons' slot.
+pub fn partner_coupons(out: &mut String, partner: &str) {
+    set(out, &["lc:{coupons}:partner:", partner]);
+}
+
 /// Held customer → partner id: where a hold's customer record is.
 pub const HOLD_OWNERS: &str = "lc:{holds}:owners";
 /// Held customers as `<held_at ms, 15 digits>.<customer>`, score 0, read

@@ -17,6 +17,7 @@ mod books;
 mod catalog;
 mod click_batch;
 mod clicks;
+mod coupons;
 mod holds;
 mod keys;
 mod payouts;
@@ -108,6 +109,7 @@ pub struct RedisStore {
     insert_partner: Script,
     update_partner: Script,
     insert_campaign: Script,
+    insert_coupon: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -174,6 +176,7 @@ impl RedisStore {
             insert_partner: Script::new(INSERT_PARTNER),
             update_partner: Script::new(UPDATE_PARTNER),
             insert_campaign: Script::new(INSERT_CAMPAIGN),
+            insert_coupon: Script::new(INSERT_COUPON),
         })
     }
 

@@ -14,13 +14,18 @@ pub(super) const COUNT_CLICKS: &str = include_str!("scripts/count_clicks.lua");
 /// its expiry (unix s).
 pub(super) const RECORD_CLICKS: &str = include_str!("scripts/record_clicks.lua");
 
-/// Keeps each visitor's latest click as `time:click id`, whatever order
-/// clicks are written in. KEYS: visitor keys. ARGV, three per key: click
-/// time, click id, expiry (unix s).
+/// Keeps each visitor's latest 20 clicks as `time:click id,…`, newest
+/// first, whatever order clicks are written in. KEYS: visitor keys. ARGV,
+/// three per key: click time, click id, expiry (unix s).
 pub(super) const LAST_CLICKS: &str = include_str!("scripts/last_clicks.lua");
 
 /// Queues events whose id was never seen. KEYS: the id set, the stream.
 /// ARGV, two per event: id, event JSON.
+/// Registers a coupon code unless it is taken. KEYS: the codes hash, the
+/// partner's set of codes. ARGV: the code, the coupon's JSON. Answers 1
+/// when registered, 0 when taken.
+pub(super) const INSERT_COUPON: &str = include_str!("scripts/insert_coupon.lua");
+
 pub(super) const ENQUEUE_EVENTS: &str = include_str!("scripts/enqueue_events.lua");
 
 /// Applies a batch's (or payout's) changes to a partner's book, if the
