@@ -53,7 +53,15 @@ pub struct Config {
     pub api: Api,
     pub report: Report,
     pub worker: Worker,
+    pub webhooks: Webhooks,
     pub log: crate::logs::Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// Allow http:// endpoint URLs. Default false.
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

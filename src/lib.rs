@@ -16,6 +16,8 @@
 //!   (the partner dashboard, the admin console)
 //! - [`store`]: the `Store` trait and its two stores, SQLite (embedded) and
 //!   Redis
+//! - [`webhooks`]: webhook endpoints, the events they subscribe to, and
+//!   how deliveries are signed
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
 //!   event and customer ids
 //! - [`json`]: strict JSON input (no key twice in one object)
@@ -41,3 +43,4 @@ pub mod metrics;
 pub mod report;
 pub mod serve;
 pub mod store;
+pub mod webhooks;

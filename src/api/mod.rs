@@ -22,6 +22,8 @@
 //!   commissions wait because they signed up too soon after the click
 //! - `GET /v1/customers/{id}/attribution` (admin, merchant): why the
 //!   customer was credited to whom, and the visitor's clicks that lost
+//! - `POST|GET /v1/webhooks`, `DELETE /v1/webhooks/{id}` (admin): webhook
+//!   endpoints
 //! - `GET /v1/openapi.json` (anyone): this API's OpenAPI document
 
 mod attribution;
@@ -39,13 +41,14 @@ mod partners;
 mod payouts;
 mod rate;
 mod report;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -156,6 +159,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/payouts", get(payouts::list))
         .route("/v1/payouts/{id}", patch(payouts::settle))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", delete(webhooks::delete))
         .route("/v1/holds", get(holds::list))
         .route("/v1/customers/{id}/attribution", get(attribution::explain))
         .route("/v1/holds/{id}", post(holds::decide))

@@ -19,6 +19,7 @@ use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, CouponCode, PartnerId, PayoutId};
 use crate::ids::{ClickId, CustomerId, VisitorId};
+use crate::webhooks::WebhookEndpoint;
 
 /// Why a store call failed, by what the caller can do about it: the API
 /// maps each to its answer in one place (`api/error.rs`).
@@ -342,6 +343,7 @@ pub trait Store:
     + PayoutStore
     + HoldStore
     + CouponStore
+    + WebhookStore
     + Send
     + Sync
     + 'static
@@ -354,7 +356,7 @@ pub trait Store:
 pub mod prelude {
     pub use super::{
         BookStore, CatalogStore, ClickStore, CouponStore, EventQueue, HoldStore, PayoutStore,
-        RoutingStore, Store,
+        RoutingStore, Store, WebhookStore,
     };
 }
 
@@ -652,4 +654,14 @@ pub trait CouponStore: Send + Sync {
     /// The partner's codes, by code.
     async fn coupons(&self, partner: &PartnerId) -> Result<Vec<Coupon>, StoreError>;
     async fn coupon(&self, code: &CouponCode) -> Result<Option<Coupon>, StoreError>;
+}
+
+/// Webhook endpoints.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
+    /// Every endpoint, oldest first.
+    async fn webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
+    /// Deletes an endpoint; answers whether it existed.
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
 }

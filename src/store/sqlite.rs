@@ -49,6 +49,7 @@ mod payouts;
 mod queue;
 mod routing;
 mod traffic;
+mod webhooks;
 
 use self::clicks::*;
 pub use self::file::backup;
@@ -90,6 +91,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_10.sql")),
     Migration::sql(include_str!("sqlite/schema_11.sql")),
     Migration::sql(include_str!("sqlite/schema_12.sql")),
+    Migration::sql(include_str!("sqlite/schema_13.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

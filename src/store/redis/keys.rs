@@ -100,6 +100,9 @@ pub const READY: &str = "lc:{events}:ready";
 /// Payout id → partner id: where a payout's record is.
 pub const PAYOUT_OWNERS: &str = "lc:{payouts}:owners";
 
+/// Webhook endpoint id → JSON endpoint.
+pub const WEBHOOKS: &str = "lc:{webhooks}:endpoints";
+
 /// Coupon code → JSON coupon.
 pub const COUPONS: &str = "lc:{coupons}:codes";
 

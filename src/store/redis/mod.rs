@@ -25,6 +25,7 @@ mod queue;
 mod routing;
 mod scripts;
 mod traffic;
+mod webhooks;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
