@@ -134,3 +134,53 @@ async fn http_endpoints_need_allow_http() {
         (400, &json!("invalid_url"))
     );
 }
+
+/// The README's Python snippet for checking `Lastclick-Signature`, as
+/// written there.
+fn readme_snippet() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split("<!-- verify-signature -->")
+        .nth(1)
+        .expect("the README marks its verification snippet");
+    let code = after
+        .split("```python")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    code.lines()
+        .map(|line| line.strip_prefix("  ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_readmes_verification_snippet_accepts_a_signature_and_refuses_a_forgery() {
+    let body = br#"{"id":"whe_1","type":"commission.created"}"#;
+    let now = chrono::Utc::now().timestamp();
+    let header = lastclick::webhooks::signature("whsec_test", now, body);
+    let script = format!(
+        "{}\nbody = {:?}.encode()\nprint(verify('whsec_test', {:?}, body), verify('whsec_other', {:?}, body), verify('whsec_test', {:?}, body + b' '))\n",
+        readme_snippet(),
+        std::str::from_utf8(body).unwrap(),
+        header,
+        header,
+        header
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True False False"
+    );
+}
