@@ -59,7 +59,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now_unix: i64, tolerance_
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
