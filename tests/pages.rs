@@ -3,7 +3,8 @@
 //! program would use them: a partner earns 60.00 USD, requests a payout
 //! on its dashboard, the admin downloads the PayPal file and marks the
 //! payout paid in `/admin`, and the partner sees it paid with the
-//! reference and a statement that adds up. Screenshots go to
+//! reference and a statement that adds up; a held signup is explained on
+//! the dashboard and released in the console. Screenshots go to
 //! `target/screenshots/` (the README's are copied from there).
 
 mod common;
@@ -248,9 +249,13 @@ async fn the_dashboard_range_grouping_and_downloads_follow_the_picker() {
 async fn a_held_signup_is_released_in_the_console() {
     // The helper's signup is dated before its click: well under 5 s.
     let app = TestApp::spawn_with(&[("LASTCLICK_ATTRIBUTION__MIN_CLICK_AGE", "5s")]).await;
-    app.partner_earning("acme", &["100.00"]).await;
+    let acme = app.partner_earning("acme", &["100.00"]).await;
     app.usd_when("acme", "on_hold", "20.00").await;
     let console = Browser::open(1200, 1000).await;
+    // The partner sees why its money is pending.
+    open_dashboard(&console, &app, "acme", &acme).await;
+    let status = console.text_of("#status").await;
+    assert!(status.contains("20.00 on hold for review"), "{status}");
     open_console(&console, &app).await;
     let row = console.text_of("tr[data-hold=cus_acme]").await;
     for shown in ["acme", "20.00 USD", "0 s"] {
