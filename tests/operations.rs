@@ -37,10 +37,21 @@ fn the_default_configuration_is_valid() {
 
 #[test]
 fn invalid_configuration_stops_startup_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 9] = [
+    let cases: [(&[(&str, &str)], &str); 11] = [
         (
             &[("LASTCLICK_ATTRIBUTION__WINDOW", "forever")],
             "attribution.window",
+        ),
+        (
+            &[
+                ("LASTCLICK_ATTRIBUTION__WINDOW", "1h"),
+                ("LASTCLICK_ATTRIBUTION__MIN_CLICK_AGE", "2h"),
+            ],
+            "attribution.min_click_age",
+        ),
+        (
+            &[("LASTCLICK_WEBHOOKS__ALLOW_HTTP", "sometimes")],
+            "webhooks.allow_http",
         ),
         (
             &[("LASTCLICK_CLICKS__DEDUP_WINDOW", "30 parsecs")],

@@ -1253,6 +1253,16 @@ async fn the_sqlite_store_forgets_clicks_and_counters_after_the_window() {
         )
         .unwrap();
     assert_eq!(rows, 1, "the old click's batch is gone");
+    let visitor_rows: i64 = rusqlite::Connection::open(dir.path().join("lastclick.db"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM visitor_clicks", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(visitor_rows, 1, "the old click's visitor row is gone");
+    assert!(store
+        .visitor_clicks(&VisitorId([1; 16]), 20)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(store.click(&recent.click_id).await.unwrap(), Some(recent));
     assert!(store
         .last_click(&VisitorId([2; 16]))
