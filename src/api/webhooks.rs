@@ -60,7 +60,10 @@ fn event_types(names: &[String]) -> Result<Vec<WebhookEventType>, ApiError> {
     if names.is_empty() || names.len() > WebhookEventType::ALL.len() * 4 {
         return Err(ApiError::bad_request(
             "invalid_events",
-            "`events` lists the events to send (at least one)",
+            format!(
+                "`events` lists the events to send: 1 to {} names",
+                WebhookEventType::ALL.len() * 4
+            ),
         ));
     }
     let mut types = names

@@ -142,8 +142,7 @@ impl Hold {
 }
 
 /// What the program team decides about a held customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldDecision {
     Release,
     Reject,
