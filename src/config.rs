@@ -62,6 +62,20 @@ pub struct Config {
 pub struct Webhooks {
     /// Allow http:// endpoint URLs. Default false.
     pub allow_http: bool,
+    /// Wait before the first retry of a failed delivery; each next wait
+    /// doubles, with jitter. Default 10s.
+    #[serde(deserialize_with = "duration")]
+    pub retry_first: Duration,
+    /// Longest wait between retries. Default 1h.
+    #[serde(deserialize_with = "duration")]
+    pub retry_max: Duration,
+    /// A delivery still failing this long after its event was written is
+    /// marked failed, and the endpoint's next event goes. Default 3d.
+    #[serde(deserialize_with = "duration")]
+    pub give_up_after: Duration,
+    /// Longest wait for a receiver's answer, at most 30s. Default 10s.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,6 +388,7 @@ impl Config {
         self.validate_landing()?;
         self.validate_campaign()?;
         self.validate_clicks()?;
+        self.validate_webhooks()?;
         if self.cache.refresh.is_zero() {
             return Err(invalid("cache.refresh", "must be longer than zero"));
         }
@@ -434,6 +449,28 @@ impl Config {
             return Err(invalid(
                 "attribution.min_click_age",
                 "must be shorter than attribution.window",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let webhooks = &self.webhooks;
+        if webhooks.retry_first.is_zero() {
+            return Err(invalid("webhooks.retry_first", "must be longer than zero"));
+        }
+        if webhooks.retry_max < webhooks.retry_first {
+            return Err(invalid(
+                "webhooks.retry_max",
+                "must be at least webhooks.retry_first",
+            ));
+        }
+        // An attempt may run this long past an endpoint's share of a
+        // delivery round, which must end within the delivery lease.
+        if webhooks.timeout.is_zero() || webhooks.timeout > Duration::from_secs(30) {
+            return Err(invalid(
+                "webhooks.timeout",
+                "must be longer than zero and at most 30s",
             ));
         }
         Ok(())

@@ -87,6 +87,43 @@ pub struct Metrics {
     pub payouts_waiting: PayoutGauges,
     /// The currencies paid out (`payout.minimum`), set by `prime`.
     currencies: std::sync::OnceLock<Vec<Currency>>,
+    pub webhooks: WebhookMetrics,
+}
+
+/// Webhook deliveries, as the delivering instance sees them.
+pub struct WebhookMetrics {
+    deliveries: IntCounterVec,
+    /// Age of the oldest event some endpoint has not had yet.
+    pub oldest_undelivered_seconds: IntGauge,
+}
+
+/// What became of one delivery attempt
+/// (`webhook_deliveries_total{outcome}`).
+pub const DELIVERY_OUTCOMES: [&str; 3] = ["succeeded", "retrying", "failed"];
+
+impl WebhookMetrics {
+    fn new(r: &Register) -> Self {
+        let deliveries = r.labelled(
+            "webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: succeeded, retrying (failed, to be retried), failed (given up).",
+            &["outcome"],
+        );
+        for outcome in DELIVERY_OUTCOMES {
+            deliveries.with_label_values(&[outcome]);
+        }
+        WebhookMetrics {
+            deliveries,
+            oldest_undelivered_seconds: r.add(IntGauge::new(
+                "webhook_oldest_undelivered_seconds",
+                "Age of the oldest webhook event not yet delivered (or given up) to every endpoint that subscribes to it; 0 when none waits.",
+            )),
+        }
+    }
+
+    /// `outcome` is one of `DELIVERY_OUTCOMES`.
+    pub fn count(&self, outcome: &str) {
+        self.deliveries.with_label_values(&[outcome]).inc();
+    }
 }
 
 /// The store operations every instance performs, whose error counters
@@ -336,6 +373,7 @@ impl Metrics {
             payouts: PayoutCounters::new(&r),
             payouts_waiting: PayoutGauges::new(&r),
             currencies: std::sync::OnceLock::new(),
+            webhooks: WebhookMetrics::new(&r),
             book_steps: r.add(IntCounter::new(
                 "worker_book_steps_total",
                 "Book steps committed: each applies what waited in one partner's inbox in one atomic write.",

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::store::prelude::*;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::{spawn_expiry, SqliteStore};
+use crate::webhooks::delivery::{Deliverer, RetryPolicy, Sender};
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,12 +102,22 @@ pub async fn run(
     ));
     // Embedded, nothing else can reach the event queue: the worker runs
     // here. With Redis, `lastclick worker` processes run it.
+    let sender = Arc::new(Sender::new(&config.webhooks).map_err(ServeError::Config)?);
     let worker = config.embedded().then(|| {
         let worker = Worker::new(Arc::clone(&store), &config, Arc::clone(&metrics));
+        let deliverer = deliverer(&config, &store, &sender, &metrics);
+        tokio::spawn(deliverer.run(background.clone()));
         tokio::spawn(worker.run(worker_settings(&config), background))
     });
 
-    let public_service = public_service(&config, &store, routes, &click_queue, traffic, &metrics);
+    let public_service = public_service(
+        &config,
+        &store,
+        routes,
+        (&click_queue, traffic),
+        &metrics,
+        sender,
+    );
     let open = OpenConnections::new(config.listen.max_connections, Arc::clone(&metrics));
     let admin_limits = AdminLimits::new(&config, &metrics);
     let admin_service = TowerToHyperService::new(admin::router(AdminState {
@@ -218,9 +229,9 @@ fn public_service(
     config: &Arc<Config>,
     store: &Arc<dyn Store>,
     routes: Arc<RouteCache>,
-    click_queue: &clicks::ClickQueue,
-    traffic: Arc<TrafficCounts>,
+    (click_queue, traffic): (&clicks::ClickQueue, Arc<TrafficCounts>),
     metrics: &Arc<Metrics>,
+    webhook_sender: Arc<Sender>,
 ) -> PublicService {
     let redirector = redirector(config, Arc::clone(&routes), click_queue.clone(), traffic);
     let api = api::router(ApiState {
@@ -234,6 +245,7 @@ fn public_service(
             config.api.rate_limit,
             config.api.rate_burst,
         )),
+        webhook_sender,
     });
     PublicService(Arc::new(PublicInner {
         redirector,
@@ -292,6 +304,23 @@ pub fn worker_settings(config: &Config) -> LoopSettings {
     }
 }
 
+/// The webhook delivery task: wherever the worker runs (the lease lets
+/// one instance deliver at a time).
+fn deliverer(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    sender: &Arc<Sender>,
+    metrics: &Arc<Metrics>,
+) -> Deliverer {
+    Deliverer::new(
+        Arc::clone(store),
+        Arc::clone(sender),
+        Arc::clone(metrics),
+        RetryPolicy::of(&config.webhooks),
+        worker_settings(config).consumer,
+    )
+}
+
 /// Runs `lastclick worker` until `shutdown` resolves: applies events from
 /// the shared Redis queue. Finishes the event in hand, acknowledges nothing
 /// it did not finish.
@@ -328,12 +357,16 @@ pub async fn run_worker(
         AdminLimits::new(&config, &metrics),
         stopped.clone(),
     ));
+    let sender = Arc::new(Sender::new(&config.webhooks).map_err(ServeError::Config)?);
+    let deliverer = deliverer(&config, &store, &sender, &metrics);
+    let delivering = tokio::spawn(deliverer.run(stopped.clone()));
     let worker = Worker::new(store, &config, metrics);
     let running = tokio::spawn(worker.run(worker_settings(&config), stopped));
     shutdown.await;
     tracing::info!("worker stopping");
     let _ = stop.send(true);
     let _ = running.await;
+    let _ = delivering.await;
     if let Ok(connections) = admin_loop.await {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await;
     }

@@ -25,6 +25,9 @@ use lastclick::store::sqlite::SqliteStore;
 use lastclick::store::{
     Campaign, Click, Commit, CounterCell, Coupon, InboxItem, Partner, Route, StoreError,
 };
+use lastclick::webhooks::delivery::{DeliveryCursor, DeliveryStatus, FeedEvent, WebhookDelivery};
+use lastclick::webhooks::outbox::OutboxEvent;
+use lastclick::webhooks::{WebhookEndpoint, WebhookEventType};
 
 const DAY: i64 = 86_400;
 /// Noon UTC ten days ago: recent enough for every store's expiry, whatever
@@ -494,6 +497,7 @@ async fn inboxes_hold_routed_events_until_a_commit_takes_them(store: Arc<dyn Sto
         }],
         inbox_taken: 2,
         payouts: Vec::new(),
+        outbox: Vec::new(),
     };
     assert_eq!(
         store
@@ -719,6 +723,7 @@ async fn a_large_commit_writes_every_record_in_order(store: Arc<dyn Store>) {
         entries,
         inbox_taken: 0,
         payouts: Vec::new(),
+        outbox: Vec::new(),
     };
     assert_eq!(
         store.commit_book(&pid("acme"), 0, &changes).await.unwrap(),
@@ -1004,6 +1009,156 @@ async fn coupon_codes_are_unique_and_listed_by_partner(store: Arc<dyn Store>) {
     assert!(store.coupons(&pid("nobody")).await.unwrap().is_empty());
 }
 
+fn outbox_event(partner: &str, n: u32) -> OutboxEvent {
+    OutboxEvent {
+        id: format!("evt_{partner}_{n}"),
+        kind: WebhookEventType::CommissionCreated,
+        created_at: Utc::now(),
+        body: format!("{{\"n\":{n}}}"),
+    }
+}
+
+async fn commit_outbox(store: &Arc<dyn Store>, partner: &str, version: u64, n: &[u32]) -> Commit {
+    let changes = Changes {
+        outbox: n.iter().map(|n| outbox_event(partner, *n)).collect(),
+        ..Changes::default()
+    };
+    store
+        .commit_book(&pid(partner), version, &changes)
+        .await
+        .unwrap()
+}
+
+fn delivery_of(event: &FeedEvent) -> WebhookDelivery {
+    WebhookDelivery {
+        event_id: event.event.id.clone(),
+        event_type: event.event.kind,
+        seq: event.seq,
+        status: DeliveryStatus::Succeeded,
+        attempts: 1,
+        event_created_at: event.event.created_at,
+        last_attempt_at: Utc::now(),
+        next_attempt_at: None,
+        response_status: Some(200),
+        error: None,
+        body: event.event.body.clone(),
+    }
+}
+
+async fn webhook_events_reach_the_feed_once_in_commit_order(store: Arc<dyn Store>) {
+    let endpoint = |id: &str| WebhookEndpoint {
+        id: id.into(),
+        url: "https://hooks.example.com/lc".into(),
+        events: WebhookEventType::ALL.to_vec(),
+        secret: "whsec_test".into(),
+        created_at: Utc::now(),
+    };
+    store.insert_webhook(&endpoint("wh_1")).await.unwrap();
+    assert_eq!(store.delivery_cursor("wh_1").await.unwrap().after, 0);
+    assert_eq!(
+        commit_outbox(&store, "acme", 0, &[1, 2]).await,
+        Commit::Applied
+    );
+    assert_eq!(
+        commit_outbox(&store, "rival", 0, &[1]).await,
+        Commit::Applied
+    );
+    assert_eq!(
+        commit_outbox(&store, "acme", 1, &[3]).await,
+        Commit::Applied
+    );
+    // A commit that loses to another writes no event.
+    assert_eq!(
+        commit_outbox(&store, "acme", 1, &[9]).await,
+        Commit::Conflict
+    );
+    store.gather_outboxes().await.unwrap();
+    assert_eq!(store.gather_outboxes().await.unwrap(), 0, "moved once");
+    let feed = store.feed(0, 100).await.unwrap();
+    let ids: Vec<&str> = feed.iter().map(|e| e.event.id.as_str()).collect();
+    let acme: Vec<&str> = ids.iter().copied().filter(|i| i.contains("acme")).collect();
+    assert_eq!(acme, ["evt_acme_1", "evt_acme_2", "evt_acme_3"]);
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(feed[0].event.body, outbox_event("acme", 1).body);
+    assert_eq!(store.feed(feed[1].seq, 1).await.unwrap(), [feed[2].clone()]);
+    // An endpoint starts after the newest event.
+    assert_eq!(store.feed_head().await.unwrap(), feed[3].seq);
+    store.insert_webhook(&endpoint("wh_2")).await.unwrap();
+    assert_eq!(
+        store.delivery_cursor("wh_2").await.unwrap().after,
+        feed[3].seq
+    );
+
+    let (first, second) = (delivery_of(&feed[0]), delivery_of(&feed[1]));
+    for delivery in [&first, &second] {
+        let cursor = DeliveryCursor {
+            after: delivery.seq,
+            retry: None,
+        };
+        let saved = store.save_delivery("wh_1", Some(&cursor), Some(delivery));
+        assert!(saved.await.unwrap());
+    }
+    assert_eq!(
+        store.delivery_cursor("wh_1").await.unwrap().after,
+        feed[1].seq
+    );
+    assert_eq!(
+        store.deliveries("wh_1", None, 1).await.unwrap(),
+        std::slice::from_ref(&second)
+    );
+    let older = store
+        .deliveries("wh_1", Some(second.seq), 10)
+        .await
+        .unwrap();
+    assert_eq!(older, std::slice::from_ref(&first));
+    let found = store.delivery("wh_1", &first.event_id).await.unwrap();
+    assert_eq!(found, Some(first.clone()));
+    assert_eq!(store.delivery("wh_2", &first.event_id).await.unwrap(), None);
+
+    store.trim_feed(feed[1].seq).await.unwrap();
+    assert_eq!(store.feed(0, 100).await.unwrap(), feed[2..].to_vec());
+
+    assert!(store.delete_webhook("wh_1").await.unwrap());
+    let cursor = DeliveryCursor::default();
+    let saved = store.save_delivery("wh_1", Some(&cursor), Some(&first));
+    assert!(
+        !saved.await.unwrap(),
+        "a deleted endpoint takes no delivery"
+    );
+    assert!(store.deliveries("wh_1", None, 10).await.unwrap().is_empty());
+
+    let lease = std::time::Duration::from_secs(30);
+    assert!(store.lease_deliveries("one", lease).await.unwrap());
+    assert!(
+        store.lease_deliveries("one", lease).await.unwrap(),
+        "renewed"
+    );
+}
+
+#[tokio::test]
+async fn the_redis_store_lets_one_instance_deliver_at_a_time() {
+    let (store, _server) = redis().await;
+    let lease = std::time::Duration::from_millis(300);
+    assert!(store.lease_deliveries("one", lease).await.unwrap());
+    assert!(!store.lease_deliveries("two", lease).await.unwrap());
+    assert!(
+        store.lease_deliveries("one", lease).await.unwrap(),
+        "renewed"
+    );
+    // A holder that stops renewing loses it when it runs out.
+    let mut taken = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if store.lease_deliveries("two", lease).await.unwrap() {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "the lease ran out");
+    assert!(!store.lease_deliveries("one", lease).await.unwrap());
+}
+
 macro_rules! store_suite {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -1073,6 +1228,12 @@ macro_rules! store_suite {
             async fn coupon_codes_are_unique_and_listed_by_partner() {
                 let (store, _server) = $make.await;
                 super::coupon_codes_are_unique_and_listed_by_partner(store).await;
+            }
+
+            #[tokio::test]
+            async fn webhook_events_reach_the_feed_once_in_commit_order() {
+                let (store, _server) = $make.await;
+                super::webhook_events_reach_the_feed_once_in_commit_order(store).await;
             }
 
             #[tokio::test]

@@ -184,6 +184,7 @@ pub async fn decide(
     };
     let (changes, ()) = step::commit_with_retry(
         state.store.as_ref(),
+        &rules,
         &partner,
         &request,
         MAX_ATTEMPTS,

@@ -23,7 +23,8 @@
 //! - `GET /v1/customers/{id}/attribution` (admin, merchant): why the
 //!   customer was credited to whom, and the visitor's clicks that lost
 //! - `POST|GET /v1/webhooks`, `DELETE /v1/webhooks/{id}` (admin): webhook
-//!   endpoints
+//!   endpoints; `GET /v1/webhooks/{id}/deliveries` and
+//!   `POST …/deliveries/{event}/resend`: what was sent, and again
 //! - `GET /v1/openapi.json` (anyone): this API's OpenAPI document
 
 mod attribution;
@@ -75,6 +76,8 @@ pub struct ApiState {
     pub report_slots: Arc<tokio::sync::Semaphore>,
     /// `api.rate_limit` and `api.rate_burst`, per caller.
     pub rate_limits: Arc<RateLimits>,
+    /// Sends a webhook delivery again when an admin asks.
+    pub webhook_sender: Arc<crate::webhooks::delivery::Sender>,
 }
 
 /// A list's `limit` parameter: `default` when absent, else 1 to `max`.
@@ -161,6 +164,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/payouts/{id}", patch(payouts::settle))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/{id}", delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{event}/resend",
+            post(webhooks::resend),
+        )
         .route("/v1/holds", get(holds::list))
         .route("/v1/customers/{id}/attribution", get(attribution::explain))
         .route("/v1/holds/{id}", post(holds::decide))

@@ -82,6 +82,7 @@ pub async fn request(
     let store = state.store.as_ref();
     let (changes, ()) = step::commit_with_retry(
         store,
+        &rules,
         &partner.id,
         &BookRequest::default(),
         MAX_ATTEMPTS,
@@ -193,6 +194,7 @@ pub async fn settle(
     };
     let (changes, ()) = step::commit_with_retry(
         state.store.as_ref(),
+        &state.config.rules(),
         &partner,
         &request,
         MAX_ATTEMPTS,

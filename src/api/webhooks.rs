@@ -1,14 +1,16 @@
 //! `/v1/webhooks` (admin): the endpoints the program's events are sent
-//! to. The signing secret is answered once, when an endpoint is created.
+//! to, and what was sent to each. The signing secret is answered once,
+//! when an endpoint is created.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
-use crate::api::{ApiError, ApiState, JsonBody};
+use crate::api::{page_limit, ApiError, ApiState, JsonBody};
+use crate::webhooks::delivery::{outcome_label, DeliveryStatus, WebhookDelivery};
 use crate::webhooks::{self, WebhookEndpoint, WebhookEventType, MAX_ENDPOINTS};
 
 #[derive(Deserialize)]
@@ -137,4 +139,129 @@ pub async fn delete(
         return Err(ApiError::NotFound("webhook"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A delivery as listed: the body is the event as sent, not repeated.
+#[derive(Serialize)]
+pub struct DeliveryView {
+    event_id: String,
+    event_type: WebhookEventType,
+    status: DeliveryStatus,
+    attempts: u32,
+    event_created_at: DateTime<Utc>,
+    last_attempt_at: DateTime<Utc>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    response_status: Option<u16>,
+    error: Option<String>,
+}
+
+impl From<WebhookDelivery> for DeliveryView {
+    fn from(d: WebhookDelivery) -> Self {
+        DeliveryView {
+            event_id: d.event_id,
+            event_type: d.event_type,
+            status: d.status,
+            attempts: d.attempts,
+            event_created_at: d.event_created_at,
+            last_attempt_at: d.last_attempt_at,
+            next_attempt_at: d.next_attempt_at,
+            response_status: d.response_status,
+            error: d.error,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct DeliveryPage {
+    deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+/// The endpoint named in the path, or 404.
+async fn endpoint(state: &ApiState, id: &str) -> Result<WebhookEndpoint, ApiError> {
+    let endpoints = state.store.webhooks().await?;
+    endpoints
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or(ApiError::NotFound("webhook"))
+}
+
+/// An endpoint's deliveries, newest first: each event's last attempt.
+pub async fn deliveries(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    admin_only(&caller)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "`cursor` must be a next_cursor from a previous page",
+            )
+        })?),
+    };
+    let limit = page_limit(query.limit.as_deref(), 50, 100)?;
+    let endpoint = endpoint(&state, &id).await?;
+    let found = state.store.deliveries(&endpoint.id, before, limit).await?;
+    let next_cursor = match found.last() {
+        Some(last) if found.len() == limit => Some(last.seq.to_string()),
+        _ => None,
+    };
+    Ok(Json(DeliveryPage {
+        deliveries: found.into_iter().map(DeliveryView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Sends a delivered or failed event again, now, with the same id and
+/// body, and answers how it went. A pending one is the delivery task's.
+pub async fn resend(
+    caller: Caller,
+    State(state): State<ApiState>,
+    Path((id, event)): Path<(String, String)>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    admin_only(&caller)?;
+    let endpoint = endpoint(&state, &id).await?;
+    let mut delivery = state
+        .store
+        .delivery(&endpoint.id, &event)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    if delivery.status == DeliveryStatus::Pending {
+        return Err(ApiError::StateConflict {
+            code: "delivery_pending",
+            message: "the delivery is being retried; resend it once it succeeded or failed".into(),
+        });
+    }
+    let answer = state
+        .webhook_sender
+        .send(&endpoint, &delivery.event())
+        .await;
+    delivery.attempted(&answer, Utc::now());
+    delivery.status = if answer.succeeded() {
+        DeliveryStatus::Succeeded
+    } else {
+        DeliveryStatus::Failed
+    };
+    state.metrics.webhooks.count(outcome_label(delivery.status));
+    if !state
+        .store
+        .save_delivery(&endpoint.id, None, Some(&delivery))
+        .await?
+    {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    Ok(Json(DeliveryView::from(delivery)))
 }

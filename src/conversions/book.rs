@@ -23,6 +23,7 @@ use crate::conversions::events::{Event, EventKind};
 use crate::conversions::money::Tier;
 use crate::conversions::money::{self, Currency, Money};
 use crate::ids::PayoutId;
+use crate::webhooks::outbox::OutboxEvent;
 
 /// One line of the ledger. Amounts are signed changes of the partner's
 /// balance (pending and available): commissions add, clawbacks take away,
@@ -395,6 +396,9 @@ pub struct Changes {
     pub inbox_taken: usize,
     /// Payout records written (new, or in their new status).
     pub payouts: Vec<Payout>,
+    /// The webhook events the change reports, written with it
+    /// (`webhooks::outbox`); filled in by the step, never by `apply`.
+    pub outbox: Vec<OutboxEvent>,
 }
 
 /// What became of one event in the book.
@@ -417,6 +421,9 @@ pub struct Incoming<'a> {
 
 /// The outcome of [`apply`]: the changes, or more to load first.
 #[derive(Debug)]
+// One per book step, moved once: boxing the changes would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Applied {
     Done(Changes, Vec<(String, Effect)>),
     Load(BookRequest),
@@ -500,7 +507,7 @@ mod hold;
 mod payout;
 mod stored;
 
-pub use self::apply::apply;
+pub use self::apply::{apply, HELD_NOTE};
 pub use self::hold::{decide_hold, posted_amounts, HoldConflict};
 pub use self::payout::{
     request_payout, settle_payout, Payout, PayoutConflict, PayoutRefusal, PayoutStatus, Settlement,

@@ -5,6 +5,9 @@ pub mod record;
 pub mod redis;
 pub mod sketch;
 pub mod sqlite;
+mod webhooks;
+
+pub use self::webhooks::WebhookStore;
 
 use std::sync::Arc;
 
@@ -19,7 +22,6 @@ use crate::conversions::customer::{ConversionCounts, Referral};
 use crate::conversions::events::Event;
 use crate::ids::{CampaignName, CampaignSlug, CouponCode, PartnerId, PayoutId};
 use crate::ids::{ClickId, CustomerId, VisitorId};
-use crate::webhooks::WebhookEndpoint;
 
 /// Why a store call failed, by what the caller can do about it: the API
 /// maps each to its answer in one place (`api/error.rs`).
@@ -654,14 +656,4 @@ pub trait CouponStore: Send + Sync {
     /// The partner's codes, by code.
     async fn coupons(&self, partner: &PartnerId) -> Result<Vec<Coupon>, StoreError>;
     async fn coupon(&self, code: &CouponCode) -> Result<Option<Coupon>, StoreError>;
-}
-
-/// Webhook endpoints.
-#[async_trait]
-pub trait WebhookStore: Send + Sync {
-    async fn insert_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError>;
-    /// Every endpoint, oldest first.
-    async fn webhooks(&self) -> Result<Vec<WebhookEndpoint>, StoreError>;
-    /// Deletes an endpoint; answers whether it existed.
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
 }

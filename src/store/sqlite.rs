@@ -92,6 +92,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::sql(include_str!("sqlite/schema_11.sql")),
     Migration::sql(include_str!("sqlite/schema_12.sql")),
     Migration::sql(include_str!("sqlite/schema_13.sql")),
+    Migration::sql(include_str!("sqlite/schema_14.sql")),
 ];
 
 /// One schema step: its SQL, then, for a step that moves rows into a form

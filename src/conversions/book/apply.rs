@@ -405,6 +405,7 @@ impl<'r> BatchRun<'r> {
             entries,
             inbox_taken: 0,
             payouts: Vec::new(),
+            outbox: Vec::new(),
         };
         (changes, parked)
     }

@@ -150,19 +150,25 @@ impl Worker {
             })
             .collect();
         let request = book::request_for(&incoming);
-        let step = step::try_commit(self.store.as_ref(), partner, request, |view, request| {
-            let now = Utc::now().timestamp_millis();
-            Ok::<_, Infallible>(
-                match book::apply(view, request, &incoming, &self.rules, now) {
-                    Applied::Load(more) => Computed::Load(more),
-                    Applied::Done(mut changes, effects) => {
-                        changes.inbox_taken = inbox.entries();
-                        let late = request.history_from.is_some();
-                        Computed::Done(changes, (effects, late))
-                    }
-                },
-            )
-        })
+        let step = step::try_commit(
+            self.store.as_ref(),
+            &self.rules,
+            partner,
+            request,
+            |view, request| {
+                let now = Utc::now().timestamp_millis();
+                Ok::<_, Infallible>(
+                    match book::apply(view, request, &incoming, &self.rules, now) {
+                        Applied::Load(more) => Computed::Load(more),
+                        Applied::Done(mut changes, effects) => {
+                            changes.inbox_taken = inbox.entries();
+                            let late = request.history_from.is_some();
+                            Computed::Done(changes, (effects, late))
+                        }
+                    },
+                )
+            },
+        )
         .await;
         let Some((changes, (effects, late))) = step.map_err(|e| match e {
             StepError::Store(e) => e,

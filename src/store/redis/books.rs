@@ -152,6 +152,9 @@ impl BookStore for RedisStore {
         changes: &Changes,
     ) -> Result<Commit, StoreError> {
         self.index_holds(partner, &changes.customers).await?;
+        if !changes.outbox.is_empty() {
+            self.mark_outbox(partner).await?;
+        }
         let partner = partner.as_str();
         let mut invocation = self.commit_book.prepare_invoke();
         for part in [
@@ -164,6 +167,7 @@ impl BookStore for RedisStore {
             "inbox",
             "payouts",
             "payout_ids",
+            "outbox",
         ] {
             invocation.key(keys::owned(|k| keys::book(k, partner, part)));
         }
@@ -189,6 +193,10 @@ impl BookStore for RedisStore {
         invocation.arg(changes.payouts.len());
         for payout in &changes.payouts {
             invocation.arg(payout.id.as_str()).arg(encode(payout));
+        }
+        invocation.arg(changes.outbox.len());
+        for event in &changes.outbox {
+            invocation.arg(encode(event));
         }
         for entry in &changes.entries {
             invocation.arg(encode(entry));

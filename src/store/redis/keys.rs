@@ -102,6 +102,25 @@ pub const PAYOUT_OWNERS: &str = "lc:{payouts}:owners";
 
 /// Webhook endpoint id → JSON endpoint.
 pub const WEBHOOKS: &str = "lc:{webhooks}:endpoints";
+/// Partners whose outbox may hold webhook events, scored by when a book
+/// step last marked them (ms), before it committed.
+pub const OUTBOX_MARKS: &str = "lc:{webhooks}:marks";
+/// Partner → the id of the last outbox stream entry moved to the feed.
+pub const OUTBOX_GATHERED: &str = "lc:{webhooks}:gathered";
+/// The feed: JSON webhook events scored by their position.
+pub const WEBHOOK_FEED: &str = "lc:{webhooks}:feed";
+/// The feed's last position given.
+pub const WEBHOOK_FEED_SEQ: &str = "lc:{webhooks}:seq";
+/// Endpoint id → its JSON cursor (place in the feed, retry).
+pub const WEBHOOK_CURSORS: &str = "lc:{webhooks}:cursors";
+/// Who delivers now, and until when (its expiry).
+pub const WEBHOOK_LEASE: &str = "lc:{webhooks}:lease";
+
+/// An endpoint's deliveries: `records` (event id → JSON) or `order`
+/// (event ids scored by feed position).
+pub fn webhook_deliveries(out: &mut String, endpoint: &str, part: &str) {
+    set(out, &["lc:{webhooks}:deliveries:", endpoint, ":", part]);
+}
 
 /// Coupon code → JSON coupon.
 pub const COUPONS: &str = "lc:{coupons}:codes";
@@ -127,7 +146,8 @@ pub fn payout_index(out: &mut String, status: &str) {
 
 /// A key of a partner's book: `book`, `version`, `customers`,
 /// `conversions`, `history`, `ledger`, `inbox`, `lock`, `payouts` (id →
-/// record) or `payout_ids` (a sorted set of score 0, read by id).
+/// record), `payout_ids` (a sorted set of score 0, read by id) or
+/// `outbox` (a stream of webhook events, until gathered).
 pub fn book(out: &mut String, partner: &str, part: &str) {
     set(out, &["lc:{p:", partner, "}:", part]);
 }

@@ -111,6 +111,16 @@ pub struct RedisStore {
     update_partner: Script,
     insert_campaign: Script,
     insert_coupon: Script,
+    webhook_scripts: WebhookScripts,
+}
+
+/// The scripts of webhook delivery (`webhooks.rs`).
+struct WebhookScripts {
+    gather: Script,
+    unmark: Script,
+    insert: Script,
+    save: Script,
+    lease: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -178,6 +188,13 @@ impl RedisStore {
             update_partner: Script::new(UPDATE_PARTNER),
             insert_campaign: Script::new(INSERT_CAMPAIGN),
             insert_coupon: Script::new(INSERT_COUPON),
+            webhook_scripts: WebhookScripts {
+                gather: Script::new(GATHER_OUTBOX),
+                unmark: Script::new(UNMARK_OUTBOX),
+                insert: Script::new(INSERT_WEBHOOK),
+                save: Script::new(SAVE_DELIVERY),
+                lease: Script::new(LEASE),
+            },
         })
     }
 

@@ -31,11 +31,11 @@ pub(super) const ENQUEUE_EVENTS: &str = include_str!("scripts/enqueue_events.lua
 /// Applies a batch's (or payout's) changes to a partner's book, if the
 /// book is still at the version read.
 /// KEYS: version, book, customers, conversions, history, ledger, inbox,
-/// payouts, payout ids.
+/// payouts, payout ids, outbox (a stream of webhook events).
 /// ARGV: expected version, events taken off the inbox, book JSON, then
 /// counted groups: customers (id, JSON), cells (cell, JSON), history
-/// changes in order (`+` score member, or `-` member), payouts (id, JSON);
-/// then the ledger entries.
+/// changes in order (`+` score member, or `-` member), payouts (id, JSON),
+/// webhook events (JSON); then the ledger entries.
 /// Answers 1 applied, -1 the book moved.
 ///
 /// Each group is written with as few commands as its size allows (an
@@ -72,3 +72,24 @@ pub(super) const UPDATE_PARTNER: &str = include_str!("scripts/update_partner.lua
 /// KEYS: the partner's campaigns, version, changes. ARGV: slug, record,
 /// partner id.
 pub(super) const INSERT_CAMPAIGN: &str = include_str!("scripts/insert_campaign.lua");
+
+/// Moves a partner's outbox entries into the webhook feed, once.
+/// KEYS: gathered marks, feed, feed counter. ARGV: partner, stream id read
+/// after, last stream id read, then the events. Answers 1 moved, 0 moved
+/// already.
+pub(super) const GATHER_OUTBOX: &str = include_str!("scripts/gather_outbox.lua");
+
+/// Forgets a partner's outbox mark unless it changed. KEYS: the marks.
+/// ARGV: partner, the mark read.
+pub(super) const UNMARK_OUTBOX: &str = include_str!("scripts/unmark_outbox.lua");
+
+/// KEYS: endpoints, cursors, feed counter. ARGV: id, endpoint JSON.
+pub(super) const INSERT_WEBHOOK: &str = include_str!("scripts/insert_webhook.lua");
+
+/// Saves an endpoint's cursor and delivery if it exists. KEYS: endpoints,
+/// cursors, deliveries, delivery ids by position. ARGV: endpoint, cursor
+/// JSON or '', event id or '', delivery JSON, position, deliveries kept.
+pub(super) const SAVE_DELIVERY: &str = include_str!("scripts/save_delivery.lua");
+
+/// Takes or renews a lease. KEYS: the lease. ARGV: holder, milliseconds.
+pub(super) const LEASE: &str = include_str!("scripts/lease.lua");

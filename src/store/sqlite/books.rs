@@ -316,6 +316,9 @@ struct BookRows {
     payouts: Vec<(String, &'static str, String)>,
     /// Customers written with a hold: id and signup ms.
     holds: Vec<(String, i64)>,
+    /// The webhook events the step reports, as JSON: straight into the
+    /// feed, in this same transaction.
+    outbox: Vec<String>,
 }
 
 impl BookRows {
@@ -350,6 +353,7 @@ impl BookRows {
                 .iter()
                 .filter_map(|c| Some((c.id.clone(), c.hold.as_ref()?.held_at)))
                 .collect(),
+            outbox: changes.outbox.iter().map(to_json).collect(),
         }
     }
 
@@ -403,6 +407,10 @@ impl BookRows {
         )?;
         for (id, status, record) in &self.payouts {
             payout.execute(params![id, partner, status, record])?;
+        }
+        let mut event = tx.prepare_cached("INSERT INTO webhook_feed (event) VALUES (?1)")?;
+        for json in &self.outbox {
+            event.execute([json])?;
         }
         if self.inbox_taken > 0 {
             tx.prepare_cached(

@@ -1,11 +1,11 @@
 -- Applies a batch's (or payout's) changes to a partner's book, if the
 -- book is still at the version read.
 -- KEYS: version, book, customers, conversions, history, ledger, inbox,
--- payouts, payout ids.
+-- payouts, payout ids, outbox.
 -- ARGV: expected version, events taken off the inbox, book JSON, then
 -- counted groups: customers (id, JSON), cells (cell, JSON), history
--- changes in order (`+` score member, or `-` member), payouts (id, JSON);
--- then the ledger entries.
+-- changes in order (`+` score member, or `-` member), payouts (id, JSON),
+-- webhook events (JSON); then the ledger entries.
 -- Answers 1 applied, -1 the book moved.
 --
 -- Each group is written with as few commands as its size allows (an
@@ -50,6 +50,11 @@ for _ = 1, payouts do
   redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[9], 0, ARGV[i])
   i = i + 2
+end
+local events = tonumber(ARGV[i]); i = i + 1
+for _ = 1, events do
+  redis.call('XADD', KEYS[10], '*', 'e', ARGV[i])
+  i = i + 1
 end
 batched('RPUSH', KEYS[6], i, #ARGV)
 redis.call('INCR', KEYS[1])

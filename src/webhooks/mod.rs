@@ -5,6 +5,9 @@
 //! (secret, "<t>.<body>")>`, the scheme payment providers use, so a
 //! receiver's existing code checks it.
 
+pub mod delivery;
+pub mod outbox;
+
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
