@@ -184,6 +184,8 @@ pub struct RetryPolicy {
     pub first: Duration,
     pub max: Duration,
     pub give_up_after: Duration,
+    /// `webhooks.timeout`: one attempt's longest wait.
+    pub timeout: Duration,
 }
 
 impl RetryPolicy {
@@ -192,6 +194,7 @@ impl RetryPolicy {
             first: config.retry_first,
             max: config.retry_max,
             give_up_after: config.give_up_after,
+            timeout: config.timeout,
         }
     }
 
@@ -212,10 +215,12 @@ impl RetryPolicy {
     }
 }
 
-/// How long the lease lasts: longer than a round can take.
-const LEASE: Duration = Duration::from_secs(60);
-/// An endpoint's share of a round, so one slow receiver cannot hold the
-/// lease past its term (an attempt may run `webhooks.timeout` over it).
+/// How much longer than one attempt (`webhooks.timeout`) the lease lasts:
+/// it is renewed before each attempt, so a holder that dies is replaced
+/// within `webhooks.timeout` and this.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// An endpoint's share of a round, so that the others' retries and the
+/// feed's trimming are not held up by one endpoint's backlog.
 const ROUND_BUDGET: Duration = Duration::from_secs(20);
 /// The wait between rounds with nothing to do.
 const IDLE: Duration = Duration::from_millis(250);
@@ -229,6 +234,7 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     policy: RetryPolicy,
     holder: String,
+    lease: Duration,
 }
 
 impl Deliverer {
@@ -239,12 +245,14 @@ impl Deliverer {
         policy: RetryPolicy,
         holder: String,
     ) -> Self {
+        let lease = policy.timeout + LEASE_MARGIN;
         Deliverer {
             store,
             sender,
             metrics,
             policy,
             holder,
+            lease,
         }
     }
 
@@ -270,7 +278,7 @@ impl Deliverer {
     /// One round: gather the outboxes, serve every endpoint, forget what
     /// every endpoint is past. Answers whether there may be more to do.
     pub async fn round(&self) -> Result<bool, StoreError> {
-        if !self.store.lease_deliveries(&self.holder, LEASE).await? {
+        if !self.store.lease_deliveries(&self.holder, self.lease).await? {
             return Ok(false);
         }
         let gathered = self.store.gather_outboxes().await?;
@@ -415,6 +423,7 @@ mod tests {
             first: Duration::from_secs(10),
             max: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(3 * 86_400),
+            timeout: Duration::from_secs(10),
         };
         for _ in 0..100 {
             let first = policy.wait(1);
