@@ -669,6 +669,7 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
 
     let now = DateTime::from_timestamp_millis(BASE_MS + 200 * DAY_MS).unwrap();
     let rules = config().rules();
+    let feed = webhook_feed(&store).await;
     let context = format!(
         "{workers} workers; delivered: {:?}",
         order
@@ -792,7 +793,64 @@ async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
             normalized(model.earned()),
             "report commission of {id}; {context}"
         );
+        let events = feed.get(id.as_str()).map_or(&[][..], Vec::as_slice);
+        check_webhook_events(events, &ledger, model, &context);
     }
+}
+
+/// Every webhook event of the store's feed (the outboxes gathered first),
+/// by partner.
+async fn webhook_feed(store: &Arc<dyn Store>) -> BTreeMap<String, Vec<serde_json::Value>> {
+    while store.gather_outboxes().await.unwrap() > 0 {}
+    let mut by_partner: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.feed(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for event in page {
+            let body: serde_json::Value = serde_json::from_str(&event.event.body).unwrap();
+            let partner = body["partner"].as_str().unwrap().to_owned();
+            by_partner.entry(partner).or_default().push(body);
+        }
+    }
+    by_partner
+}
+
+/// The webhook events a partner's changes wrote, killed workers and
+/// retried steps included: one `customer.attributed` per customer, and one
+/// commission event per ledger line that moves a customer's money, with
+/// its amount; no id twice.
+fn check_webhook_events(
+    events: &[serde_json::Value],
+    ledger: &[lastclick::conversions::book::LedgerEntry],
+    model: &ModelPartner,
+    context: &str,
+) {
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "an id twice; {context}");
+    let attributed: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "customer.attributed")
+        .map(|e| e["data"]["customer"].as_str().unwrap())
+        .collect();
+    let customers: BTreeSet<&str> = model.customers.keys().map(String::as_str).collect();
+    assert_eq!(attributed.len(), customers.len(), "attributions; {context}");
+    assert_eq!(attributed.into_iter().collect::<BTreeSet<_>>(), customers);
+    let commissions: BTreeMap<u64, Decimal> = events
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("commission."))
+        .map(|e| {
+            let amount = e["data"]["amount"].as_str().unwrap().parse().unwrap();
+            (e["data"]["seq"].as_u64().unwrap(), amount)
+        })
+        .collect();
+    // No payouts or hold decisions here: every line is a customer's money.
+    let lines: BTreeMap<u64, Decimal> = ledger.iter().map(|e| (e.seq, e.amount)).collect();
+    assert_eq!(
+        commissions, lines,
+        "commission events by ledger line; {context}"
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -199,7 +199,10 @@ async fn events_are_signed_in_order_and_stop_when_deleted(app: &TestApp) {
     let now = chrono::Utc::now().timestamp() - 60;
     post_events(
         app,
-        json!([signup("cus_1", now, &click), payment("pay_1", "cus_1", now + 1, "100.00")]),
+        json!([
+            signup("cus_1", now, &click),
+            payment("pay_1", "cus_1", now + 1, "100.00")
+        ]),
     )
     .await;
     let refund = json!({"id": "ref_1", "type": "refund", "customer": "cus_1",
@@ -209,15 +212,31 @@ async fn events_are_signed_in_order_and_stop_when_deleted(app: &TestApp) {
     let hits = receiver.delivered_when("a", 3).await;
     assert_eq!(
         types(&hits),
-        ["customer.attributed", "commission.created", "commission.clawed_back"]
+        [
+            "customer.attributed",
+            "commission.created",
+            "commission.clawed_back"
+        ]
     );
     let now_unix = chrono::Utc::now().timestamp();
     for hit in &hits {
         assert!(
-            lastclick::webhooks::verify(&secret, &hit.signature, hit.body.as_bytes(), now_unix, 300),
+            lastclick::webhooks::verify(
+                &secret,
+                &hit.signature,
+                hit.body.as_bytes(),
+                now_unix,
+                300
+            ),
             "{hit:?}"
         );
-        assert!(!lastclick::webhooks::verify("whsec_other", &hit.signature, hit.body.as_bytes(), now_unix, 300));
+        assert!(!lastclick::webhooks::verify(
+            "whsec_other",
+            &hit.signature,
+            hit.body.as_bytes(),
+            now_unix,
+            300
+        ));
     }
     let created = hits[1].json();
     assert_eq!(created["partner"], "acme");
@@ -236,7 +255,10 @@ async fn events_are_signed_in_order_and_stop_when_deleted(app: &TestApp) {
         .map(|d| d["status"].as_str().unwrap())
         .collect();
     assert_eq!(listed, ["succeeded"; 3], "{list}");
-    assert_eq!(list["deliveries"][0]["event_type"], "commission.clawed_back");
+    assert_eq!(
+        list["deliveries"][0]["event_type"],
+        "commission.clawed_back"
+    );
     let (_, page) = app.get(&format!("{path}?limit=1"), Some(ADMIN)).await;
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let (_, older) = app
@@ -250,13 +272,22 @@ async fn events_are_signed_in_order_and_stop_when_deleted(app: &TestApp) {
         .send_json("POST", &resend, Some(ADMIN), json!(null))
         .await;
     assert_eq!(status, 200, "{resent}");
-    assert_eq!((&resent["status"], &resent["attempts"]), (&json!("succeeded"), &json!(2)));
+    assert_eq!(
+        (&resent["status"], &resent["attempts"]),
+        (&json!("succeeded"), &json!(2))
+    );
     let again = receiver.delivered("a");
     assert_eq!(again.len(), 4);
     assert_eq!(again[3].body, hits[0].body, "the same event, same id");
     for (path, code) in [
-        (format!("/v1/webhooks/{endpoint}/deliveries/evt_none/resend"), 404),
-        ("/v1/webhooks/wh_none/deliveries/evt_none/resend".to_owned(), 404),
+        (
+            format!("/v1/webhooks/{endpoint}/deliveries/evt_none/resend"),
+            404,
+        ),
+        (
+            "/v1/webhooks/wh_none/deliveries/evt_none/resend".to_owned(),
+            404,
+        ),
     ] {
         let (status, _) = app.send_json("POST", &path, Some(ADMIN), json!(null)).await;
         assert_eq!(status, code, "{path}");
@@ -269,7 +300,9 @@ async fn events_are_signed_in_order_and_stop_when_deleted(app: &TestApp) {
     // Deleted: the next payment goes to `b` only.
     subscribe(app, &receiver, "b").await;
     let delete = format!("/v1/webhooks/{endpoint}");
-    let (status, _) = app.send_json("DELETE", &delete, Some(ADMIN), json!(null)).await;
+    let (status, _) = app
+        .send_json("DELETE", &delete, Some(ADMIN), json!(null))
+        .await;
     assert_eq!(status, 204);
     post_events(app, json!([payment("pay_2", "cus_1", now + 3, "50.00")])).await;
     let b = receiver.delivered_when("b", 1).await;
@@ -293,7 +326,10 @@ async fn redis_events_are_signed_in_order_and_stop_when_deleted() {
 
 /// The receiver fails for a while: every event is retried, with the same
 /// id, and once it answers it gets all of them, in order.
-async fn a_receiver_down_then_up_gets_everything_in_order(app: &TestApp, metrics: impl AsyncMetric) {
+async fn a_receiver_down_then_up_gets_everything_in_order(
+    app: &TestApp,
+    metrics: impl AsyncMetric,
+) {
     let receiver = Receiver::start().await;
     receiver.up.store(false, Ordering::SeqCst);
     let (endpoint, _) = subscribe(app, &receiver, "down").await;
@@ -301,7 +337,12 @@ async fn a_receiver_down_then_up_gets_everything_in_order(app: &TestApp, metrics
     let now = chrono::Utc::now().timestamp() - 60;
     let mut events = vec![signup("cus_1", now, &click)];
     for i in 1..=4 {
-        events.push(payment(&format!("pay_{i}"), "cus_1", now + i, &format!("{i}0.00")));
+        events.push(payment(
+            &format!("pay_{i}"),
+            "cus_1",
+            now + i,
+            &format!("{i}0.00"),
+        ));
     }
     post_events(app, json!(events)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -316,20 +357,41 @@ async fn a_receiver_down_then_up_gets_everything_in_order(app: &TestApp, metrics
     assert_eq!(pending["status"], "pending", "{list}");
     assert!(pending["attempts"].as_u64().unwrap() >= 1, "{list}");
     assert_eq!(pending["response_status"], 503, "{list}");
-    assert!(metrics.value("lastclick_webhook_deliveries_total{outcome=\"retrying\"}").await >= 4.0);
+    assert!(
+        metrics
+            .value("lastclick_webhook_deliveries_total{outcome=\"retrying\"}")
+            .await
+            >= 4.0
+    );
 
     receiver.up.store(true, Ordering::SeqCst);
     let delivered = receiver.delivered_when("down", 5).await;
     assert_eq!(
         types(&delivered),
-        ["customer.attributed", "commission.created", "commission.created",
-         "commission.created", "commission.created"]
+        [
+            "customer.attributed",
+            "commission.created",
+            "commission.created",
+            "commission.created",
+            "commission.created"
+        ]
     );
-    let amounts: Vec<Value> = delivered[1..].iter().map(|h| h.json()["data"]["amount"].clone()).collect();
-    assert_eq!(amounts, [json!("2.00"), json!("4.00"), json!("6.00"), json!("8.00")]);
+    let amounts: Vec<Value> = delivered[1..]
+        .iter()
+        .map(|h| h.json()["data"]["amount"].clone())
+        .collect();
+    assert_eq!(
+        amounts,
+        [json!("2.00"), json!("4.00"), json!("6.00"), json!("8.00")]
+    );
     let tried = distinct_ids(&receiver.all("down"));
     assert_eq!(tried, distinct_ids(&delivered), "a retry keeps its id");
-    assert!(metrics.value("lastclick_webhook_deliveries_total{outcome=\"succeeded\"}").await >= 5.0);
+    assert!(
+        metrics
+            .value("lastclick_webhook_deliveries_total{outcome=\"succeeded\"}")
+            .await
+            >= 5.0
+    );
 }
 
 /// Reads one series of the metrics of whichever process delivers.
@@ -389,16 +451,29 @@ async fn a_delivery_failing_too_long_is_marked_failed_and_the_next_goes() {
         assert!(Instant::now() < deadline, "never failed: {list}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(app.metric("lastclick_webhook_deliveries_total{outcome=\"failed\"}").await >= 1.0);
+    assert!(
+        app.metric("lastclick_webhook_deliveries_total{outcome=\"failed\"}")
+            .await
+            >= 1.0
+    );
     receiver.up.store(true, Ordering::SeqCst);
     post_events(&app, json!([payment("pay_1", "cus_1", now + 1, "10.00")])).await;
     let delivered = receiver.delivered_when("flaky", 1).await;
     assert_eq!(types(&delivered), ["commission.created"]);
     // Resent by hand, the failed one now arrives.
-    let failed = receiver.all("flaky")[0].json()["id"].as_str().unwrap().to_owned();
+    let failed = receiver.all("flaky")[0].json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let resend = format!("{path}/{failed}/resend");
-    let (status, resent) = app.send_json("POST", &resend, Some(ADMIN), json!(null)).await;
-    assert_eq!((status, &resent["status"]), (200, &json!("succeeded")), "{resent}");
+    let (status, resent) = app
+        .send_json("POST", &resend, Some(ADMIN), json!(null))
+        .await;
+    assert_eq!(
+        (status, &resent["status"]),
+        (200, &json!("succeeded")),
+        "{resent}"
+    );
 }
 
 /// Events for 40 customers (a signup and a payment each) while the
@@ -421,7 +496,9 @@ async fn check_exactly_once(app: &TestApp, receiver: &Receiver) {
     }
     assert_eq!(ids_of.len(), 80, "{ids_of:?}");
     assert!(ids_of.values().all(|ids| ids.len() == 1), "{ids_of:?}");
-    let (_, ledger) = app.get("/v1/partners/acme/ledger?limit=100", Some(ADMIN)).await;
+    let (_, ledger) = app
+        .get("/v1/partners/acme/ledger?limit=100", Some(ADMIN))
+        .await;
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 40);
 }
 
@@ -431,7 +508,12 @@ fn forty_customers(click: &str) -> Value {
     for i in 0..40 {
         let customer = format!("cus_{i}");
         events.push(signup(&customer, now + i, click));
-        events.push(payment(&format!("pay_{i}"), &customer, now + 50 + i, "10.00"));
+        events.push(payment(
+            &format!("pay_{i}"),
+            &customer,
+            now + 50 + i,
+            "10.00",
+        ));
     }
     json!(events)
 }

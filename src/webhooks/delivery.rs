@@ -278,7 +278,11 @@ impl Deliverer {
     /// One round: gather the outboxes, serve every endpoint, forget what
     /// every endpoint is past. Answers whether there may be more to do.
     pub async fn round(&self) -> Result<bool, StoreError> {
-        if !self.store.lease_deliveries(&self.holder, self.lease).await? {
+        if !self
+            .store
+            .lease_deliveries(&self.holder, self.lease)
+            .await?
+        {
             return Ok(false);
         }
         let gathered = self.store.gather_outboxes().await?;
