@@ -16,8 +16,9 @@
 //!   (the partner dashboard, the admin console)
 //! - [`store`]: the `Store` trait and its two stores, SQLite (embedded) and
 //!   Redis
-//! - [`webhooks`]: webhook endpoints, the events they subscribe to, and
-//!   how deliveries are signed
+//! - [`webhooks`]: webhook endpoints, the events they subscribe to, how
+//!   deliveries are signed, the outbox a book step writes them to, and the
+//!   delivery task
 //! - [`ids`]: partner ids, campaign slugs and names, click, visitor,
 //!   event and customer ids
 //! - [`json`]: strict JSON input (no key twice in one object)

@@ -4,6 +4,10 @@
 //! Receivers verify `Lastclick-Signature: t=<unix>,v1=<hex HMAC-SHA256
 //! (secret, "<t>.<body>")>`, the scheme payment providers use, so a
 //! receiver's existing code checks it.
+//!
+//! - [`outbox`]: the events a book step reports, committed with it
+//! - [`delivery`]: the task that sends them, in order per endpoint, with
+//!   retries
 
 pub mod delivery;
 pub mod outbox;
