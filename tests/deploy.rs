@@ -200,6 +200,8 @@ async fn the_dashboard_and_alerts_read_only_exported_metrics() {
         "lastclick_events_processed_total",
         "lastclick_commissions_total",
         "lastclick_payouts_waiting",
+        "lastclick_webhook_deliveries_total",
+        "lastclick_webhook_oldest_undelivered_seconds",
     ] {
         assert!(wanted.contains(panel), "the dashboard shows no {panel}");
     }
@@ -230,6 +232,8 @@ fn the_alert_rules_check_and_pass_their_unit_tests() {
         "LastclickWorkerLagGrowing",
         "LastclickEventsDeadLettered",
         "LastclickRedirectSlow",
+        "LastclickPayoutsWaiting",
+        "LastclickWebhooksBehind",
     ] {
         let tests = std::fs::read_to_string(dir.join("alerts.test.yml")).unwrap();
         assert!(

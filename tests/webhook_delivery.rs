@@ -363,6 +363,8 @@ async fn a_receiver_down_then_up_gets_everything_in_order(
             .await
             >= 4.0
     );
+    let oldest = "lastclick_webhook_oldest_undelivered_seconds";
+    metrics.eventually(oldest, |age| age >= 1.0).await;
 
     receiver.up.store(true, Ordering::SeqCst);
     let delivered = receiver.delivered_when("down", 5).await;
@@ -392,11 +394,25 @@ async fn a_receiver_down_then_up_gets_everything_in_order(
             .await
             >= 5.0
     );
+    metrics.eventually(oldest, |age| age == 0.0).await;
 }
 
 /// Reads one series of the metrics of whichever process delivers.
 trait AsyncMetric {
     async fn value(&self, series: &str) -> f64;
+
+    /// Waits until `series` satisfies `check`.
+    async fn eventually(&self, series: &str, check: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.value(series).await;
+            if check(value) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} stayed at {value}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl AsyncMetric for &TestApp {

@@ -31,7 +31,10 @@ pub struct OutboxEvent {
 }
 
 /// What the step read before it changed anything: enough to tell a
-/// customer attributed by this step and a tier that changed with it.
+/// customer attributed by this step and a tier that changed with it. A
+/// step reads every customer it writes (it derives the new record from
+/// the stored one), so a customer it writes that had no signup in the
+/// view had none before.
 pub struct Before {
     tier: String,
     signed_up: BTreeSet<String>,

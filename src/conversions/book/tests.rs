@@ -570,3 +570,4 @@ fn a_conversion_cell_is_stored_under_its_key_and_read_back() {
 }
 
 mod holds;
+mod webhooks;
