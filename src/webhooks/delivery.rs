@@ -286,19 +286,18 @@ impl Deliverer {
             return Ok(false);
         }
         let gathered = self.store.gather_outboxes().await?;
+        // Read before the endpoints: one registered after this starts at
+        // a later head, so trimming up to here never takes its events.
+        let head = self.store.feed_head().await?;
         let endpoints = self.store.webhooks().await?;
         let served = join_all(endpoints.iter().map(|e| self.serve(e))).await;
         let mut busy = gathered > 0;
-        let mut slowest = None::<u64>;
+        let mut upto = head;
         for outcome in served {
             let (after, more) = outcome?;
             busy |= more;
-            slowest = Some(slowest.map_or(after, |s| s.min(after)));
+            upto = upto.min(after);
         }
-        let upto = match slowest {
-            Some(after) => after,
-            None => self.store.feed_head().await?,
-        };
         self.store.trim_feed(upto).await?;
         let oldest = self.store.feed(upto, 1).await?;
         let age = oldest.first().map_or(0, |e| {
