@@ -80,6 +80,20 @@ pub struct ApiState {
     pub webhook_sender: Arc<crate::webhooks::delivery::Sender>,
 }
 
+/// A numeric `cursor` parameter (a position to page back from), when
+/// given.
+pub(crate) fn seq_cursor(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    raw.map(|text| {
+        text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "`cursor` must be a next_cursor from a previous page",
+            )
+        })
+    })
+    .transpose()
+}
+
 /// A list's `limit` parameter: `default` when absent, else 1 to `max`.
 pub(crate) fn page_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match raw {

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::{report, ApiError, ApiState, PartnerScope};
+use super::{report, seq_cursor, ApiError, ApiState, PartnerScope};
 use crate::conversions::book::{Balance, BookRequest, LedgerEntry};
 use crate::conversions::money::Currency;
 use crate::conversions::statement::{Month, Statement, StatementBuilder};
@@ -69,15 +69,7 @@ pub async fn ledger(
     query: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<LedgerPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "`cursor` must be a next_cursor from a previous page",
-            )
-        })?),
-    };
+    let before = seq_cursor(query.cursor.as_deref())?;
     let limit = match query.limit.as_deref() {
         None => PAGE,
         Some(text) => text

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::Caller;
-use crate::api::{page_limit, ApiError, ApiState, JsonBody};
+use crate::api::{page_limit, seq_cursor, ApiError, ApiState, JsonBody};
 use crate::webhooks::delivery::{outcome_label, DeliveryStatus, WebhookDelivery};
 use crate::webhooks::{self, WebhookEndpoint, WebhookEventType, MAX_ENDPOINTS};
 
@@ -203,15 +203,7 @@ pub async fn deliveries(
 ) -> Result<Json<DeliveryPage>, ApiError> {
     admin_only(&caller)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "`cursor` must be a next_cursor from a previous page",
-            )
-        })?),
-    };
+    let before = seq_cursor(query.cursor.as_deref())?;
     let limit = page_limit(query.limit.as_deref(), 50, 100)?;
     let endpoint = endpoint(&state, &id).await?;
     let found = state.store.deliveries(&endpoint.id, before, limit).await?;

@@ -5,6 +5,7 @@ use crate::conversions::customer::DAY_MS;
 use crate::conversions::events::AttributionRef;
 use crate::conversions::money::{Billing, Period};
 use crate::ids::{CustomerId, EventId, PartnerId};
+use crate::webhooks::outbox::{self, OutboxEvent};
 
 fn d(text: &str) -> Decimal {
     text.parse().unwrap()
@@ -35,9 +36,13 @@ fn at(day: i64) -> DateTime<Utc> {
     time(BASE_MS + day * DAY_MS)
 }
 
+fn acme() -> PartnerId {
+    PartnerId::parse("acme").unwrap()
+}
+
 fn referral() -> Referral {
     Referral {
-        partner: PartnerId::parse("acme").unwrap(),
+        partner: acme(),
         campaign: "spring".into(),
         term: None,
         click_at: BASE_MS / 1000,
@@ -138,8 +143,9 @@ impl Kept {
         self.version += 1;
     }
 
-    /// Applies `events` as one batch, at `now`.
-    fn apply(&mut self, events: &[Event], rules: &Rules, now: DateTime<Utc>) {
+    /// Applies `events` as one batch, at `now`; answers the webhook
+    /// events the step reports.
+    fn apply(&mut self, events: &[Event], rules: &Rules, now: DateTime<Utc>) -> Vec<OutboxEvent> {
         let referral = referral();
         let incoming: Vec<Incoming<'_>> = events
             .iter()
@@ -151,9 +157,13 @@ impl Kept {
         let mut request = request_for(&incoming);
         loop {
             let view = self.view(&request);
+            let before = outbox::Before::of(&view, rules, now);
             match apply(view, &request, &incoming, rules, now.timestamp_millis()) {
                 Applied::Load(more) => request = more,
-                Applied::Done(changes, _) => return self.commit(&changes),
+                Applied::Done(changes, _) => {
+                    self.commit(&changes);
+                    return outbox::events(&acme(), &before, &changes, rules, now);
+                }
             }
         }
     }

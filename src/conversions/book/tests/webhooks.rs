@@ -6,40 +6,9 @@
 use super::*;
 use serde_json::json;
 
-use crate::webhooks::outbox::{self, OutboxEvent};
 use crate::webhooks::WebhookEventType as Type;
 
 impl Kept {
-    /// Applies `events` as one batch and answers the webhook events the
-    /// step reports.
-    fn apply_reporting(
-        &mut self,
-        events: &[Event],
-        rules: &Rules,
-        now: DateTime<Utc>,
-    ) -> Vec<OutboxEvent> {
-        let referral = referral();
-        let incoming: Vec<Incoming<'_>> = events
-            .iter()
-            .map(|event| Incoming {
-                event,
-                referral: &referral,
-            })
-            .collect();
-        let mut request = request_for(&incoming);
-        loop {
-            let view = self.view(&request);
-            let before = outbox::Before::of(&view, rules, now);
-            match apply(view, &request, &incoming, rules, now.timestamp_millis()) {
-                Applied::Load(more) => request = more,
-                Applied::Done(changes, _) => {
-                    self.commit(&changes);
-                    return outbox::events(&partner(), &before, &changes, rules, now);
-                }
-            }
-        }
-    }
-
     /// Commits a payout or hold step and answers the events it reports;
     /// the step read the customers it writes, as every step does.
     fn commit_reporting(
@@ -54,12 +23,8 @@ impl Kept {
         };
         let before = outbox::Before::of(&self.view(&request), rules, now);
         self.commit(changes);
-        outbox::events(&partner(), &before, changes, rules, now)
+        outbox::events(&acme(), &before, changes, rules, now)
     }
-}
-
-fn partner() -> PartnerId {
-    PartnerId::parse("acme").unwrap()
 }
 
 fn kinds(events: &[OutboxEvent]) -> Vec<Type> {
@@ -78,7 +43,7 @@ fn each_change_is_one_event_and_a_repeat_is_none() {
         signup("s1", "c1", Billing::Referral, 0),
         payment("p1", "c1", "300", 1),
     ];
-    let sent = kept.apply_reporting(&first, &rules, at(2));
+    let sent = kept.apply(&first, &rules, at(2));
     assert_eq!(
         kinds(&sent),
         [Type::CustomerAttributed, Type::CommissionCreated]
@@ -92,14 +57,14 @@ fn each_change_is_one_event_and_a_repeat_is_none() {
     assert_eq!(body(&sent[0])["data"]["campaign"], "spring");
 
     // The same events again change nothing, and report nothing.
-    assert!(kept.apply_reporting(&first, &rules, at(3)).is_empty());
+    assert!(kept.apply(&first, &rules, at(3)).is_empty());
 
-    let refunded = kept.apply_reporting(&[refund("r1", "c1", "p1", "100", 3)], &rules, at(3));
+    let refunded = kept.apply(&[refund("r1", "c1", "p1", "100", 3)], &rules, at(3));
     assert_eq!(kinds(&refunded), [Type::CommissionClawedBack]);
     assert_eq!(body(&refunded[0])["data"]["amount"], "-20.00");
 
     // 500 a month is 6,000 of ARR: silver.
-    let silver = kept.apply_reporting(
+    let silver = kept.apply(
         &[
             signup("s2", "c2", Billing::Referral, 4),
             payment("p2", "c2", "500", 4),
@@ -144,7 +109,7 @@ fn the_same_changes_get_the_same_ids_and_no_two_alike() {
     ];
     let ids = |events: &[Event]| -> Vec<String> {
         let mut kept = Kept::default();
-        let sent = kept.apply_reporting(events, &rules, at(4));
+        let sent = kept.apply(events, &rules, at(4));
         sent.into_iter().map(|e| e.id).collect()
     };
     let once = ids(&events);
@@ -163,7 +128,7 @@ fn a_held_customers_commission_is_held_and_its_rejection_clawed_back() {
         ..rules(0)
     };
     let mut kept = Kept::default();
-    let sent = kept.apply_reporting(
+    let sent = kept.apply(
         &[
             signup("s1", "c1", Billing::Referral, 0),
             payment("p1", "c1", "100", 0),
