@@ -584,6 +584,16 @@ async fn work(worker: Arc<Worker>, queue: Arc<Mutex<Queue>>, seed: u64) {
 async fn run_case(store: Arc<dyn Store>, (steps, partner_of, seed): Case) {
     let case = format!("k{}", CASES.fetch_add(1, Ordering::Relaxed));
     let partners: Vec<String> = (0..PARTNERS).map(|p| format!("{case}p{p}")).collect();
+    // An endpoint, so that the webhook events are kept (with none, the
+    // stores drop them).
+    let endpoint = lastclick::webhooks::WebhookEndpoint {
+        id: format!("wh_{case}"),
+        url: "https://hooks.example.com/lc".into(),
+        events: lastclick::webhooks::WebhookEventType::ALL.to_vec(),
+        secret: "whsec_model".into(),
+        created_at: Utc::now(),
+    };
+    store.insert_webhook(&endpoint).await.unwrap();
     let mut clicks = Vec::new();
     for (p, id) in partners.iter().enumerate() {
         let partner = Partner {

@@ -1053,6 +1053,13 @@ async fn webhook_events_reach_the_feed_once_in_commit_order(store: Arc<dyn Store
         secret: "whsec_test".into(),
         created_at: Utc::now(),
     };
+    // With no endpoint, nobody would hear of them: not kept.
+    assert_eq!(
+        commit_outbox(&store, "early", 0, &[1]).await,
+        Commit::Applied
+    );
+    store.gather_outboxes().await.unwrap();
+    assert!(store.feed(0, 100).await.unwrap().is_empty());
     store.insert_webhook(&endpoint("wh_1")).await.unwrap();
     assert_eq!(store.delivery_cursor("wh_1").await.unwrap().after, 0);
     assert_eq!(

@@ -194,9 +194,10 @@ impl BookStore for RedisStore {
         for payout in &changes.payouts {
             invocation.arg(payout.id.as_str()).arg(encode(payout));
         }
-        invocation.arg(changes.outbox.len());
-        for event in &changes.outbox {
-            invocation.arg(encode(event));
+        if changes.outbox.is_empty() {
+            invocation.arg("");
+        } else {
+            invocation.arg(encode(&changes.outbox));
         }
         for entry in &changes.entries {
             invocation.arg(encode(entry));

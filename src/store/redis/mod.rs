@@ -268,6 +268,25 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// The JSON records of a hash's `fields` that exist, in the order
+    /// given.
+    async fn json_fields<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        fields: &[String],
+    ) -> Result<Vec<T>, StoreError> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(fields)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.iter().flatten().map(|r| decode(r)).collect()
+    }
+
     /// Runs a script that answers 1 (done) or 0 (refused).
     async fn script_flag(
         &self,

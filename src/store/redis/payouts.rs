@@ -135,16 +135,8 @@ impl RedisStore {
         partner: &str,
         ids: &[String],
     ) -> Result<Vec<Payout>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(keys::owned(|k| keys::book(k, partner, "payouts")))
-            .arg(ids)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        raw.iter().flatten().map(|r| decode(r)).collect()
+        let key = keys::owned(|k| keys::book(k, partner, "payouts"));
+        self.json_fields(&key, ids).await
     }
 
     /// Drops a payout from the index of `listed` once its record has moved

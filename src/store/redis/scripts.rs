@@ -34,8 +34,9 @@ pub(super) const ENQUEUE_EVENTS: &str = include_str!("scripts/enqueue_events.lua
 /// payouts, payout ids, outbox (a stream of webhook events).
 /// ARGV: expected version, events taken off the inbox, book JSON, then
 /// counted groups: customers (id, JSON), cells (cell, JSON), history
-/// changes in order (`+` score member, or `-` member), payouts (id, JSON),
-/// webhook events (JSON); then the ledger entries.
+/// changes in order (`+` score member, or `-` member), payouts (id, JSON);
+/// the webhook events (a JSON array, or '' for none); then the ledger
+/// entries.
 /// Answers 1 applied, -1 the book moved.
 ///
 /// Each group is written with as few commands as its size allows (an
@@ -73,10 +74,10 @@ pub(super) const UPDATE_PARTNER: &str = include_str!("scripts/update_partner.lua
 /// partner id.
 pub(super) const INSERT_CAMPAIGN: &str = include_str!("scripts/insert_campaign.lua");
 
-/// Moves a partner's outbox entries into the webhook feed, once.
-/// KEYS: gathered marks, feed, feed counter. ARGV: partner, stream id read
-/// after, last stream id read, then the events. Answers 1 moved, 0 moved
-/// already.
+/// Moves a partner's outbox entries into the webhook feed, once, or drops
+/// them when no endpoint is registered. KEYS: gathered marks, feed, feed
+/// counter, endpoints. ARGV: partner, stream id read after, last stream id
+/// read, then the events. Answers 1 moved, 0 moved already.
 pub(super) const GATHER_OUTBOX: &str = include_str!("scripts/gather_outbox.lua");
 
 /// Forgets a partner's outbox mark unless it changed. KEYS: the marks.

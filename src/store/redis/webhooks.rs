@@ -18,7 +18,7 @@ use crate::webhooks::WebhookEndpoint;
 
 /// Partners gathered per round, oldest mark first.
 const GATHER_PARTNERS: usize = 200;
-/// Outbox entries moved per partner per round.
+/// Outbox entries (commits) moved per partner per round.
 const GATHER_ENTRIES: usize = 100;
 /// A mark stays this long after the outbox was last seen empty: it is
 /// written before the commit, so a commit still on its way (or a step
@@ -186,18 +186,8 @@ impl WebhookStore for RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let records: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(keys::owned(|k| {
-                keys::webhook_deliveries(k, endpoint, "records")
-            }))
-            .arg(&ids)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        records.iter().flatten().map(|r| decode(r)).collect()
+        let records = keys::owned(|k| keys::webhook_deliveries(k, endpoint, "records"));
+        self.json_fields(&records, &ids).await
     }
 
     async fn delivery(
@@ -283,14 +273,18 @@ impl RedisStore {
             .key(keys::OUTBOX_GATHERED)
             .key(keys::WEBHOOK_FEED)
             .key(keys::WEBHOOK_FEED_SEQ)
+            .key(keys::WEBHOOKS)
             .arg(partner)
             .arg(&from)
             .arg(&last);
         for entry in &read.ids {
-            let event: String = entry
+            // One entry per commit: its events, in order.
+            let events: String = entry
                 .get("e")
-                .ok_or_else(|| StoreError::corrupt("outbox entry", "no event"))?;
-            invocation.arg(event);
+                .ok_or_else(|| StoreError::corrupt("outbox entry", "no events"))?;
+            for event in decode::<Vec<OutboxEvent>>(&events)? {
+                invocation.arg(encode(&event));
+            }
         }
         let moved: i64 = invocation
             .invoke_async(&mut self.conn())

@@ -357,6 +357,25 @@ impl BookRows {
         }
     }
 
+    /// Puts the step's webhook events in the feed, if any endpoint would
+    /// hear of them: read in this transaction, so an endpoint registered
+    /// before the commit gets them, and with none nothing is written.
+    fn write_outbox(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let listening: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks)")?
+            .query_row([], |row| row.get(0))?;
+        if listening {
+            let mut event = tx.prepare_cached("INSERT INTO webhook_feed (event) VALUES (?1)")?;
+            for json in &self.outbox {
+                event.execute([json])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes every row, the book at `version`, and takes the applied
     /// events off the inbox.
     fn write(&self, tx: &rusqlite::Transaction<'_>, version: i64) -> Result<(), StoreError> {
@@ -408,10 +427,7 @@ impl BookRows {
         for (id, status, record) in &self.payouts {
             payout.execute(params![id, partner, status, record])?;
         }
-        let mut event = tx.prepare_cached("INSERT INTO webhook_feed (event) VALUES (?1)")?;
-        for json in &self.outbox {
-            event.execute([json])?;
-        }
+        self.write_outbox(tx)?;
         if self.inbox_taken > 0 {
             tx.prepare_cached(
                 "DELETE FROM inbox WHERE seq IN \

@@ -4,8 +4,9 @@
 -- payouts, payout ids, outbox.
 -- ARGV: expected version, events taken off the inbox, book JSON, then
 -- counted groups: customers (id, JSON), cells (cell, JSON), history
--- changes in order (`+` score member, or `-` member), payouts (id, JSON),
--- webhook events (JSON); then the ledger entries.
+-- changes in order (`+` score member, or `-` member), payouts (id, JSON);
+-- the webhook events (a JSON array, or '' for none); then the ledger
+-- entries.
 -- Answers 1 applied, -1 the book moved.
 --
 -- Each group is written with as few commands as its size allows (an
@@ -51,11 +52,9 @@ for _ = 1, payouts do
   redis.call('ZADD', KEYS[9], 0, ARGV[i])
   i = i + 2
 end
-local events = tonumber(ARGV[i]); i = i + 1
-for _ = 1, events do
-  redis.call('XADD', KEYS[10], '*', 'e', ARGV[i])
-  i = i + 1
-end
+-- The step's webhook events, one stream entry for them all.
+if ARGV[i] ~= '' then redis.call('XADD', KEYS[10], '*', 'e', ARGV[i]) end
+i = i + 1
 batched('RPUSH', KEYS[6], i, #ARGV)
 redis.call('INCR', KEYS[1])
 return 1
