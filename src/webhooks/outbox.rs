@@ -20,14 +20,36 @@ use crate::conversions::customer::{Customer, EntryKind};
 use crate::ids::PartnerId;
 use crate::webhooks::WebhookEventType;
 
-/// One event as the outbox keeps it: the body is the exact JSON every
-/// delivery sends (and signs), so a retry sends the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One event: the body is the exact JSON every delivery sends (and
+/// signs), so a retry sends the same bytes; the stores keep the body
+/// alone (`from_body`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEvent {
     pub id: String,
     pub kind: WebhookEventType,
     pub created_at: DateTime<Utc>,
     pub body: String,
+}
+
+impl OutboxEvent {
+    /// An event read back from its body, the form the stores keep: the
+    /// body carries the id, type and time (to the millisecond).
+    pub fn from_body(body: String) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Head {
+            id: String,
+            #[serde(rename = "type")]
+            kind: WebhookEventType,
+            created_at: DateTime<Utc>,
+        }
+        let head: Head = serde_json::from_str(&body)?;
+        Ok(OutboxEvent {
+            id: head.id,
+            kind: head.kind,
+            created_at: head.created_at,
+            body,
+        })
+    }
 }
 
 /// What the step read before it changed anything: enough to tell a
@@ -66,21 +88,21 @@ pub fn events(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Vec<OutboxEvent> {
-    let event = Envelope { partner, now };
+    let event = Envelope::new(partner, now);
     let mut out = Vec::new();
     for customer in &changes.customers {
         if customer.signup.is_some() && !before.signed_up.contains(&customer.id) {
             out.push(event.of(
                 WebhookEventType::CustomerAttributed,
                 &["customer", &customer.id],
-                attribution(customer),
+                &attribution(customer),
             ));
         }
     }
     for entry in &changes.entries {
         if let Some(kind) = commission_type(entry) {
             let seq = entry.seq.to_string();
-            out.push(event.of(kind, &["ledger", &seq], json!(entry)));
+            out.push(event.of(kind, &["ledger", &seq], entry));
         }
     }
     for payout in &changes.payouts {
@@ -90,7 +112,7 @@ pub fn events(
             PayoutStatus::Failed => WebhookEventType::PayoutFailed,
         };
         let key = ["payout", payout.id.as_str(), payout.status.as_str()];
-        out.push(event.of(kind, &key, json!(payout)));
+        out.push(event.of(kind, &key, payout));
     }
     let tier = changes.book.tier(rules, now);
     if tier.name != before.tier {
@@ -104,7 +126,7 @@ pub fn events(
         out.push(event.of(
             WebhookEventType::PartnerTierChanged,
             &["tier", &version],
-            data,
+            &data,
         ));
     }
     out
@@ -161,23 +183,49 @@ fn attribution(customer: &Customer) -> serde_json::Value {
 struct Envelope<'a> {
     partner: &'a PartnerId,
     now: DateTime<Utc>,
+    /// `now` as the bodies show it, formatted once per step.
+    created_at: String,
 }
 
-impl Envelope<'_> {
-    fn of(&self, kind: WebhookEventType, key: &[&str], data: serde_json::Value) -> OutboxEvent {
+/// An event's body; `data` is serialized in place, not through a
+/// `serde_json::Value` (a step may report thousands of ledger lines).
+#[derive(Serialize)]
+struct Body<'a, T: Serialize> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: WebhookEventType,
+    created_at: &'a str,
+    partner: &'a PartnerId,
+    data: &'a T,
+}
+
+impl<'a> Envelope<'a> {
+    fn new(partner: &'a PartnerId, now: DateTime<Utc>) -> Self {
+        // To the millisecond, as the body shows it: the event reads back
+        // the same from the stores.
+        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        Envelope {
+            partner,
+            now,
+            created_at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+
+    fn of<T: Serialize>(&self, kind: WebhookEventType, key: &[&str], data: &T) -> OutboxEvent {
         let id = event_id(self.partner, key);
-        let body = json!({
-            "id": id,
-            "type": kind,
-            "created_at": self.now.to_rfc3339_opts(SecondsFormat::Millis, true),
-            "partner": self.partner,
-            "data": data,
-        });
+        let body = Body {
+            id: &id,
+            kind,
+            created_at: &self.created_at,
+            partner: self.partner,
+            data,
+        };
+        let body = serde_json::to_string(&body).expect("events serialize to JSON");
         OutboxEvent {
             id,
             kind,
             created_at: self.now,
-            body: body.to_string(),
+            body,
         }
     }
 }
@@ -191,9 +239,12 @@ pub fn event_id(partner: &PartnerId, key: &[&str]) -> String {
         hash.update([0]);
         hash.update(part.as_bytes());
     }
-    let mut id = String::from("evt_");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(28);
+    id.push_str("evt_");
     for byte in &hash.finalize()[..12] {
-        id.push_str(&format!("{byte:02x}"));
+        id.push(HEX[usize::from(byte >> 4)] as char);
+        id.push(HEX[usize::from(byte & 15)] as char);
     }
     id
 }

@@ -194,11 +194,9 @@ impl BookStore for RedisStore {
         for payout in &changes.payouts {
             invocation.arg(payout.id.as_str()).arg(encode(payout));
         }
-        if changes.outbox.is_empty() {
-            invocation.arg("");
-        } else {
-            invocation.arg(encode(&changes.outbox));
-        }
+        // Bodies are compact JSON, without a raw newline: one a line.
+        let bodies: Vec<&str> = changes.outbox.iter().map(|e| e.body.as_str()).collect();
+        invocation.arg(bodies.join("\n"));
         for entry in &changes.entries {
             invocation.arg(encode(entry));
         }

@@ -316,8 +316,8 @@ struct BookRows {
     payouts: Vec<(String, &'static str, String)>,
     /// Customers written with a hold: id and signup ms.
     holds: Vec<(String, i64)>,
-    /// The webhook events the step reports, as JSON: straight into the
-    /// feed, in this same transaction.
+    /// The bodies of the webhook events the step reports: straight into
+    /// the feed, in this same transaction.
     outbox: Vec<String>,
 }
 
@@ -353,7 +353,7 @@ impl BookRows {
                 .iter()
                 .filter_map(|c| Some((c.id.clone(), c.hold.as_ref()?.held_at)))
                 .collect(),
-            outbox: changes.outbox.iter().map(to_json).collect(),
+            outbox: changes.outbox.iter().map(|e| e.body.clone()).collect(),
         }
     }
 

@@ -74,7 +74,8 @@ impl WebhookStore for SqliteStore {
             .map(|(seq, event)| {
                 Ok(FeedEvent {
                     seq: seq as u64,
-                    event: from_json::<OutboxEvent>(&event)?,
+                    event: OutboxEvent::from_body(event)
+                        .map_err(|e| StoreError::corrupt("webhook event", e))?,
                 })
             })
             .collect()

@@ -5,7 +5,7 @@
 -- ARGV: expected version, events taken off the inbox, book JSON, then
 -- counted groups: customers (id, JSON), cells (cell, JSON), history
 -- changes in order (`+` score member, or `-` member), payouts (id, JSON);
--- the webhook events (a JSON array, or '' for none); then the ledger
+-- the webhook events (their bodies, one a line, or '' for none); then the ledger
 -- entries.
 -- Answers 1 applied, -1 the book moved.
 --
