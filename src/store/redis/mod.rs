@@ -117,6 +117,7 @@ pub struct RedisStore {
 /// The scripts of webhook delivery (`webhooks.rs`).
 struct WebhookScripts {
     gather: Script,
+    drop: Script,
     unmark: Script,
     insert: Script,
     save: Script,
@@ -190,6 +191,7 @@ impl RedisStore {
             insert_coupon: Script::new(INSERT_COUPON),
             webhook_scripts: WebhookScripts {
                 gather: Script::new(GATHER_OUTBOX),
+                drop: Script::new(DROP_OUTBOX),
                 unmark: Script::new(UNMARK_OUTBOX),
                 insert: Script::new(INSERT_WEBHOOK),
                 save: Script::new(SAVE_DELIVERY),

@@ -80,6 +80,11 @@ pub(super) const INSERT_CAMPAIGN: &str = include_str!("scripts/insert_campaign.l
 /// read, then the events. Answers 1 moved, 0 moved already.
 pub(super) const GATHER_OUTBOX: &str = include_str!("scripts/gather_outbox.lua");
 
+/// Drops a partner's outbox entries when no endpoint is registered.
+/// KEYS: gathered marks, endpoints. ARGV: partner, the mark read, the last
+/// stream id. Answers 1 dropped, 0 the mark moved, -1 endpoints exist.
+pub(super) const DROP_OUTBOX: &str = include_str!("scripts/drop_outbox.lua");
+
 /// Forgets a partner's outbox mark unless it changed. KEYS: the marks.
 /// ARGV: partner, the mark read.
 pub(super) const UNMARK_OUTBOX: &str = include_str!("scripts/unmark_outbox.lua");

@@ -235,8 +235,9 @@ impl RedisStore {
     }
 
     /// Moves one partner's outbox entries past its gathered mark into the
-    /// feed, then deletes them from the outbox; unmarks a partner whose
-    /// outbox has stayed empty past the grace.
+    /// feed (or drops them, with no endpoint to hear of them), then deletes
+    /// them from the outbox; unmarks a partner whose outbox has stayed
+    /// empty past the grace.
     async fn gather_outbox(&self, partner: &str, mark: &str) -> Result<usize, StoreError> {
         let outbox = keys::owned(|k| keys::book(k, partner, "outbox"));
         let from: Option<String> = redis::cmd("HGET")
@@ -246,8 +247,78 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let from = from.unwrap_or_else(|| "0-0".to_owned());
-        let read: StreamRangeReply = redis::cmd("XRANGE")
+        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&outbox)
+            .arg("+")
+            .arg(format!("({from}"))
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let Some(newest) = newest.ids.first().map(|entry| entry.id.clone()) else {
+            self.unmark_outbox(partner, mark).await?;
+            return Ok(0);
+        };
+        // Only the ids, while nobody listens: the bodies are not read back.
+        let dropped: i64 = self
+            .webhook_scripts
+            .drop
+            .key(keys::OUTBOX_GATHERED)
+            .key(keys::WEBHOOKS)
+            .arg(partner)
+            .arg(&from)
+            .arg(&newest)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        match dropped {
+            1 => {
+                self.trim_outbox(&outbox, &newest).await?;
+                Ok(0)
+            }
+            0 => Ok(0),
+            _ => self.move_outbox(partner, &outbox, &from).await,
+        }
+    }
+
+    /// Forgets the mark of a partner whose outbox has stayed empty past
+    /// the grace.
+    async fn unmark_outbox(&self, partner: &str, mark: &str) -> Result<(), StoreError> {
+        let marked_at = mark.parse::<f64>().unwrap_or(0.0) as i64;
+        if marked_at < Utc::now().timestamp_millis() - MARK_GRACE_MS {
+            self.webhook_scripts
+                .unmark
+                .key(keys::OUTBOX_MARKS)
+                .arg(partner)
+                .arg(mark)
+                .invoke_async::<i64>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the outbox entries up to `last`, past the gathered mark.
+    async fn trim_outbox(&self, outbox: &str, last: &str) -> Result<(), StoreError> {
+        let (ms, seq) = last
+            .split_once('-')
+            .and_then(|(ms, seq)| Some((ms, seq.parse::<u64>().ok()?)))
+            .ok_or_else(|| StoreError::corrupt("outbox stream id", last))?;
+        let above = format!("{ms}-{}", seq + 1);
+        self.exec(redis::cmd("XTRIM").arg(outbox).arg("MINID").arg(above))
+            .await
+    }
+
+    /// Moves the outbox entries after `from` into the feed, once.
+    async fn move_outbox(
+        &self,
+        partner: &str,
+        outbox: &str,
+        from: &str,
+    ) -> Result<usize, StoreError> {
+        let read: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(outbox)
             .arg(format!("({from}"))
             .arg("+")
             .arg("COUNT")
@@ -256,17 +327,6 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let Some(last) = read.ids.last().map(|entry| entry.id.clone()) else {
-            let marked_at = mark.parse::<f64>().unwrap_or(0.0) as i64;
-            if marked_at < Utc::now().timestamp_millis() - MARK_GRACE_MS {
-                self.webhook_scripts
-                    .unmark
-                    .key(keys::OUTBOX_MARKS)
-                    .arg(partner)
-                    .arg(mark)
-                    .invoke_async::<i64>(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
-            }
             return Ok(0);
         };
         let mut invocation = self.webhook_scripts.gather.prepare_invoke();
@@ -276,7 +336,7 @@ impl RedisStore {
             .key(keys::WEBHOOK_FEED_SEQ)
             .key(keys::WEBHOOKS)
             .arg(partner)
-            .arg(&from)
+            .arg(from)
             .arg(&last);
         for entry in &read.ids {
             // One entry per commit: its events' bodies, a line each.
@@ -292,9 +352,8 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         // Gone from the outbox only once in the feed: a crash in between
-        // leaves them past the mark, where no read looks again.
-        let ids: Vec<&str> = read.ids.iter().map(|entry| entry.id.as_str()).collect();
-        self.exec(redis::cmd("XDEL").arg(&outbox).arg(&ids)).await?;
+        // leaves them behind the mark, where no read looks again.
+        self.trim_outbox(outbox, &last).await?;
         Ok(if moved == 1 { read.ids.len() } else { 0 })
     }
 }
