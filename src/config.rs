@@ -76,6 +76,9 @@ pub struct Webhooks {
     /// Longest wait for a receiver's answer, at most 30s. Default 10s.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Events an endpoint may fall behind before its oldest are skipped.
+    /// Default 1000000.
+    pub max_backlog: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -456,6 +459,9 @@ impl Config {
 
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
         let webhooks = &self.webhooks;
+        if webhooks.max_backlog == 0 {
+            return Err(invalid("webhooks.max_backlog", "must be positive"));
+        }
         if webhooks.retry_first.is_zero() {
             return Err(invalid("webhooks.retry_first", "must be longer than zero"));
         }

@@ -95,6 +95,8 @@ pub struct WebhookMetrics {
     deliveries: IntCounterVec,
     /// Age of the oldest event some endpoint has not had yet.
     pub oldest_undelivered_seconds: IntGauge,
+    /// Events an endpoint skipped, more than `webhooks.max_backlog` behind.
+    pub skipped: IntCounter,
 }
 
 /// What became of one delivery attempt
@@ -116,6 +118,10 @@ impl WebhookMetrics {
             oldest_undelivered_seconds: r.add(IntGauge::new(
                 "webhook_oldest_undelivered_seconds",
                 "Age of the oldest webhook event not yet delivered (or given up) to every endpoint that subscribes to it; 0 when none waits.",
+            )),
+            skipped: r.add(IntCounter::new(
+                "webhook_events_skipped_total",
+                "Webhook events never sent to an endpoint because it fell more than webhooks.max_backlog events behind.",
             )),
         }
     }

@@ -37,7 +37,7 @@ fn the_default_configuration_is_valid() {
 
 #[test]
 fn invalid_configuration_stops_startup_naming_the_key() {
-    let cases: [(&[(&str, &str)], &str); 11] = [
+    let cases: [(&[(&str, &str)], &str); 16] = [
         (
             &[("LASTCLICK_ATTRIBUTION__WINDOW", "forever")],
             "attribution.window",
@@ -52,6 +52,26 @@ fn invalid_configuration_stops_startup_naming_the_key() {
         (
             &[("LASTCLICK_WEBHOOKS__ALLOW_HTTP", "sometimes")],
             "webhooks.allow_http",
+        ),
+        (
+            &[("LASTCLICK_WEBHOOKS__RETRY_FIRST", "0s")],
+            "webhooks.retry_first",
+        ),
+        (
+            &[
+                ("LASTCLICK_WEBHOOKS__RETRY_FIRST", "1m"),
+                ("LASTCLICK_WEBHOOKS__RETRY_MAX", "10s"),
+            ],
+            "webhooks.retry_max",
+        ),
+        (&[("LASTCLICK_WEBHOOKS__TIMEOUT", "2m")], "webhooks.timeout"),
+        (
+            &[("LASTCLICK_WEBHOOKS__GIVE_UP_AFTER", "soon")],
+            "webhooks.give_up_after",
+        ),
+        (
+            &[("LASTCLICK_WEBHOOKS__MAX_BACKLOG", "0")],
+            "webhooks.max_backlog",
         ),
         (
             &[("LASTCLICK_CLICKS__DEDUP_WINDOW", "30 parsecs")],

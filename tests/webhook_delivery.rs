@@ -581,3 +581,31 @@ async fn embedded_a_killed_serve_sends_each_event_once_by_id() {
     let app = TestApp::spawn_with(&env).await;
     check_exactly_once(&app, &receiver).await;
 }
+
+/// An endpoint that falls more than `webhooks.max_backlog` events behind
+/// skips its oldest, counted, and gets the rest once its receiver is back.
+#[tokio::test]
+async fn an_endpoint_too_far_behind_skips_its_oldest_events() {
+    let mut env = FAST_RETRIES.to_vec();
+    env.push(("LASTCLICK_WEBHOOKS__MAX_BACKLOG", "3"));
+    let app = TestApp::spawn_with(&env).await;
+    let receiver = Receiver::start().await;
+    receiver.up.store(false, Ordering::SeqCst);
+    subscribe(&app, &receiver, "behind").await;
+    let click = partner_with_click(&app, "acme").await;
+    let now = chrono::Utc::now().timestamp() - 60;
+    let mut events = vec![signup("cus_1", now, &click)];
+    for i in 1..=6 {
+        events.push(payment(&format!("pay_{i}"), "cus_1", now + i, "10.00"));
+    }
+    post_events(&app, json!(events)).await;
+    let skipped = "lastclick_webhook_events_skipped_total";
+    (&app).eventually(skipped, |n| n == 4.0).await;
+    receiver.up.store(true, Ordering::SeqCst);
+    let delivered = receiver.delivered_when("behind", 3).await;
+    let paid: Vec<Value> = delivered
+        .iter()
+        .map(|h| h.json()["data"]["id"].clone())
+        .collect();
+    assert_eq!(paid, [json!("pay_4"), json!("pay_5"), json!("pay_6")]);
+}

@@ -186,6 +186,8 @@ pub struct RetryPolicy {
     pub give_up_after: Duration,
     /// `webhooks.timeout`: one attempt's longest wait.
     pub timeout: Duration,
+    /// `webhooks.max_backlog`: the most events an endpoint may be behind.
+    pub max_backlog: u64,
 }
 
 impl RetryPolicy {
@@ -195,6 +197,7 @@ impl RetryPolicy {
             max: config.retry_max,
             give_up_after: config.give_up_after,
             timeout: config.timeout,
+            max_backlog: config.max_backlog,
         }
     }
 
@@ -290,7 +293,7 @@ impl Deliverer {
         // a later head, so trimming up to here never takes its events.
         let head = self.store.feed_head().await?;
         let endpoints = self.store.webhooks().await?;
-        let served = join_all(endpoints.iter().map(|e| self.serve(e))).await;
+        let served = join_all(endpoints.iter().map(|e| self.serve(e, head))).await;
         let mut busy = gathered > 0;
         let mut upto = head;
         for outcome in served {
@@ -310,8 +313,13 @@ impl Deliverer {
     /// Sends an endpoint its next events, in order, until one fails or
     /// its share of the round is spent. Answers its place and whether it
     /// has more to send now.
-    async fn serve(&self, endpoint: &WebhookEndpoint) -> Result<(u64, bool), StoreError> {
+    async fn serve(
+        &self,
+        endpoint: &WebhookEndpoint,
+        head: u64,
+    ) -> Result<(u64, bool), StoreError> {
         let mut cursor = self.store.delivery_cursor(&endpoint.id).await?;
+        self.skip_past_backlog(endpoint, &mut cursor, head).await?;
         let started = Instant::now();
         loop {
             let page = self.store.feed(cursor.after, FEED_PAGE).await?;
@@ -354,6 +362,36 @@ impl Deliverer {
                     .await?;
             }
         }
+    }
+
+    /// Moves an endpoint that fell more than `webhooks.max_backlog`
+    /// events behind the head up to that bound: the feed (in Redis, in
+    /// memory) never holds more than that for one failing receiver.
+    async fn skip_past_backlog(
+        &self,
+        endpoint: &WebhookEndpoint,
+        cursor: &mut DeliveryCursor,
+        head: u64,
+    ) -> Result<(), StoreError> {
+        let Some(skipped) = head
+            .checked_sub(cursor.after)
+            .and_then(|behind| behind.checked_sub(self.policy.max_backlog))
+            .filter(|skipped| *skipped > 0)
+        else {
+            return Ok(());
+        };
+        cursor.after += skipped;
+        cursor.retry = None;
+        self.store
+            .save_delivery(&endpoint.id, Some(cursor), None)
+            .await?;
+        self.metrics.webhooks.skipped.inc_by(skipped);
+        tracing::warn!(
+            endpoint = %endpoint.id,
+            skipped,
+            "a webhook endpoint fell more than webhooks.max_backlog events behind; its oldest were skipped"
+        );
+        Ok(())
     }
 
     /// Sends one event and moves `cursor` on (succeeded, or given up) or
@@ -427,6 +465,7 @@ mod tests {
             max: Duration::from_secs(3600),
             give_up_after: Duration::from_secs(3 * 86_400),
             timeout: Duration::from_secs(10),
+            max_backlog: 1_000_000,
         };
         for _ in 0..100 {
             let first = policy.wait(1);
