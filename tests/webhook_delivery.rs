@@ -609,3 +609,66 @@ async fn an_endpoint_too_far_behind_skips_its_oldest_events() {
         .collect();
     assert_eq!(paid, [json!("pay_4"), json!("pay_5"), json!("pay_6")]);
 }
+
+/// A partner whose referral customer pays 600 a month (7,200 a year less
+/// the 20 % commission: 5,760 of ARR, silver) and
+/// then requests a payout that is paid: `partner.tier_changed`,
+/// `payout.requested` and `payout.paid`, each as the API shows it.
+async fn payouts_and_tier_changes_are_sent(app: &TestApp) {
+    let receiver = Receiver::start().await;
+    let (status, _) = app
+        .send_json(
+            "POST",
+            "/v1/webhooks",
+            Some(ADMIN),
+            json!({"url": format!("{}/money", receiver.url),
+                   "events": ["partner.tier_changed", "payout.requested", "payout.paid"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let acme = app.partner_earning("acme", &["600.00"]).await;
+    app.usd_when("acme", "available", "120.00").await;
+    let (status, payout) = app
+        .send_json(
+            "POST",
+            "/v1/partners/acme/payouts",
+            Some(&acme),
+            json!({"currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{payout}");
+    let path = format!("/v1/payouts/{}", payout["id"].as_str().unwrap());
+    let (status, settled) = app
+        .send_json(
+            "PATCH",
+            &path,
+            Some(ADMIN),
+            json!({"status": "paid", "reference": "7XK"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{settled}");
+    let hits = receiver.delivered_when("money", 3).await;
+    assert_eq!(
+        types(&hits),
+        ["partner.tier_changed", "payout.requested", "payout.paid"]
+    );
+    let tier = hits[0].json();
+    assert_eq!(
+        (&tier["data"]["from"], &tier["data"]["to"]),
+        (&json!("bronze"), &json!("silver"))
+    );
+    assert_eq!(hits[1].json()["data"], payout);
+    assert_eq!(hits[2].json()["data"], settled);
+}
+
+#[tokio::test]
+async fn embedded_payouts_and_tier_changes_are_sent() {
+    let setup = Stack::embedded_with(&FAST_RETRIES).await;
+    payouts_and_tier_changes_are_sent(&setup.app).await;
+}
+
+#[tokio::test]
+async fn redis_payouts_and_tier_changes_are_sent() {
+    let setup = Stack::redis_with(&FAST_RETRIES).await;
+    payouts_and_tier_changes_are_sent(&setup.app).await;
+}
