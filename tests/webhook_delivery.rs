@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,12 +39,19 @@ struct Receiver {
     url: String,
     up: Arc<AtomicBool>,
     hits: Arc<Mutex<Vec<Hit>>>,
+    /// Milliseconds each answer takes.
+    delay_ms: Arc<AtomicU64>,
+    /// The most requests it was answering at once.
+    most_at_once: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
 struct ReceiverState {
     up: Arc<AtomicBool>,
     hits: Arc<Mutex<Vec<Hit>>>,
+    delay_ms: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
 }
 
 async fn record(
@@ -53,6 +60,11 @@ async fn record(
     headers: HeaderMap,
     body: String,
 ) -> StatusCode {
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.most_at_once.fetch_max(now, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
     let answered = if state.up.load(Ordering::SeqCst) {
         StatusCode::OK
     } else {
@@ -79,6 +91,9 @@ impl Receiver {
         let state = ReceiverState {
             up: Arc::new(AtomicBool::new(true)),
             hits: Arc::new(Mutex::new(Vec::new())),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            most_at_once: Arc::new(AtomicUsize::new(0)),
         };
         let app = axum::Router::new()
             .route("/{path}", axum::routing::post(record))
@@ -88,6 +103,8 @@ impl Receiver {
             url,
             up: state.up,
             hits: state.hits,
+            delay_ms: state.delay_ms,
+            most_at_once: state.most_at_once,
         }
     }
 
@@ -671,4 +688,42 @@ async fn embedded_payouts_and_tier_changes_are_sent() {
 async fn redis_payouts_and_tier_changes_are_sent() {
     let setup = Stack::redis_with(&FAST_RETRIES).await;
     payouts_and_tier_changes_are_sent(&setup.app).await;
+}
+
+/// Two Redis workers, and a receiver slow enough that sending its events
+/// takes longer than the delivery lease: the holder renews it before each
+/// attempt, so the other never delivers meanwhile, and the receiver never
+/// has two requests at once, nor an event out of order.
+#[tokio::test]
+async fn two_workers_never_deliver_to_one_endpoint_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut env = vec![
+        ("LASTCLICK_REDIS__URL", url.as_str()),
+        // A lease of 1 s and 5 s; sending the events takes about 8 s.
+        ("LASTCLICK_WEBHOOKS__TIMEOUT", "1s"),
+    ];
+    env.extend_from_slice(&FAST_RETRIES);
+    let app = TestApp::spawn_with(&env).await;
+    let receiver = Receiver::start().await;
+    receiver.delay_ms.store(700, Ordering::SeqCst);
+    subscribe(&app, &receiver, "slow").await;
+    let click = partner_with_click(&app, "acme").await;
+    let _first = WorkerProcess::spawn(&env);
+    let _second = WorkerProcess::spawn(&env);
+    let now = chrono::Utc::now().timestamp() - 60;
+    let mut events = vec![signup("cus_1", now, &click)];
+    for i in 1..=11 {
+        events.push(payment(&format!("pay_{i}"), "cus_1", now + i, "10.00"));
+    }
+    post_events(&app, json!(events)).await;
+    let delivered = receiver.delivered_when("slow", 12).await;
+    assert_eq!(receiver.most_at_once.load(Ordering::SeqCst), 1);
+    assert_eq!(delivered.len(), 12, "each once: {:?}", types(&delivered));
+    let paid: Vec<Value> = delivered[1..]
+        .iter()
+        .map(|h| h.json()["data"]["id"].clone())
+        .collect();
+    let expected: Vec<Value> = (1..=11).map(|i| json!(format!("pay_{i}"))).collect();
+    assert_eq!(paid, expected);
 }

@@ -281,11 +281,7 @@ impl Deliverer {
     /// One round: gather the outboxes, serve every endpoint, forget what
     /// every endpoint is past. Answers whether there may be more to do.
     pub async fn round(&self) -> Result<bool, StoreError> {
-        if !self
-            .store
-            .lease_deliveries(&self.holder, self.lease)
-            .await?
-        {
+        if !self.renew_lease().await? {
             return Ok(false);
         }
         let gathered = self.store.gather_outboxes().await?;
@@ -337,7 +333,9 @@ impl Deliverer {
                     .retry
                     .as_ref()
                     .is_some_and(|r| r.next_at > Utc::now());
-                if waiting || started.elapsed() > ROUND_BUDGET {
+                // Renewed before each attempt: the lease outlasts one
+                // attempt, never a round.
+                if waiting || started.elapsed() > ROUND_BUDGET || !self.renew_lease().await? {
                     if skipped {
                         self.store
                             .save_delivery(&endpoint.id, Some(&cursor), None)
@@ -362,6 +360,10 @@ impl Deliverer {
                     .await?;
             }
         }
+    }
+
+    async fn renew_lease(&self) -> Result<bool, StoreError> {
+        self.store.lease_deliveries(&self.holder, self.lease).await
     }
 
     /// Moves an endpoint that fell more than `webhooks.max_backlog`
