@@ -290,3 +290,59 @@ async fn both_pages_are_self_contained() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_failed_webhook_delivery_is_shown_and_resent_in_the_console() {
+    let app = TestApp::spawn_with(&[
+        ("LASTCLICK_WEBHOOKS__ALLOW_HTTP", "true"),
+        ("LASTCLICK_WEBHOOKS__RETRY_FIRST", "100ms"),
+        ("LASTCLICK_WEBHOOKS__RETRY_MAX", "200ms"),
+        ("LASTCLICK_WEBHOOKS__GIVE_UP_AFTER", "1s"),
+    ])
+    .await;
+    // Nothing listens on this port (a listener bound, then closed): every
+    // attempt fails, and the delivery is given up after a second.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    let (status, endpoint) = app
+        .send_json(
+            "POST",
+            "/v1/webhooks",
+            Some(ADMIN),
+            json!({"url": url, "events": ["commission.created"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    app.partner_earning("acme", &["100.00"]).await;
+    let path = format!("/v1/webhooks/{id}/deliveries");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, list) = app.get(&path, Some(ADMIN)).await;
+        if list["deliveries"][0]["status"] == "failed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, list) = app.get(&path, Some(ADMIN)).await;
+    let attempts = list["deliveries"][0]["attempts"].as_u64().unwrap();
+    let console = Browser::open(1200, 1000).await;
+    open_console(&console, &app).await;
+    let row = console.text_of(&format!("tr[data-webhook={id}]")).await;
+    for shown in ["failed: commission.created", "could not connect"] {
+        assert!(row.contains(shown), "{shown} not in {row}");
+    }
+    console.click(&format!("button[data-resend={id}]")).await;
+    // Sent again (and failed again): one attempt more, shown.
+    let again = attempts + 1;
+    console
+        .wait_for(
+            "the resend's attempt",
+            &format!("return document.querySelector('tr[data-webhook={id}]').cells[3].textContent === '{again}'"),
+        )
+        .await;
+    let (_, list) = app.get(&path, Some(ADMIN)).await;
+    assert_eq!(list["deliveries"][0]["attempts"], again, "{list}");
+}
