@@ -16,6 +16,16 @@ pub enum Caller {
     Partner(PartnerId),
 }
 
+impl Caller {
+    /// Only the admin may go on; anyone else is 403.
+    pub fn require_admin(&self) -> Result<(), super::ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            _ => Err(super::ApiError::Forbidden),
+        }
+    }
+}
+
 /// The configured role tokens, kept as digests so every comparison is of
 /// equal length and constant time.
 #[derive(Clone)]

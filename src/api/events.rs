@@ -131,9 +131,7 @@ fn admin_list_limit(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<usize, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     Ok(match query.limit.as_deref() {
         None => MAX_LISTED,

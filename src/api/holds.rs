@@ -97,9 +97,7 @@ pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<HoldPage>, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let status = match query.status.as_deref() {
         None => None,
@@ -143,9 +141,7 @@ pub async fn decide(
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<DecideRequest>,
 ) -> Result<Json<HoldView>, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let decision = match body.action.as_str() {
         "release" => HoldDecision::Release,
         "reject" => HoldDecision::Reject,

@@ -116,9 +116,7 @@ pub async fn create(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<NewPartner>,
 ) -> Result<(StatusCode, Json<PartnerView>), ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let id = PartnerId::parse(&body.id).map_err(|m| ApiError::bad_request("invalid_id", m))?;
     let name = clean_text(&body.name, 200, "invalid_name", "name")?;
     let paypal_email = body.paypal_email.as_deref().map(paypal_email).transpose()?;
@@ -197,9 +195,7 @@ pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PartnerPage>, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let after = query
         .cursor

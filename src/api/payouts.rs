@@ -162,9 +162,7 @@ pub async fn settle(
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<SettleRequest>,
 ) -> Result<Json<Payout>, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let settlement = body.settlement()?;
     let id = PayoutId::parse(&raw).map_err(|_| ApiError::NotFound("payout"))?;
     let partner = state
@@ -242,9 +240,7 @@ pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let status = match query.status.as_deref() {
         None => None,

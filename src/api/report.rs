@@ -121,9 +121,7 @@ pub async fn all_partners(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    if caller != Caller::Admin {
-        return Err(ApiError::Forbidden);
-    }
+    caller.require_admin()?;
     let format = format(query.as_deref(), &headers)?;
     let query = parse_query(query.as_deref(), &state)?;
     let catalog = state.store.load_catalog().await?;

@@ -49,13 +49,6 @@ pub struct EndpointList {
     webhooks: Vec<EndpointView>,
 }
 
-fn admin_only(caller: &Caller) -> Result<(), ApiError> {
-    match caller {
-        Caller::Admin => Ok(()),
-        _ => Err(ApiError::Forbidden),
-    }
-}
-
 /// The events named, each once, in a fixed order; the error names one
 /// that is not an event.
 fn event_types(names: &[String]) -> Result<Vec<WebhookEventType>, ApiError> {
@@ -94,7 +87,7 @@ pub async fn create(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<NewEndpoint>,
 ) -> Result<(StatusCode, Json<EndpointView>), ApiError> {
-    admin_only(&caller)?;
+    caller.require_admin()?;
     let url = webhooks::check_url(&body.url, state.config.webhooks.allow_http)
         .map_err(|m| ApiError::bad_request("invalid_url", m))?;
     let events = event_types(&body.events)?;
@@ -122,7 +115,7 @@ pub async fn list(
     caller: Caller,
     State(state): State<ApiState>,
 ) -> Result<Json<EndpointList>, ApiError> {
-    admin_only(&caller)?;
+    caller.require_admin()?;
     let webhooks = state.store.webhooks().await?;
     Ok(Json(EndpointList {
         webhooks: webhooks.into_iter().map(EndpointView::from).collect(),
@@ -134,7 +127,7 @@ pub async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin_only(&caller)?;
+    caller.require_admin()?;
     if id.len() > 64 || !state.store.delete_webhook(&id).await? {
         return Err(ApiError::NotFound("webhook"));
     }
@@ -201,7 +194,7 @@ pub async fn deliveries(
     Path(id): Path<String>,
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
-    admin_only(&caller)?;
+    caller.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let before = seq_cursor(query.cursor.as_deref())?;
     let limit = page_limit(query.limit.as_deref(), 50, 100)?;
@@ -224,7 +217,7 @@ pub async fn resend(
     State(state): State<ApiState>,
     Path((id, event)): Path<(String, String)>,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    admin_only(&caller)?;
+    caller.require_admin()?;
     let endpoint = endpoint(&state, &id).await?;
     let mut delivery = state
         .store

@@ -39,13 +39,7 @@ impl RedisStore {
 #[async_trait]
 impl HoldStore for RedisStore {
     async fn hold_partner(&self, customer: &CustomerId) -> Result<Option<PartnerId>, StoreError> {
-        let owner: Option<String> = redis::cmd("HGET")
-            .arg(keys::HOLD_OWNERS)
-            .arg(customer.as_str())
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        owner.map(|p| partner_of_key(&p)).transpose()
+        self.owner_in(keys::HOLD_OWNERS, customer.as_str()).await
     }
 
     async fn holds(
@@ -53,17 +47,7 @@ impl HoldStore for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<HeldCustomer>, StoreError> {
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(keys::HOLDS)
-            .arg(after.map_or("-".to_owned(), |a| format!("({a}")))
-            .arg("+")
-            .arg("BYLEX")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let members = self.lex_page(keys::HOLDS, after, limit).await?;
         let mut held = Vec::with_capacity(members.len());
         for member in members {
             let corrupt = || StoreError::corrupt("hold index entry", &member);

@@ -270,6 +270,39 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
+    /// The partner an owners hash (`lc:{payouts}:owners`,
+    /// `lc:{holds}:owners`) names for `field`.
+    async fn owner_in(&self, hash: &str, field: &str) -> Result<Option<PartnerId>, StoreError> {
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(hash)
+            .arg(field)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        owner.map(|p| partner_of_key(&p)).transpose()
+    }
+
+    /// Up to `limit` members of a sorted set of score 0 after `after`, in
+    /// lexical order (`ZRANGE … BYLEX`): the admin lists' pages.
+    async fn lex_page(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(after.map_or("-".to_owned(), |a| format!("({a}")))
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     /// The JSON records of a hash's `fields` that exist, in the order
     /// given.
     async fn json_fields<T: serde::de::DeserializeOwned>(

@@ -30,13 +30,7 @@ impl PayoutStore for RedisStore {
     }
 
     async fn payout_partner(&self, id: &PayoutId) -> Result<Option<PartnerId>, StoreError> {
-        let owner: Option<String> = redis::cmd("HGET")
-            .arg(keys::PAYOUT_OWNERS)
-            .arg(id.as_str())
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        owner.map(|p| partner_of_key(&p)).transpose()
+        self.owner_in(keys::PAYOUT_OWNERS, id.as_str()).await
     }
 
     async fn payouts(
@@ -46,22 +40,12 @@ impl PayoutStore for RedisStore {
         limit: usize,
     ) -> Result<Vec<Payout>, StoreError> {
         let key = index(status.map_or("all", PayoutStatus::as_str));
-        let mut from = after.map_or("-".to_owned(), |id| format!("({id}"));
+        let mut from = after.map(|id| id.as_str().to_owned());
         let mut found = Vec::new();
         while found.len() < limit {
-            let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(&from)
-                .arg("+")
-                .arg("BYLEX")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(INDEX_ROUND)
-                .query_async(&mut self.conn())
-                .await
-                .map_err(unavailable)?;
+            let ids = self.lex_page(&key, from.as_deref(), INDEX_ROUND).await?;
             let Some(last) = ids.last() else { break };
-            from = format!("({last}");
+            from = Some(last.clone());
             let round = ids.len();
             for payout in self.records_of(&ids).await? {
                 match status {
